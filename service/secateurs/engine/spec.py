@@ -1,0 +1,78 @@
+"""Frozen value objects that cross module boundaries: what a job asks the engine to do.
+
+The gRPC layer builds a `CompressSpec` from a CreateJobRequest; the CLI builds it from
+flags. Validation of each value happens in `validate_spec` (one place, cross-field
+checks included), so every caller gets the same messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+RUNTIMES = ("onnxruntime-cpu",)
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
+EXPORTS = ("onnx", "pt2", "plan")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """An architecture spec plus weights.
+
+    arch: "zoo:resnet56", "torchvision:resnet18" or "module:pkg.mod:factory".
+    arch_kwargs: keyword arguments for the constructor (e.g. {"num_classes": 10}).
+    weights: a .safetensors file or a torch state dict (read with weights_only=True);
+        None keeps the constructor's initialisation.
+    trust_pickle: allow a whole pickled nn.Module (only for trusted servers).
+    """
+
+    arch: str
+    arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    weights: Path | None = None
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProtocolSpec:
+    """Latency measurement protocol (see engine/latency/protocol.py)."""
+
+    warmup_runs: int = 20
+    warmup_seconds: float = 0.5
+    window: int = 100
+    min_samples: int = 300
+    max_seconds: float = 30.0
+    tolerance: float = 0.03
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetSpec:
+    """Where latency is measured."""
+
+    runtime: str = "onnxruntime-cpu"
+    threads: int = 2
+    percentile: float = 50.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressSpec:
+    """One compression job.
+
+    Either `ratio` (one ratio for every prunable group) or `group_ratios`
+    (group name -> ratio; unnamed groups are left whole) must be given.
+    """
+
+    model: ModelSpec
+    input_shape: tuple[int, ...]
+    out_dir: Path
+    ratio: float | None = None
+    group_ratios: Mapping[str, float] | None = None
+    importance: str = "l1"
+    round_to: int = 8
+    min_channels: int = 8
+    target: TargetSpec = field(default_factory=TargetSpec)
+    protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
+    exports: tuple[str, ...] = EXPORTS
+    dynamic_batch: bool = False
+    parity_tolerance: float = 1e-3
+    seed: int = 0
