@@ -1,0 +1,471 @@
+"""Datasets for the pipeline: an ImageFolder directory or .zip, scikit-learn digits, synthetic.
+
+Used for BatchNorm recalibration, sensitivity, fine-tuning and accuracy. Every
+dataset yields `(tensor, label)`: labelled sources give the class index as an
+int, synthetic data gives `UNLABELLED` (-1), so every consumer unpacks pairs.
+Every dataset has `.labelled` and `.num_classes` (None when unlabelled).
+
+Zip archives are read in place: the member list is read once, and each process
+opens its own handle on first use (the handle is dropped when pickled and
+reopened after a fork), so DataLoader workers are safe with fork and spawn.
+
+Random augmentation (random crop, flip) draws from torch's global RNG. With
+`make_loader(..., workers > 0)` each worker's RNG is seeded from the loader's
+seed, so epochs replay exactly; with workers=0 it depends on the caller's RNG.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from secateurs.errors import InvalidRequest
+
+SOURCES = ("imagefolder", "digits", "synthetic")
+SPLITS = ("train", "test", "val")
+DISTRIBUTIONS = ("normal", "uniform")
+UNLABELLED = -1
+SYNTHETIC_DEFAULT_SIZE = 256
+# Same suffixes as torchvision's ImageFolder (compared lower-case).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_DIGITS_SPLIT_SEED = 0  # fixed, so train and test never overlap whatever DataSpec.seed is
+_DIGITS_TEST_FRACTION = 0.2
+_PRESETS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+Size = int | tuple[int, int]
+
+
+class _DataError(InvalidRequest):
+    """Raised when data cannot be read; field is always "data".
+
+    Its constructor takes the message only, so when a DataLoader worker re-raises
+    it in the main process (it rebuilds exceptions from their type and a message),
+    the type and field survive.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="data")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformSpec:
+    """Per-sample transforms, applied in this order to a float CHW tensor in [0, 1].
+
+    resize: shorter side to this length (int) or exact (h, w).
+    center_crop / random_crop: output size; random_crop pads by crop_padding first.
+    hflip: random horizontal flip with probability 0.5 (training).
+    mean, std: per-channel normalisation (one value, or one per channel).
+
+    >>> TransformSpec.preset("cifar10", train=True).random_crop
+    32
+    """
+
+    resize: Size | None = None
+    center_crop: Size | None = None
+    random_crop: Size | None = None
+    crop_padding: int = 0
+    hflip: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def preset(cls, name: str, *, train: bool = False) -> TransformSpec:
+        """"cifar10" or "imagenet", with training augmentation when train is True.
+
+        Raises InvalidRequest(field="data.transform") for an unknown name.
+        """
+        if name not in _PRESETS:
+            raise InvalidRequest(
+                f"unknown transform preset {name!r}; expected one of: {', '.join(_PRESETS)}",
+                field="data.transform",
+            )
+        mean, std = _PRESETS[name]
+        if name == "cifar10":
+            return cls(random_crop=32 if train else None, crop_padding=4 if train else 0,
+                       hflip=train, mean=mean, std=std)
+        return cls(resize=256, random_crop=224 if train else None, center_crop=None if train else 224,
+                   hflip=train, mean=mean, std=std)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """Which data to load.
+
+    source: "imagefolder" (path: a directory or .zip holding <split>/<class>/<image>),
+        "digits" (scikit-learn's 8x8 digits, splits train/test) or "synthetic".
+    split: "train", "test" or "val" (ignored for synthetic).
+    limit: keep at most this many samples, balanced over classes (synthetic: how
+        many samples to generate, default SYNTHETIC_DEFAULT_SIZE).
+    limit_per_class: keep at most this many samples of each class.
+    transform: applied to each sample (not allowed for synthetic).
+    seed: picks the subset; seeds the synthetic values.
+    channels: 1 or 3; images are converted, digits replicated (default: 3 for
+        imagefolder, 1 for digits).
+    shape: synthetic only, the shape of one sample, e.g. (3, 32, 32).
+    distribution: synthetic only, "normal" (standard normal) or "uniform" ([0, 1)).
+    """
+
+    source: str
+    path: Path | str | None = None
+    split: str = "train"
+    limit: int | None = None
+    limit_per_class: int | None = None
+    transform: TransformSpec | None = None
+    seed: int = 0
+    channels: int | None = None
+    shape: tuple[int, ...] | None = None
+    distribution: str = "normal"
+
+
+def validate_data_spec(spec: DataSpec) -> None:
+    """Check the fields of a DataSpec against each other (the file system is not touched).
+
+    Raises InvalidRequest(field="data.<name>") naming the first bad field.
+    """
+
+    def bad(name: str, message: str) -> InvalidRequest:
+        return InvalidRequest(message, field=f"data.{name}")
+
+    if spec.source not in SOURCES:
+        raise bad("source", f"unknown data source {spec.source!r}; expected one of: {', '.join(SOURCES)}")
+    if spec.split not in SPLITS:
+        raise bad("split", f"unknown split {spec.split!r}; expected one of: {', '.join(SPLITS)}")
+    if spec.limit is not None and spec.limit <= 0:
+        raise bad("limit", f"limit must be positive, got {spec.limit}")
+    if spec.limit_per_class is not None and spec.limit_per_class <= 0:
+        raise bad("limit_per_class", f"limit_per_class must be positive, got {spec.limit_per_class}")
+    if spec.limit is not None and spec.limit_per_class is not None:
+        raise bad("limit", "give limit or limit_per_class, not both")
+    if spec.seed < 0:
+        raise bad("seed", f"seed must be >= 0, got {spec.seed}")
+    if spec.channels is not None and spec.channels not in (1, 3):
+        raise bad("channels", f"channels must be 1 or 3, got {spec.channels}")
+    if spec.source == "imagefolder" and spec.path is None:
+        raise bad("path", "source 'imagefolder' needs a path (a directory or a .zip)")
+    if spec.source == "synthetic":
+        if spec.shape is None or not spec.shape or any(d <= 0 for d in spec.shape):
+            raise bad("shape", f"synthetic data needs a shape of positive sizes, got {spec.shape}")
+        if spec.distribution not in DISTRIBUTIONS:
+            raise bad("distribution", f"unknown distribution {spec.distribution!r}; "
+                                      f"expected one of: {', '.join(DISTRIBUTIONS)}")
+        for name in ("transform", "channels", "limit_per_class"):
+            if getattr(spec, name) is not None:
+                raise bad(name, f"{name} does not apply to synthetic data")
+    if spec.transform is not None:
+        _validate_transform(spec.transform, spec.channels or (3 if spec.source == "imagefolder" else 1))
+
+
+def _validate_transform(t: TransformSpec, channels: int) -> None:
+    def bad(message: str) -> InvalidRequest:
+        return InvalidRequest(message, field="data.transform")
+
+    for name in ("resize", "center_crop", "random_crop"):
+        size = getattr(t, name)
+        dims = (size,) if isinstance(size, int) else size
+        if size is not None and (len(dims) not in (1, 2) or any(int(d) <= 0 for d in dims)):
+            raise bad(f"{name} must be a positive size or (height, width), got {size}")
+    if t.crop_padding < 0:
+        raise bad(f"crop_padding must be >= 0, got {t.crop_padding}")
+    if t.crop_padding and t.random_crop is None:
+        raise bad("crop_padding needs random_crop")
+    if (t.mean is None) != (t.std is None):
+        raise bad("mean and std must be given together")
+    if t.mean is not None and t.std is not None:
+        if len(t.mean) != len(t.std) or len(t.mean) not in (1, channels):
+            raise bad(f"mean and std need 1 or {channels} values each, got {len(t.mean)} and {len(t.std)}")
+        if any(s <= 0 for s in t.std):
+            raise bad(f"std values must be positive, got {t.std}")
+
+
+def build_transform(t: TransformSpec | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The callable for a TransformSpec (None for None); it maps a CHW float tensor to one."""
+    if t is None:
+        return None
+    ops: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    if t.resize is not None:
+        ops.append(v2.Resize(t.resize, antialias=True))
+    if t.center_crop is not None:
+        ops.append(v2.CenterCrop(t.center_crop))
+    if t.random_crop is not None:
+        ops.append(v2.RandomCrop(t.random_crop, padding=t.crop_padding or None))
+    if t.hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    if t.mean is not None and t.std is not None:
+        ops.append(v2.Normalize(list(t.mean), list(t.std)))
+    return v2.Compose(ops) if ops else None
+
+
+class _DirReader:
+    """Reads members of an ImageFolder directory by their '/'-joined relative name."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def names(self, split: str) -> list[str]:
+        """Top-level folders (as 'name/') plus every folder and file under `split`."""
+        out = [f"{e.name}/" for e in os.scandir(self.root) if e.is_dir()]
+        for dirpath, _, files in os.walk(self.root / split, followlinks=True):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            out.append(f"{rel}/")  # folders count even when empty
+            out.extend(f"{rel}/{f}" for f in files)
+        return out
+
+    def read(self, name: str) -> bytes:
+        return (self.root / name).read_bytes()
+
+    def close(self) -> None:
+        pass
+
+
+class _ZipReader:
+    """Reads members of a zip; one handle per process, opened lazily (fork/spawn safe)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        self._pid = -1
+
+    def _handle(self) -> zipfile.ZipFile:
+        if self._zip is None or self._pid != os.getpid():
+            # After a fork the inherited handle shares its file offset with the parent: never reuse it.
+            self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
+        return self._zip
+
+    def names(self, split: str) -> list[str]:
+        return self._handle().namelist()
+
+    def read(self, name: str) -> bytes:
+        return self._handle().read(name)
+
+    def close(self) -> None:
+        if self._zip is not None and self._pid == os.getpid():
+            self._zip.close()
+        self._zip = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"path": self.path, "_zip": None, "_pid": -1}
+
+
+class ImageFolderDataset(Dataset):
+    """Images under <split>/<class>/... of a directory or zip, decoded with PIL.
+
+    Classes are the sorted class folder names (as torchvision's ImageFolder);
+    `samples` lists (member name, class index) in sorted name order.
+    """
+
+    labelled = True
+
+    def __init__(self, reader: _DirReader | _ZipReader, samples: list[tuple[str, int]], classes: list[str],
+                 *, mode: str, transform: Callable[[torch.Tensor], torch.Tensor] | None, where: str) -> None:
+        self.reader, self.samples, self.classes = reader, samples, classes
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}
+        self.targets = [label for _, label in samples]
+        self.num_classes: int | None = len(classes)
+        self.mode, self.transform, self.where = mode, transform, where
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Raises InvalidRequest(field="data") naming the file when it cannot be read or decoded."""
+        name, label = self.samples[index]
+        try:
+            with Image.open(io.BytesIO(self.reader.read(name))) as img:
+                array = np.array(img.convert(self.mode), dtype=np.uint8)
+        except (OSError, ValueError, EOFError, SyntaxError, zipfile.BadZipFile, Image.DecompressionBombError) as exc:
+            raise _DataError(f"cannot read image {name!r} in {self.where} ({type(exc).__name__})") from exc
+        x = torch.from_numpy(array).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+        x = x.float().div_(255)
+        return (self.transform(x) if self.transform else x), label
+
+    def close(self) -> None:
+        """Close this process's zip handle (reopened if used again)."""
+        self.reader.close()
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's 8x8 digits (10 classes), values scaled to [0, 1]."""
+
+    labelled = True
+
+    def __init__(self, images: torch.Tensor, targets: list[int],
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        self.images, self.targets, self.transform = images, targets, transform
+        self.classes = [str(d) for d in range(10)]
+        self.num_classes: int | None = 10
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self.images[index]
+        return (self.transform(x) if self.transform else x), self.targets[index]
+
+
+class SyntheticDataset(Dataset):
+    """Unlabelled random tensors; sample i depends only on (seed, i), never on order or workers."""
+
+    labelled = False
+    num_classes: int | None = None
+
+    def __init__(self, shape: tuple[int, ...], size: int, seed: int, distribution: str) -> None:
+        self.shape, self.size, self.seed, self.distribution = tuple(shape), size, seed, distribution
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} samples")
+        rng = np.random.default_rng([self.seed, index])
+        draw = rng.standard_normal if self.distribution == "normal" else rng.random
+        return torch.from_numpy(draw(self.shape, dtype=np.float32)), UNLABELLED
+
+
+def load_dataset(spec: DataSpec) -> ImageFolderDataset | DigitsDataset | SyntheticDataset:
+    """Build the dataset a DataSpec names.
+
+    Raises InvalidRequest: field="data.<name>" for a bad spec field (see
+    validate_data_spec); field="data" when the path does not exist, is neither a
+    directory nor a readable zip, lacks the split, or the split has no class
+    folders or a class folder has no images. An image that cannot be decoded
+    raises InvalidRequest(field="data") naming the file when it is read.
+    """
+    validate_data_spec(spec)
+    transform = build_transform(spec.transform)
+    if spec.source == "synthetic":
+        return SyntheticDataset(spec.shape or (), spec.limit or SYNTHETIC_DEFAULT_SIZE, spec.seed, spec.distribution)
+    if spec.source == "digits":
+        return _load_digits(spec, transform)
+    return _load_imagefolder(spec, transform)
+
+
+def _load_digits(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> DigitsDataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if spec.split not in ("train", "test"):
+        raise InvalidRequest(f"split {spec.split!r} not found in digits; found: test, train", field="data")
+    digits = load_digits()
+    train_idx, test_idx = train_test_split(np.arange(len(digits.target)), test_size=_DIGITS_TEST_FRACTION,
+                                           stratify=digits.target, random_state=_DIGITS_SPLIT_SEED)
+    idx = np.sort(train_idx if spec.split == "train" else test_idx)
+    targets = [int(t) for t in digits.target[idx]]
+    keep = _subset(targets, spec.limit, spec.limit_per_class, spec.seed)
+    images = torch.from_numpy(digits.images[idx[keep]].astype(np.float32) / 16.0).unsqueeze(1)
+    if spec.channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    return DigitsDataset(images, [targets[i] for i in keep], transform)
+
+
+def _load_imagefolder(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> ImageFolderDataset:
+    path = Path(spec.path or "")
+    if not path.exists():
+        raise InvalidRequest(f"data path does not exist: {path}", field="data")
+    reader: _DirReader | _ZipReader
+    if path.is_dir():
+        reader = _DirReader(path)
+        names = reader.names(spec.split)
+    else:
+        reader = _ZipReader(path)
+        try:
+            names = reader.names(spec.split)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise InvalidRequest(f"data path is neither a directory nor a readable zip: {path}",
+                                 field="data") from exc
+    where = str(path)
+    prefix = _split_prefix(names, spec.split, where)
+    classes: set[str] = set()
+    files: list[tuple[str, str]] = []
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        parts = PurePosixPath(name[len(prefix):]).parts
+        if not parts or parts[0].startswith(".") or (len(parts) == 1 and not name.endswith("/")):
+            continue  # hidden folders (.ipynb_checkpoints) and loose files next to class folders
+        classes.add(parts[0])
+        if not name.endswith("/") and not parts[-1].startswith(".") and parts[-1].lower().endswith(IMG_EXTENSIONS):
+            files.append((name, parts[0]))
+    if not classes:
+        raise InvalidRequest(f"split {spec.split!r} in {where} has no class folders", field="data")
+    ordered = sorted(classes)
+    empty = sorted(classes - {c for _, c in files})
+    if empty:
+        raise InvalidRequest(f"split {spec.split!r} in {where} has class folders without images: "
+                             f"{', '.join(empty)}", field="data")
+    index = {c: i for i, c in enumerate(ordered)}
+    samples = sorted((name, index[c]) for name, c in files)
+    keep = _subset([label for _, label in samples], spec.limit, spec.limit_per_class, spec.seed)
+    mode = "L" if spec.channels == 1 else "RGB"
+    return ImageFolderDataset(reader, [samples[i] for i in keep], ordered, mode=mode, transform=transform, where=where)
+
+
+def _split_prefix(names: Sequence[str], split: str, where: str) -> str:
+    """'<split>/', or '<root>/<split>/' when everything sits under one top folder (zips often do)."""
+
+    def tops(prefix: str) -> set[str]:
+        return {n[len(prefix):].split("/", 1)[0] for n in names if n.startswith(prefix) and "/" in n[len(prefix):]}
+
+    found = tops("") - {"__MACOSX"}
+    if split in found:
+        return f"{split}/"
+    if len(found) == 1:
+        root = f"{next(iter(found))}/"
+        inner = tops(root)
+        if split in inner:
+            return f"{root}{split}/"
+        if inner:
+            found = {f"{root}{d}" for d in inner}
+    raise InvalidRequest(f"split {split!r} not found in {where}; found: {', '.join(sorted(found)) or 'nothing'}",
+                         field="data")
+
+
+def _subset(labels: Sequence[int], limit: int | None, per_class: int | None, seed: int) -> list[int]:
+    """Indices of a seeded subset, returned sorted. A total limit is spread evenly over the
+    classes (round robin over each class's shuffled samples). Limits above the size keep all."""
+    if limit is None and per_class is None:
+        return list(range(len(labels)))
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    pools = [list(rng.permutation(by_class[c])) for c in sorted(by_class)]
+    if per_class is not None:
+        return sorted(int(i) for pool in pools for i in pool[:per_class])
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < min(limit or 0, len(labels)):
+        chosen.extend(int(pool[depth]) for pool in pools if depth < len(pool))
+        depth += 1
+    return sorted(chosen[: limit or 0])
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0, workers: int = 0,
+                *, drop_last: bool = False, multiprocessing_context: str | None = None) -> DataLoader:
+    """A DataLoader whose order (and workers' augmentation RNG) is fixed by `seed`.
+
+    Batches are (inputs, labels) with labels a LongTensor (all UNLABELLED for
+    synthetic data). Workers are kept alive across epochs. Raises
+    InvalidRequest(field="data") for batch_size < 1 or workers < 0.
+    """
+    if batch_size < 1:
+        raise InvalidRequest(f"batch_size must be >= 1, got {batch_size}", field="data")
+    if workers < 0:
+        raise InvalidRequest(f"workers must be >= 0, got {workers}", field="data")
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
+                      drop_last=drop_last, persistent_workers=workers > 0,
+                      multiprocessing_context=multiprocessing_context if workers > 0 else None)

@@ -1,0 +1,220 @@
+"""Model intake: an architecture spec plus weights, read without running untrusted code.
+
+Weights are safetensors or a state dict read with `torch.load(weights_only=True)`.
+A whole pickled nn.Module can only be loaded when the caller passes trust_pickle
+(the server's explicit trust flag); otherwise it is refused before any of its
+code runs, because the restricted unpickler rejects every non-tensor global.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from secateurs.engine.spec import ModelSpec
+from secateurs.engine.zoo import ZOO
+from secateurs.errors import InvalidModel, InvalidRequest, UnsafeModel
+
+_SHOWN = 5  # how many offending tensor names an error message lists
+
+
+def parse_input_shape(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """'1x3x224x224' -> (1, 3, 224, 224). Raises InvalidRequest(field='input_shape')."""
+    if isinstance(text, str):
+        parts = text.lower().replace("×", "x").split("x")
+        try:
+            dims = tuple(int(p) for p in parts)
+        except ValueError:
+            raise InvalidRequest(
+                f"input shape {text!r} is malformed: expected integers joined by 'x', e.g. 1x3x224x224",
+                field="input_shape",
+            ) from None
+    else:
+        dims = tuple(int(d) for d in text)
+    if len(dims) < 2 or len(dims) > 5:
+        raise InvalidRequest(
+            f"input shape {'x'.join(map(str, dims)) or text!r} must have 2 to 5 dimensions (batch first)",
+            field="input_shape",
+        )
+    if any(d <= 0 for d in dims):
+        raise InvalidRequest(f"input shape {dims} has a dimension <= 0", field="input_shape")
+    return dims
+
+
+def parse_kwargs(items: list[str]) -> dict[str, Any]:
+    """['num_classes=10', 'width=8'] -> {'num_classes': 10, 'width': 8} (Python literals)."""
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise InvalidRequest(f"model argument {item!r} must look like name=value", field="model.kwargs")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value  # a bare string such as a block name
+    return kwargs
+
+
+def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """Instantiate `zoo:<name>`, `torchvision:<name>` or `module:<pkg.mod>:<callable>`."""
+    kwargs = dict(kwargs or {})
+    kind, _, name = arch.partition(":")
+    try:
+        if kind == "zoo":
+            if name not in ZOO:
+                raise InvalidRequest(
+                    f"unknown architecture {arch!r}; the zoo has: {', '.join(sorted(ZOO))}", field="model.arch"
+                )
+            return ZOO[name](**kwargs)
+        if kind == "torchvision":
+            import torchvision
+
+            if name not in torchvision.models.list_models():
+                raise InvalidRequest(
+                    f"unknown architecture {arch!r}: torchvision has no model named {name!r}", field="model.arch"
+                )
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+        if kind == "module":
+            module_name, _, attr = name.partition(":")
+            if not module_name or not attr:
+                raise InvalidRequest(
+                    f"architecture {arch!r} must look like module:<package.module>:<callable>", field="model.arch"
+                )
+            try:
+                factory = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError) as exc:
+                raise InvalidRequest(f"unknown architecture {arch!r}: {exc}", field="model.arch") from None
+            model = factory(**kwargs)
+            if not isinstance(model, nn.Module):
+                raise InvalidRequest(f"{arch!r} returned {type(model).__name__}, not an nn.Module", field="model.arch")
+            return model
+    except TypeError as exc:  # bad keyword argument for the constructor
+        raise InvalidRequest(f"cannot build {arch!r} with {kwargs}: {exc}", field="model.kwargs") from None
+    raise InvalidRequest(
+        f"unknown architecture {arch!r}: expected zoo:<name>, torchvision:<name> or module:<pkg.mod>:<callable>",
+        field="model.arch",
+    )
+
+
+def read_weights(path: Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor] | nn.Module:
+    """Read a state dict (safetensors or torch) or, only with trust_pickle, a pickled module."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidModel(f"weights file {path.name!r} does not exist", field="model.weights")
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if zipfile.is_zipfile(path) or head[:2] == b"\x80\x02" or head[:1] == b"\x80":
+        return _read_torch(path, trust_pickle)
+    return _read_safetensors(path)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InvalidModel(
+            f"weights file {path.name!r} is not a readable safetensors or torch file "
+            f"(truncated or corrupt?): {exc}",
+            field="model.weights",
+        ) from None
+
+
+def _read_torch(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn.Module:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise UnsafeModel(
+                f"weights file {path.name!r} holds pickled Python objects, not just tensors "
+                f"(a whole nn.Module?); refused without running it. Send a state dict or "
+                f"safetensors, or start the server with --trust-pickled-models. Detail: "
+                f"{str(exc).splitlines()[-1] if str(exc) else exc!r}",
+                field="model.weights",
+            ) from None
+        obj = _load_trusted(path)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InvalidModel(
+            f"weights file {path.name!r} is truncated or corrupt: {exc}", field="model.weights"
+        ) from None
+    if isinstance(obj, nn.Module):
+        return obj
+    for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InvalidModel(
+            f"weights file {path.name!r} is not a state dict of tensors", field="model.weights"
+        )
+    return obj
+
+
+def _load_trusted(path: Path) -> nn.Module:
+    # Only reached when the server operator passed the explicit trust flag.
+    obj = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - trusted by flag
+    if not isinstance(obj, nn.Module):
+        raise InvalidModel(f"trusted pickle {path.name!r} holds {type(obj).__name__}, not an nn.Module",
+                           field="model.weights")
+    return obj
+
+
+def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load `state` strictly, naming missing, unexpected and mis-shaped tensors."""
+    expected = model.state_dict()
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mis_shaped = [
+        f"{k} (expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)})"
+        for k in expected
+        if k in state and tuple(expected[k].shape) != tuple(state[k].shape)
+    ]
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
+        if names:
+            more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+            problems.append(f"{len(names)} {label} tensor(s): {', '.join(names[:_SHOWN])}{more}")
+    if problems:
+        raise InvalidModel("weights do not fit the architecture: " + "; ".join(problems), field="model.weights")
+    model.load_state_dict(dict(state), strict=True)
+
+
+def load_model(spec: ModelSpec) -> nn.Module:
+    """Build the architecture and load its weights; returns the model in eval mode."""
+    loaded = read_weights(spec.weights, trust_pickle=spec.trust_pickle) if spec.weights else None
+    if isinstance(loaded, nn.Module):
+        model = loaded
+    else:
+        model = build_architecture(spec.arch, spec.arch_kwargs)
+        if loaded is not None:
+            apply_state_dict(model, loaded)
+    return model.eval()
+
+
+def check_runs(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Run one forward pass; a shape the model cannot take is the request's fault."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(input_shape))
+    except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidRequest(
+            f"the model cannot run on input shape {'x'.join(map(str, input_shape))}: {first}",
+            field="input_shape",
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise InvalidRequest(
+            f"the model returns {type(out).__name__}; a single output tensor is required", field="model.arch"
+        )
+    return out
