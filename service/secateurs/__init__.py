@@ -1,0 +1,3 @@
+"""secateurs: a model compression service."""
+
+__version__ = "0.1.0"

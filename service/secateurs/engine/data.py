@@ -83,7 +83,7 @@ class TransformSpec:
 
     @classmethod
     def preset(cls, name: str, *, train: bool = False) -> TransformSpec:
-        """"cifar10" or "imagenet", with training augmentation when train is True.
+        """The named preset ("cifar10" or "imagenet"); training augmentation when train is True.
 
         Raises InvalidRequest(field="data.transform") for an unknown name.
         """

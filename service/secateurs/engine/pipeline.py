@@ -7,14 +7,26 @@ units of work. The service only orchestrates this function in a worker process.
 
 from __future__ import annotations
 
+import json
+import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from secateurs.engine.events import CancelCheck, EventSink, ignore_events
-from secateurs.engine.spec import CompressSpec
+import torch
+
+from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
+from secateurs.engine.export import check_parity, export_onnx, export_pt2
+from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, measure_interleaved
+from secateurs.engine.models import check_runs, load_model, parse_input_shape
+from secateurs.engine.prune import PruneSpec, prune, validate_prune_spec, write_plan
+from secateurs.engine.size import count_macs, count_params, file_bytes
+from secateurs.engine.spec import EXPORTS, RUNTIMES, CompressSpec
+from secateurs.errors import InvalidRequest, ParityError
 
 STAGES = ("load", "profile", "prune", "export", "benchmark", "report")
+REPORT_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,7 +38,163 @@ class CompressResult:
     artifacts: dict[str, Path] = field(default_factory=dict)
 
 
+def validate_spec(spec: CompressSpec) -> None:
+    """Every check that needs no model, in one place, with the field at fault."""
+    parse_input_shape(spec.input_shape)
+    validate_prune_spec(_prune_spec(spec))
+    if spec.target.runtime not in RUNTIMES:
+        raise InvalidRequest(f"runtime {spec.target.runtime!r} is not supported; supported: {', '.join(RUNTIMES)}",
+                             field="target.runtime")
+    if not 1 <= spec.target.threads <= 256:
+        raise InvalidRequest(f"threads must be in [1, 256], got {spec.target.threads}", field="target.threads")
+    if spec.target.percentile not in (50.0, 90.0, 95.0, 99.0):
+        raise InvalidRequest(f"percentile must be one of 50, 90, 95, 99, got {spec.target.percentile}",
+                             field="target.percentile")
+    unknown = sorted(set(spec.exports) - set(EXPORTS))
+    if unknown or "onnx" not in spec.exports:
+        raise InvalidRequest(f"exports must include 'onnx' and be among {', '.join(EXPORTS)}; got {list(spec.exports)}",
+                             field="exports")
+    if not 0 < spec.parity_tolerance < 1:
+        raise InvalidRequest(f"parity tolerance must be in (0, 1), got {spec.parity_tolerance}",
+                             field="parity_tolerance")
+    p = spec.protocol
+    if p.min_samples < 1 or p.window < 1 or p.max_seconds <= 0 or p.tolerance <= 0:
+        raise InvalidRequest("latency protocol values must be positive", field="protocol")
+
+
+def _prune_spec(spec: CompressSpec) -> PruneSpec:
+    return PruneSpec(ratio=spec.ratio, group_ratios=spec.group_ratios, importance=spec.importance,
+                     round_to=spec.round_to, min_channels=spec.min_channels)
+
+
+class _Stage:
+    """Context manager that emits started/finished events and records the stage's time."""
+
+    def __init__(self, name: str, on_event: EventSink, cancel: CancelCheck | None, timings: dict[str, float]):
+        self.name, self.on_event, self.cancel, self.timings = name, on_event, cancel, timings
+
+    def __enter__(self) -> _Stage:
+        check_cancel(self.cancel)
+        self.start = time.perf_counter()
+        self.on_event(Event(stage=self.name, kind="started", progress=0.0))
+        return self
+
+    def progress(self, fraction: float, message: str = "", **data: Any) -> None:
+        check_cancel(self.cancel)
+        self.on_event(Event(stage=self.name, kind="progress", progress=fraction, message=message, data=data))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.timings[self.name] = round(time.perf_counter() - self.start, 3)
+            self.on_event(Event(stage=self.name, kind="finished", progress=1.0,
+                                data={"seconds": self.timings[self.name]}))
+
+
 def compress(
     spec: CompressSpec, on_event: EventSink = ignore_events, cancel: CancelCheck | None = None
 ) -> CompressResult:
-    raise NotImplementedError("being written")
+    """Prune, export and measure one model. Raises secateurs.errors.* on bad input."""
+    validate_spec(spec)
+    torch.manual_seed(spec.seed)
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    shape = parse_input_shape(spec.input_shape)
+
+    def stage(name: str) -> _Stage:
+        return _Stage(name, on_event, cancel, timings)
+
+    with stage("load"):
+        model = load_model(spec.model)
+        check_runs(model, shape)
+        example = torch.randn(shape, generator=torch.Generator().manual_seed(spec.seed))
+
+    with stage("profile") as st:
+        baseline_onnx = out / "baseline.onnx"
+        baseline_export = export_onnx(model, example, baseline_onnx, dynamic_batch=spec.dynamic_batch)
+        st.progress(0.5, "baseline exported")
+        baseline_size = {"params": count_params(model), "macs": count_macs(model, example),
+                         "onnx_bytes": file_bytes(baseline_onnx)}
+
+    with stage("prune") as st:
+        result = prune(model, example, _prune_spec(spec))
+        pruned = result.model
+        plan_path = write_plan(result.plan, out / "plan.json")
+        st.progress(1.0, f"{sum(1 for g in result.plan.groups if g['after'] < g['before'])} groups pruned")
+
+    artifacts: dict[str, Path] = {"plan": plan_path}
+    exports: dict[str, Any] = {}
+    with stage("export") as st:
+        onnx_path = out / "model.onnx"
+        exports["onnx"] = export_onnx(pruned, example, onnx_path, dynamic_batch=spec.dynamic_batch)
+        artifacts["onnx"] = onnx_path
+        st.progress(0.4, "ONNX exported; checking parity")
+        parity = check_parity(pruned, onnx_path, shape, tolerance=spec.parity_tolerance, seed=spec.seed)
+        if not parity.passed:
+            raise ParityError(
+                f"ONNX Runtime disagrees with PyTorch: relative max difference {parity.relative_diff:.2e} "
+                f"(tolerance {parity.tolerance:.0e}), top-1 agreement {parity.top1_agreement}"
+            )
+        if "pt2" in spec.exports:
+            st.progress(0.7, "torch.export")
+            try:
+                export_pt2(pruned, example, out / "model.pt2")
+                artifacts["pt2"] = out / "model.pt2"
+                exports["pt2"] = {"ok": True}
+            except Exception as exc:  # a .pt2 is a convenience; its failure is reported, not fatal
+                exports["pt2"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+        if "plan" not in spec.exports:
+            artifacts.pop("plan")
+
+    with stage("benchmark") as st:
+        backends = [OnnxRuntimeBackend(p, shape, runtime=spec.target.runtime, threads=spec.target.threads,
+                                       seed=spec.seed) for p in (baseline_onnx, onnx_path)]
+        st.progress(0.05, "measuring baseline and pruned, interleaved")
+        before, after = measure_interleaved(backends, spec.protocol, should_stop=lambda: check_cancel(cancel))
+        fingerprint = device_fingerprint(runtime=spec.target.runtime, provider=backends[0].provider,
+                                         threads=spec.target.threads)
+        del backends
+
+    with stage("report"):
+        pruned_size = {"params": count_params(pruned), "macs": count_macs(pruned, example),
+                       "onnx_bytes": file_bytes(onnx_path)}
+        q = spec.target.percentile
+        report = {
+            "schema_version": REPORT_VERSION,
+            "model": {"arch": spec.model.arch, "kwargs": dict(spec.model.arch_kwargs),
+                      "input_shape": list(shape)},
+            "pruning": {"ratio": spec.ratio, "importance": spec.importance, "round_to": spec.round_to,
+                        "min_channels": spec.min_channels, "groups": result.plan.groups,
+                        "heads": result.plan.heads},
+            "target": {"runtime": spec.target.runtime, "threads": spec.target.threads, "percentile": q,
+                       "batch": shape[0]},
+            "device": fingerprint,
+            "protocol": {**vars(spec.protocol), "interleaved": True},
+            "latency": {"baseline": before.to_dict(), "compressed": after.to_dict(),
+                        "speedup": before.percentile(q) / after.percentile(q),
+                        "speedup_mean": before.mean_ms / after.mean_ms},
+            "size": {"baseline": baseline_size, "compressed": pruned_size,
+                     "macs_reduction": baseline_size["macs"] / max(pruned_size["macs"], 1),
+                     "params_reduction": baseline_size["params"] / max(pruned_size["params"], 1)},
+            "parity": parity.to_dict(),
+            "exports": {"baseline": baseline_export, **exports},
+            "stage_seconds": timings,
+            "versions": _versions(),
+            "seed": spec.seed,
+        }
+        report_path = out / "report.json"
+        report_path.write_text(json.dumps(report, indent=2))
+        artifacts["report"] = report_path
+    return CompressResult(report=report, artifacts=artifacts)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch_pruning
+
+    from secateurs import __version__
+
+    return {"secateurs": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torch_pruning": torch_pruning.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}

@@ -1,0 +1,42 @@
+"""Device fingerprint: what a latency figure was measured on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_fingerprint(*, runtime: str, provider: str, threads: int) -> dict:
+    """Everything that changes a latency figure, plus a short id hashed from it."""
+    import onnxruntime as ort
+    import psutil
+
+    info = {
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "runtime": runtime,
+        "onnxruntime": ort.__version__,
+        "provider": provider,
+        "threads": threads,
+    }
+    info["id"] = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+    return info

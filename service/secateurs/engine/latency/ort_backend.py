@@ -1,0 +1,56 @@
+"""ONNX Runtime backend: explicit provider and thread counts, no silent fallback."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from secateurs.errors import BackendUnavailable
+
+PROVIDERS = {"onnxruntime-cpu": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider"}
+
+
+class OnnxRuntimeBackend:
+    """One InferenceSession with fixed inputs; `samples(n)` times n runs."""
+
+    def __init__(self, model: Path | bytes, input_shape: tuple[int, ...], *, runtime: str = "onnxruntime-cpu",
+                 threads: int = 1, seed: int = 0) -> None:
+        import onnxruntime as ort
+
+        if runtime not in PROVIDERS:
+            raise BackendUnavailable(f"runtime {runtime!r} is not an ONNX Runtime target")
+        provider = PROVIDERS[runtime]
+        if provider not in ort.get_available_providers():
+            raise BackendUnavailable(
+                f"{provider} is not available in this onnxruntime build "
+                f"(available: {', '.join(ort.get_available_providers())})"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if provider != "CPUExecutionProvider":
+            options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=[provider])
+        ran = self.session.get_providers()[0]
+        if ran != provider:  # asked for one provider, got another: refuse rather than mislead
+            raise BackendUnavailable(f"asked for {provider} but the session runs on {ran}")
+        self.provider = ran
+        self.threads = threads
+        self.batch = input_shape[0]
+        name = self.session.get_inputs()[0].name
+        self._feeds = {name: np.random.default_rng(seed).standard_normal(input_shape, dtype=np.float32)}
+
+    def samples(self, n: int) -> list[float]:
+        out = []
+        run, feeds = self.session.run, self._feeds
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            run(None, feeds)
+            out.append((time.perf_counter_ns() - t0) / 1e6)
+        return out

@@ -1,0 +1,123 @@
+"""The measurement protocol, shared by every runtime.
+
+A backend implements one method, `samples(n) -> list[float]`: run the model n times
+and return each run's wall time in milliseconds. Everything else lives here:
+warm-up by count and by time, measurement in windows until the medians of the last
+three windows agree within a tolerance (or a time cap, then stable=False), at least
+`min_samples` samples, and one function that turns samples into statistics. Two
+models are compared interleaved (A B A B ...) in one process so that drift (thermal,
+frequency, a neighbour's load) hits both alike.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Protocol
+
+from secateurs.engine.spec import ProtocolSpec
+
+
+class LatencyBackend(Protocol):
+    batch: int
+
+    def samples(self, n: int) -> list[float]:
+        """Run the model n times; return each run's latency in milliseconds."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyStats:
+    n: int
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    min_ms: float
+    max_ms: float
+    std_ms: float
+    cov: float
+    throughput_per_s: float
+    stable: bool
+    duration_s: float
+
+    def percentile(self, q: float) -> float:
+        return {50.0: self.p50_ms, 90.0: self.p90_ms, 95.0: self.p95_ms, 99.0: self.p99_ms}[float(q)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of already sorted values."""
+    if not sorted_values:
+        raise ValueError("no samples")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(samples_ms: list[float], *, batch: int, stable: bool, duration_s: float) -> LatencyStats:
+    s = sorted(samples_ms)
+    mean = statistics.fmean(s)
+    std = statistics.pstdev(s) if len(s) > 1 else 0.0
+    return LatencyStats(
+        n=len(s), mean_ms=mean, p50_ms=percentile(s, 50), p90_ms=percentile(s, 90), p95_ms=percentile(s, 95),
+        p99_ms=percentile(s, 99), min_ms=s[0], max_ms=s[-1], std_ms=std, cov=std / mean if mean else 0.0,
+        throughput_per_s=batch * 1000.0 / mean if mean else 0.0, stable=stable, duration_s=duration_s,
+    )
+
+
+def _agree(medians: list[float], tolerance: float) -> bool:
+    last = medians[-3:]
+    return len(last) == 3 and max(last) <= min(last) * (1 + tolerance)
+
+
+def _warm_up(backends: list[LatencyBackend], protocol: ProtocolSpec) -> None:
+    start = time.perf_counter()
+    runs = 0
+    while runs < protocol.warmup_runs or time.perf_counter() - start < protocol.warmup_seconds:
+        for backend in backends:
+            backend.samples(1)
+        runs += 1
+
+
+def measure(backend: LatencyBackend, protocol: ProtocolSpec,
+            should_stop: Callable[[], None] | None = None) -> LatencyStats:
+    """Measure one model. `should_stop` is called between windows (it raises to cancel)."""
+    return measure_interleaved([backend], protocol, should_stop)[0]
+
+
+def measure_interleaved(backends: list[LatencyBackend], protocol: ProtocolSpec,
+                        should_stop: Callable[[], None] | None = None) -> list[LatencyStats]:
+    """Measure several models in alternation (A B A B ...), one run each per turn.
+
+    Stops when every model has at least min_samples and the last three window
+    medians of each agree within the tolerance, or when max_seconds has passed
+    (then stable=False for those that had not settled).
+    """
+    _warm_up(backends, protocol)
+    samples: list[list[float]] = [[] for _ in backends]
+    medians: list[list[float]] = [[] for _ in backends]
+    start = time.perf_counter()
+    while True:
+        window: list[list[float]] = [[] for _ in backends]
+        for _ in range(protocol.window):
+            for i, backend in enumerate(backends):
+                window[i].extend(backend.samples(1))
+        for i in range(len(backends)):
+            samples[i].extend(window[i])
+            medians[i].append(statistics.median(window[i]))
+        if should_stop is not None:
+            should_stop()
+        enough = all(len(s) >= protocol.min_samples for s in samples)
+        settled = [_agree(m, protocol.tolerance) for m in medians]
+        elapsed = time.perf_counter() - start
+        if (enough and all(settled)) or elapsed >= protocol.max_seconds:
+            break
+    return [
+        summarize(s, batch=b.batch, stable=settled[i] and len(s) >= protocol.min_samples, duration_s=elapsed)
+        for i, (s, b) in enumerate(zip(samples, backends))
+    ]
