@@ -4,8 +4,9 @@ Parity is measured on seeded random inputs: the largest absolute difference rela
 to the output's scale, and top-1 agreement for classifier outputs. A check that
 cannot fail is worthless: when the model's outputs are constant (a randomly built
 torchvision ViT has a zero-initialised head, so it outputs zeros for every input),
-parity is checked on a copy whose last layer gets seeded random weights, so the
-rest of the graph is compared on non-degenerate values; the report says so.
+the last layer gets the same seeded random weights in the PyTorch model and in the
+ONNX file's initializer, so the file's graph is compared on non-degenerate values;
+the report says so (mode "perturbed-classifier").
 """
 
 from __future__ import annotations
@@ -88,51 +89,74 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str, 
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
 
 
-def _last_layer(model: nn.Module) -> nn.Module | None:
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+def _last_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     return layers[-1] if layers else None
 
 
-def check_parity(model: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], *, tolerance: float = 1e-3,
-                 batches: int = 4, seed: int = 0, onnx_factory=None) -> Parity:
-    """Compare ONNX Runtime with PyTorch on seeded random inputs.
+def _perturb_last_layer(model: nn.Module, onnx_path: Path, generator: torch.Generator) -> tuple[nn.Module, Path]:
+    """Give the last layer the same seeded random weights in a copy of the model and in a copy
+    of the ONNX file (its initializer, found by name or by shape), so the file itself is tested."""
+    import onnx
+    from onnx import numpy_helper
 
-    `onnx_factory(model, path)` re-exports a model (used for the perturbed-classifier
-    mode); it defaults to `export_onnx` with the same example shape.
-    """
+    found = _last_layer(model)
+    if found is None:
+        raise UnsupportedModel("model outputs are constant and it has no layer to perturb for a parity check")
+    name, layer = found
+    model = copy.deepcopy(model)
+    layer = model.get_submodule(name)
+    weight = torch.randn(layer.weight.shape, generator=generator) * 0.05
+    proto = onnx.load(str(onnx_path))
+    shape, shape_t = tuple(weight.shape), tuple(weight.shape[::-1])
+    candidates = [i for i in proto.graph.initializer if i.name == f"{name}.weight"] or [
+        i for i in proto.graph.initializer if tuple(i.dims) in (shape, shape_t)
+        and np.allclose(numpy_helper.to_array(i).reshape(-1), 0 if not layer.weight.any() else np.nan)
+    ]
+    if len(candidates) != 1:
+        raise UnsupportedModel(f"outputs are constant and the ONNX weight of {name!r} cannot be located "
+                               f"for a meaningful parity check")
+    init = candidates[0]
+    array = weight.numpy() if tuple(init.dims) == shape else weight.numpy().T
+    init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array.astype(np.float32)), init.name))
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    patched = Path(onnx_path).with_suffix(".parity.onnx")
+    onnx.save(proto, str(patched))
+    return model, patched
+
+
+def check_parity(model: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], *, tolerance: float = 1e-3,
+                 batches: int = 4, seed: int = 0) -> Parity:
+    """Compare ONNX Runtime with PyTorch on seeded random inputs."""
     generator = torch.Generator().manual_seed(seed)
     inputs = [torch.randn(input_shape, generator=generator) for _ in range(batches)]
     with torch.no_grad():
         refs = [model(x).float() for x in inputs]
     scale = max(float(r.abs().max()) for r in refs)
     spread = max(float(r.std()) if r.numel() > 1 else 0.0 for r in refs)
-    mode = "outputs"
+    mode, patched = "outputs", None
     if spread < 1e-6 * max(scale, 1.0):  # constant outputs: a comparison of them proves nothing
-        model = copy.deepcopy(model)
-        layer = _last_layer(model)
-        if layer is None:
-            raise UnsupportedModel("model outputs are constant and it has no layer to perturb for a parity check")
-        with torch.no_grad():
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.05)
-        onnx_path = Path(onnx_path).with_suffix(".parity.onnx")
-        (onnx_factory or (lambda m, p: export_onnx(m, inputs[0], p)))(model, onnx_path)
+        model, patched = _perturb_last_layer(model, onnx_path, generator)
+        onnx_path, mode = patched, "perturbed-classifier"
         with torch.no_grad():
             refs = [model(x).float() for x in inputs]
         scale = max(float(r.abs().max()) for r in refs)
-        mode = "perturbed-classifier"
 
-    session = _cpu_session(onnx_path)
-    max_diff, agree, total = 0.0, 0, 0
-    for x, ref in zip(inputs, refs):
-        got = torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0]).float()
-        if got.shape != ref.shape:
-            raise ParityError(f"ONNX output shape {tuple(got.shape)} differs from PyTorch {tuple(ref.shape)}")
-        max_diff = max(max_diff, float((got - ref).abs().max()))
-        if ref.dim() == 2 and ref.shape[1] > 1:
-            agree += int((got.argmax(1) == ref.argmax(1)).sum())
-            total += ref.shape[0]
-    if mode == "perturbed-classifier":
-        Path(onnx_path).unlink(missing_ok=True)
+    try:
+        session = _cpu_session(onnx_path)
+        max_diff, agree, total = 0.0, 0, 0
+        for x, ref in zip(inputs, refs):
+            got = torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0]).float()
+            if got.shape != ref.shape:
+                raise ParityError(f"ONNX output shape {tuple(got.shape)} differs from PyTorch {tuple(ref.shape)}")
+            max_diff = max(max_diff, float((got - ref).abs().max()))
+            if ref.dim() == 2 and ref.shape[1] > 1:
+                agree += int((got.argmax(1) == ref.argmax(1)).sum())
+                total += ref.shape[0]
+    finally:
+        if patched is not None:
+            patched.unlink(missing_ok=True)
     relative = max_diff / max(scale, 1e-12)
     top1 = agree / total if total else None
     passed = relative <= tolerance and (top1 is None or top1 >= 0.99 or relative <= tolerance / 10)
@@ -155,10 +179,3 @@ def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         program = torch.export.export(model.eval(), (example,))
         torch.export.save(program, str(path))
 
-
-def onnx_output_agrees(a: Path, b: Path, input_shape: tuple[int, ...], seed: int = 0) -> float:
-    """Max abs difference between two ONNX models on one seeded input (used by tests)."""
-    x = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed)).numpy()
-    ya = _cpu_session(a).run(None, {INPUT_NAME: x})[0]
-    yb = _cpu_session(b).run(None, {INPUT_NAME: x})[0]
-    return float(np.abs(ya - yb).max())

@@ -40,7 +40,7 @@ def parse_input_shape(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...
         dims = tuple(int(d) for d in text)
     if len(dims) < 2 or len(dims) > 5:
         raise InvalidRequest(
-            f"input shape {'x'.join(map(str, dims)) or text!r} must have 2 to 5 dimensions (batch first)",
+            f"input shape {'x'.join(map(str, dims))!r} must have 2 to 5 dimensions (batch first)",
             field="input_shape",
         )
     if any(d <= 0 for d in dims):

@@ -182,9 +182,9 @@ def compress(
             "versions": _versions(),
             "seed": spec.seed,
         }
-        report_path = out / "report.json"
-        report_path.write_text(json.dumps(report, indent=2))
-        artifacts["report"] = report_path
+    report_path = out / "report.json"  # written after the stage closes, so its own time is in it
+    report_path.write_text(json.dumps(report, indent=2))
+    artifacts["report"] = report_path
     return CompressResult(report=report, artifacts=artifacts)
 
 

@@ -1,0 +1,185 @@
+"""`secateurs serve | compress | inspect`: the server's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from secateurs.errors import SecateursError
+
+QUICK_PROTOCOL = dict(warmup_runs=5, warmup_seconds=0.1, window=20, min_samples=60, max_seconds=5.0)
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name> or module:<pkg.mod>:<callable>")
+    p.add_argument("--kwarg", action="append", default=[], metavar="NAME=VALUE",
+                   help="constructor argument, repeatable (e.g. --kwarg num_classes=10)")
+    p.add_argument("--weights", type=Path, help="safetensors file or torch state dict")
+    p.add_argument("--input", required=True, help="input shape, batch first, e.g. 1x3x224x224")
+    p.add_argument("--trust-pickled-models", action="store_true",
+                   help="allow weights that are a whole pickled nn.Module (runs code from the file)")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--min-channels", type=int, default=8, help="never prune a group below this (default 8)")
+    p.add_argument("--quick", action="store_true", help="short latency protocol (for smoke runs; less stable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="secateurs", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    inspect = sub.add_parser("inspect", help="list prunable groups and measure the baseline latency")
+    _add_model_arguments(inspect)
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    compress = sub.add_parser("compress", help="prune, export and benchmark a model")
+    _add_model_arguments(compress)
+    compress.add_argument("--ratio", type=float, help="one pruning ratio for every group, in [0, 1)")
+    compress.add_argument("--ratios", type=Path, help="JSON file: {group name: ratio}")
+    compress.add_argument("--importance", default="l1", help="l1 (default), l2, bn_scale or taylor")
+    compress.add_argument("--round-to", type=int, default=8, help="channel counts become multiples of this")
+    compress.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
+    compress.add_argument("--out", type=Path, required=True, help="output directory")
+    compress.add_argument("--seed", type=int, default=0)
+
+    try:
+        from secateurs.api.server import add_serve_arguments
+    except ImportError:  # the service layer is optional for engine-only installs
+        add_serve_arguments = None
+    if add_serve_arguments is not None:
+        serve = sub.add_parser("serve", help="run the gRPC compression service")
+        add_serve_arguments(serve)
+    return parser
+
+
+def _model_spec(args: argparse.Namespace):
+    from secateurs.engine.models import parse_kwargs
+    from secateurs.engine.spec import ModelSpec
+
+    return ModelSpec(arch=args.model, arch_kwargs=parse_kwargs(args.kwarg), weights=args.weights,
+                     trust_pickle=args.trust_pickled_models)
+
+
+def _protocol(args: argparse.Namespace):
+    from secateurs.engine.spec import ProtocolSpec
+
+    return ProtocolSpec(**QUICK_PROTOCOL) if args.quick else ProtocolSpec()
+
+
+def _print_progress(event: Any) -> None:
+    if event.kind == "started":
+        print(f"  {event.stage:<10} ...", file=sys.stderr, flush=True)
+    elif event.kind == "finished":
+        print(f"  {event.stage:<10} done in {event.data.get('seconds', 0):.1f} s", file=sys.stderr, flush=True)
+    elif event.kind == "progress" and event.message:
+        print(f"  {event.stage:<10} {event.message}", file=sys.stderr, flush=True)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import torch
+
+    from secateurs.engine.groups import describe_groups, prepare
+    from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, measure
+    from secateurs.engine.export import export_onnx
+    from secateurs.engine.models import check_runs, load_model, parse_input_shape
+    from secateurs.engine.size import count_macs, count_params
+    import copy
+    import tempfile
+
+    shape = parse_input_shape(args.input)
+    model = load_model(_model_spec(args))
+    check_runs(model, shape)
+    example = torch.randn(shape)
+    groups = describe_groups(prepare(copy.deepcopy(model), example), example, min_channels=args.min_channels)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, example, path)
+        backend = OnnxRuntimeBackend(path, shape, threads=args.threads)
+        stats = measure(backend, _protocol(args))
+    fp = device_fingerprint(runtime="onnxruntime-cpu", provider=backend.provider, threads=args.threads)
+    if args.json:
+        print(json.dumps({"groups": [g.to_dict() for g in groups], "latency": stats.to_dict(), "device": fp,
+                          "params": count_params(model), "macs": count_macs(model, example)}, indent=2))
+        return 0
+    width = max((len(g.name) for g in groups), default=10)
+    print(f"{'group':<{width}}  {'size':>6} {'unit':<8} {'MACs %':>7} {'layers':>6}  prunable")
+    for g in groups:
+        print(f"{g.name:<{width}}  {g.channels:>6} {g.unit:<8} {100 * g.macs_share:>6.1f}% {len(g.layers):>6}  "
+              f"{'yes' if g.prunable else 'no: ' + g.reason}")
+    print(f"\n{len(groups)} groups, {sum(g.prunable for g in groups)} prunable; "
+          f"{count_params(model):,} params, {count_macs(model, example) / 1e6:,.1f} M MACs")
+    print(f"baseline on {fp['runtime']} ({fp['threads']} threads, {fp['cpu']}): p50 {stats.p50_ms:.3f} ms, "
+          f"p90 {stats.p90_ms:.3f} ms, mean {stats.mean_ms:.3f} ms, n={stats.n}, CoV {stats.cov:.1%}"
+          f"{'' if stats.stable else ' (NOT stable: time cap reached)'}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from secateurs.engine.pipeline import compress
+    from secateurs.engine.models import parse_input_shape
+    from secateurs.engine.spec import CompressSpec, TargetSpec
+    from secateurs.errors import InvalidRequest
+
+    ratios = None
+    if args.ratios is not None:
+        try:
+            ratios = json.loads(args.ratios.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InvalidRequest(f"cannot read ratios file {args.ratios}: {exc}", field="ratios") from None
+        if not isinstance(ratios, dict):
+            raise InvalidRequest("ratios file must hold a JSON object {group: ratio}", field="ratios")
+    spec = CompressSpec(
+        model=_model_spec(args), input_shape=parse_input_shape(args.input), out_dir=args.out,
+        ratio=args.ratio, group_ratios=ratios, importance=args.importance, round_to=args.round_to,
+        min_channels=args.min_channels, target=TargetSpec(threads=args.threads), protocol=_protocol(args),
+        dynamic_batch=args.dynamic_batch, seed=args.seed,
+    )
+    start = time.perf_counter()
+    result = compress(spec, on_event=_print_progress)
+    print(summary(result.report))
+    print(f"artifacts in {args.out} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def summary(report: dict) -> str:
+    """A few lines a person reads first."""
+    lat, size = report["latency"], report["size"]
+    q = int(report["target"]["percentile"])
+    b, c = lat["baseline"], lat["compressed"]
+    return "\n".join([
+        f"{report['model']['arch']} {'x'.join(map(str, report['model']['input_shape']))} "
+        f"on {report['target']['runtime']} ({report['target']['threads']} threads)",
+        f"  p{q} latency  {b[f'p{q}_ms']:.3f} ms -> {c[f'p{q}_ms']:.3f} ms   speedup {lat['speedup']:.2f}x"
+        f"{'' if b['stable'] and c['stable'] else '  (measurement not stable)'}",
+        f"  MACs        {size['baseline']['macs'] / 1e6:,.1f} M -> {size['compressed']['macs'] / 1e6:,.1f} M"
+        f"   reduction {size['macs_reduction']:.2f}x",
+        f"  params      {size['baseline']['params']:,} -> {size['compressed']['params']:,}",
+        f"  ONNX bytes  {size['baseline']['onnx_bytes']:,} -> {size['compressed']['onnx_bytes']:,}",
+        f"  parity      max rel. diff {report['parity']['relative_diff']:.1e}, "
+        f"top-1 agreement {report['parity']['top1_agreement']}",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "inspect":
+            return cmd_inspect(args)
+        if args.command == "compress":
+            return cmd_compress(args)
+        from secateurs.api.server import run_serve
+
+        return run_serve(args)
+    except SecateursError as exc:
+        field = getattr(exc, "field", None)
+        print(f"error: {exc}" + (f" [field: {field}]" if field else ""), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

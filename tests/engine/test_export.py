@@ -1,0 +1,59 @@
+"""ONNX export, parity that can fail, torch.export."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from secateurs.engine.export import check_parity, export_onnx, export_pt2
+from secateurs.engine.models import build_architecture
+
+
+def _resnet20(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_architecture("zoo:resnet20").eval()
+
+
+def test_onnx_is_valid_named_and_agrees(tmp_path):
+    model = _resnet20()
+    info = export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "m.onnx")
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert info["opset"] >= 17
+    assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["output"]
+    parity = check_parity(model, tmp_path / "m.onnx", (1, 3, 32, 32))
+    assert parity.passed and parity.mode == "outputs" and parity.top1_agreement == 1.0
+    assert parity.relative_diff < 1e-5
+
+
+def test_parity_fails_for_a_different_model(tmp_path):
+    export_onnx(_resnet20(seed=1), torch.randn(1, 3, 32, 32), tmp_path / "other.onnx")
+    parity = check_parity(_resnet20(seed=0), tmp_path / "other.onnx", (1, 3, 32, 32))
+    assert not parity.passed and parity.relative_diff > 1e-2
+
+
+def test_dynamic_batch(tmp_path):
+    model = _resnet20()
+    export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "d.onnx", dynamic_batch=True)
+    assert check_parity(model, tmp_path / "d.onnx", (3, 3, 32, 32)).passed
+
+
+def test_constant_outputs_get_a_meaningful_check(tmp_path):
+    # A randomly built torchvision ViT has a zero head: every output is 0, any graph would "agree".
+    torch.manual_seed(0)
+    vit = build_architecture("torchvision:vit_b_16", {"num_classes": 10, "image_size": 32}).eval()
+    export_onnx(vit, torch.randn(1, 3, 32, 32), tmp_path / "vit.onnx")
+    parity = check_parity(vit, tmp_path / "vit.onnx", (1, 3, 32, 32))
+    assert parity.mode == "perturbed-classifier" and parity.passed and parity.output_scale > 0
+    # and it still detects a wrong graph: the encoder of another seed
+    torch.manual_seed(1)
+    other = build_architecture("torchvision:vit_b_16", {"num_classes": 10, "image_size": 32}).eval()
+    assert not check_parity(other, tmp_path / "vit.onnx", (1, 3, 32, 32)).passed
+
+
+def test_torch_export_roundtrip(tmp_path):
+    model = _resnet20()
+    x = torch.randn(1, 3, 32, 32)
+    export_pt2(model, x, tmp_path / "m.pt2")
+    loaded = torch.export.load(str(tmp_path / "m.pt2")).module()
+    assert torch.allclose(loaded(x), model(x), atol=1e-5)
