@@ -116,3 +116,23 @@ def test_importances_choose_different_channels(importance):
     result = prune(model, x, PruneSpec(ratio=0.5, importance=importance), batches=[x])
     assert result.model(x).shape == (4, 10)
     assert count_params(result.model) < count_params(model)
+
+
+class HardCodedWidth(torch.nn.Module):
+    """Reshapes with a width written in the code: pruning cannot know about it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.fc = torch.nn.Linear(32 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(-1, 32 * 8 * 8))
+
+
+def test_model_that_cannot_be_pruned_gets_a_clear_error():
+    from secateurs.errors import UnsupportedModel
+
+    with pytest.raises(UnsupportedModel) as err:
+        prune(HardCodedWidth().eval(), torch.randn(1, 3, 8, 8), PruneSpec(ratio=0.5))
+    assert str(err.value).startswith("the pruned model no longer runs (RuntimeError: shape '[-1, 2048]' is invalid")

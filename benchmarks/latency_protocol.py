@@ -1,0 +1,92 @@
+"""How far the latency protocol can be trusted on this machine.
+
+1. Repeatability: the same model measured in five separate processes; the spread
+   (coefficient of variation) of p50 across the runs. Goal: <= 3%.
+2. Interleaving: the latency ratio of two models (baseline and pruned) from separate
+   runs versus from one interleaved (A B A B ...) run, each repeated, with spreads.
+
+    .venv/bin/python benchmarks/latency_protocol.py [--runs 5] [--model torchvision:resnet18] [--input 1x3x112x112]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from secateurs.engine.export import export_onnx
+from secateurs.engine.models import build_architecture
+from secateurs.engine.prune import PruneSpec, prune
+
+MEASURE = """
+import json, sys
+from secateurs.engine.latency import OnnxRuntimeBackend, measure_interleaved
+from secateurs.engine.spec import ProtocolSpec
+shape = tuple(json.loads(sys.argv[2]))
+backends = [OnnxRuntimeBackend(p, shape, threads=int(sys.argv[3])) for p in sys.argv[4:]]
+stats = measure_interleaved(backends, ProtocolSpec(**json.loads(sys.argv[1])))
+print(json.dumps([s.to_dict() for s in stats]))
+"""
+
+
+def run(paths: list[Path], shape: tuple[int, ...], threads: int, protocol: dict) -> list[dict]:
+    """One measurement in a fresh process (a 'separate run')."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(protocol), json.dumps(shape), str(threads),
+                          *map(str, paths)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def cov(values: list[float]) -> float:
+    return statistics.pstdev(values) / statistics.fmean(values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--model", default="torchvision:resnet18")
+    parser.add_argument("--input", default="1x3x112x112")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ratio", type=float, default=0.4)
+    args = parser.parse_args()
+    shape = tuple(int(d) for d in args.input.split("x"))
+    protocol = dict(warmup_runs=20, warmup_seconds=1.0, window=100, min_samples=500, max_seconds=30.0, tolerance=0.03)
+
+    torch.manual_seed(0)
+    model = build_architecture(args.model).eval()
+    x = torch.randn(shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp) / "baseline.onnx", Path(tmp) / "pruned.onnx"
+        export_onnx(model, x, a)
+        export_onnx(prune(model, x, PruneSpec(ratio=args.ratio)).model, x, b)
+        sep_a, sep_b, inter = [], [], []
+        for i in range(args.runs):
+            sep_a.append(run([a], shape, args.threads, protocol)[0])
+            sep_b.append(run([b], shape, args.threads, protocol)[0])
+            inter.append(run([a, b], shape, args.threads, protocol))
+            print(f"run {i + 1}/{args.runs}: A p50 {sep_a[-1]['p50_ms']:.3f} ms, B p50 {sep_b[-1]['p50_ms']:.3f} ms, "
+                  f"interleaved A/B {inter[-1][0]['p50_ms'] / inter[-1][1]['p50_ms']:.3f}", flush=True)
+
+    p50_a = [s["p50_ms"] for s in sep_a]
+    ratios_sep = [sa["p50_ms"] / sb["p50_ms"] for sa, sb in zip(sep_a, sep_b)]
+    ratios_int = [ia["p50_ms"] / ib["p50_ms"] for ia, ib in inter]
+    print(f"\n{args.model} {args.input}, ONNX Runtime CPU, {args.threads} threads, {args.runs} runs each")
+    print("| measure | value |\n|---|---|")
+    print(f"| p50 of A across {args.runs} separate runs | {min(p50_a):.3f}–{max(p50_a):.3f} ms, "
+          f"CoV **{cov(p50_a):.2%}** (goal ≤ 3%) |")
+    print(f"| runs that reached the stability criterion | {sum(s['stable'] for s in sep_a + sep_b)}"
+          f"/{2 * args.runs} separate, {sum(i[0]['stable'] and i[1]['stable'] for i in inter)}/{args.runs} interleaved |")
+    print(f"| A/B ratio from separate runs (run i of A / run i of B) | median {statistics.median(ratios_sep):.3f}, "
+          f"CoV {cov(ratios_sep):.2%} |")
+    print(f"| A/B ratio from interleaved runs | median {statistics.median(ratios_int):.3f}, "
+          f"CoV {cov(ratios_int):.2%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
