@@ -39,6 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(compress)
     compress.add_argument("--ratio", type=float, help="one pruning ratio for every group, in [0, 1)")
     compress.add_argument("--ratios", type=Path, help="JSON file: {group name: ratio}")
+    budget = compress.add_argument_group("budget (the search chooses per-group ratios that meet every limit given)")
+    budget.add_argument("--latency-ms", type=float, help="latency ceiling on the target, at --percentile")
+    budget.add_argument("--speedup", type=float, help="at least this many times faster than the baseline")
+    budget.add_argument("--size-mb", type=float, help="ONNX file size ceiling in MB (10^6 bytes)")
+    budget.add_argument("--params", type=int, help="parameter count ceiling")
+    budget.add_argument("--macs", type=int, help="MACs ceiling")
+    budget.add_argument("--max-accuracy-drop", type=float, help="accuracy points (0.01 = 1 point) that may be lost")
+    budget.add_argument("--percentile", type=float, default=50.0, help="latency percentile: 50, 90, 95 or 99")
+    compress.add_argument("--data", type=Path, help="ImageFolder directory or .zip for calibration and accuracy")
+    compress.add_argument("--data-split", default="test", help="split of --data to calibrate on (default test)")
+    compress.add_argument("--data-preset", default=None, help="transform preset: cifar10 or imagenet")
+    compress.add_argument("--cache-dir", type=Path, default=Path(".secateurs/cache"),
+                          help="measurement cache shared across jobs (default .secateurs/cache)")
     compress.add_argument("--importance", default="l1", help="l1 (default), l2, bn_scale or taylor")
     compress.add_argument("--round-to", type=int, default=8, help="channel counts become multiples of this")
     compress.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
@@ -131,9 +144,23 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise InvalidRequest(f"cannot read ratios file {args.ratios}: {exc}", field="ratios") from None
         if not isinstance(ratios, dict):
             raise InvalidRequest("ratios file must hold a JSON object {group: ratio}", field="ratios")
+    from secateurs.engine.budget import Budget
+
+    limits = dict(latency_ms=args.latency_ms, speedup=args.speedup,
+                  size_bytes=int(args.size_mb * 1e6) if args.size_mb else None, params=args.params, macs=args.macs)
+    budget = None
+    if any(v is not None for v in limits.values()) or args.max_accuracy_drop is not None:
+        budget = Budget(**limits, max_accuracy_drop=args.max_accuracy_drop, percentile=args.percentile)
+    data = None
+    if args.data is not None:
+        from secateurs.engine.data import DataSpec, TransformSpec
+
+        data = DataSpec(source="imagefolder", path=args.data, split=args.data_split,
+                        transform=TransformSpec.preset(args.data_preset) if args.data_preset else None, seed=args.seed)
     spec = CompressSpec(
         model=_model_spec(args), input_shape=parse_input_shape(args.input), out_dir=args.out,
-        ratio=args.ratio, group_ratios=ratios, importance=args.importance, round_to=args.round_to,
+        ratio=args.ratio, group_ratios=ratios, budget=budget, data=data, cache_dir=args.cache_dir,
+        importance=args.importance, round_to=args.round_to,
         min_channels=args.min_channels, target=TargetSpec(threads=args.threads), protocol=_protocol(args),
         dynamic_batch=args.dynamic_batch, seed=args.seed,
     )
@@ -147,8 +174,18 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def summary(report: dict) -> str:
     """A few lines a person reads first."""
     lat, size = report["latency"], report["size"]
-    q = int(report["target"]["percentile"])
+    q = int(report["budget"]["percentile"] if report.get("budget") else report["target"]["percentile"])
     b, c = lat["baseline"], lat["compressed"]
+    lines = []
+    if report.get("budget"):
+        search = report["search"]
+        lines.append(f"  budget      {', '.join(f'{k}={v}' for k, v in report['budget'].items())}: "
+                     f"{'MET' if report['budget_met'] else 'NOT MET'}"
+                     f"{' (' + search['reason'] + ')' if search and search['reason'] else ''}")
+        if search and search.get("uniform"):
+            u = search["uniform"]
+            lines.append(f"  vs uniform  L1 ratio {u['measured']['uniform_ratio']:.2f} at {u['measured']['speedup']:.2f}x: "
+                         f"quality loss {u['quality']['loss']:.4f} vs searched {search['quality_after']['loss']:.4f}")
     return "\n".join([
         f"{report['model']['arch']} {'x'.join(map(str, report['model']['input_shape']))} "
         f"on {report['target']['runtime']} ({report['target']['threads']} threads)",
@@ -160,6 +197,7 @@ def summary(report: dict) -> str:
         f"  ONNX bytes  {size['baseline']['onnx_bytes']:,} -> {size['compressed']['onnx_bytes']:,}",
         f"  parity      max rel. diff {report['parity']['relative_diff']:.1e}, "
         f"top-1 agreement {report['parity']['top1_agreement']}",
+        *lines,
     ])
 
 

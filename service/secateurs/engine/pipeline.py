@@ -16,16 +16,19 @@ from typing import Any
 
 import torch
 
+from secateurs.engine.budget import Measurement, budget_shortfall, validate_budget
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
 from secateurs.engine.export import check_parity, export_onnx, export_pt2
 from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, measure_interleaved
 from secateurs.engine.models import check_runs, load_model, parse_input_shape
 from secateurs.engine.prune import PruneSpec, prune, validate_prune_spec, write_plan
+from secateurs.engine.search import SearchSpec, search
+from secateurs.engine.sensitivity import Calibration, recalibrate_batchnorm
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.spec import EXPORTS, RUNTIMES, CompressSpec
 from secateurs.errors import InvalidRequest, ParityError
 
-STAGES = ("load", "profile", "prune", "export", "benchmark", "report")
+STAGES = ("load", "profile", "search", "prune", "export", "benchmark", "report")
 REPORT_VERSION = 1
 
 
@@ -41,7 +44,27 @@ class CompressResult:
 def validate_spec(spec: CompressSpec) -> None:
     """Every check that needs no model, in one place, with the field at fault."""
     parse_input_shape(spec.input_shape)
-    validate_prune_spec(_prune_spec(spec))
+    given = [n for n, v in (("ratio", spec.ratio), ("group_ratios", spec.group_ratios), ("budget", spec.budget))
+             if v is not None]
+    if len(given) != 1:
+        raise InvalidRequest("give exactly one of ratio, group_ratios or budget"
+                             + (f" (got {', '.join(given)})" if given else ""), field=given[-1] if given else "budget")
+    if spec.budget is not None:
+        validate_budget(spec.budget)
+        if spec.budget.is_empty():
+            raise InvalidRequest("budget has no limit: give latency_ms, speedup, size_bytes, params or macs",
+                                 field="budget")
+        validate_prune_spec(PruneSpec(ratio=0.0, importance=spec.importance, round_to=spec.round_to,
+                                      min_channels=spec.min_channels))
+    else:
+        validate_prune_spec(_prune_spec(spec))
+    if spec.data is not None:
+        from secateurs.engine.data import validate_data_spec
+
+        validate_data_spec(spec.data)
+    if not 1 <= spec.calibration_samples <= 100_000:
+        raise InvalidRequest(f"calibration_samples must be in [1, 100000], got {spec.calibration_samples}",
+                             field="calibration_samples")
     if spec.target.runtime not in RUNTIMES:
         raise InvalidRequest(f"runtime {spec.target.runtime!r} is not supported; supported: {', '.join(RUNTIMES)}",
                              field="target.runtime")
@@ -116,9 +139,30 @@ def compress(
         baseline_size = {"params": count_params(model), "macs": count_macs(model, example),
                          "onnx_bytes": file_bytes(baseline_onnx)}
 
+    calib = build_calibration(spec, shape)
+    searched = None
+    group_ratios = spec.group_ratios
+    if spec.budget is not None:
+        with stage("search") as st:
+            fp = device_fingerprint(runtime=spec.target.runtime, provider=_provider(spec.target.runtime),
+                                    threads=spec.target.threads)
+            searched = search(
+                model, example, baseline_onnx,
+                SearchSpec(budget=spec.budget, target=spec.target, protocol=spec.protocol, importance=spec.importance,
+                           round_to=spec.round_to, min_channels=spec.min_channels, cache_dir=spec.cache_dir,
+                           arch=spec.model.arch, seed=spec.seed),
+                calib, fingerprint=fp, cancel=cancel,
+                on_progress=lambda f, message, data: st.progress(f, message, **data))
+            group_ratios = searched.ratios
+
     with stage("prune") as st:
-        result = prune(model, example, _prune_spec(spec))
+        prune_spec = PruneSpec(ratio=spec.ratio if group_ratios is None else None, group_ratios=group_ratios,
+                               importance=spec.importance, round_to=spec.round_to, min_channels=spec.min_channels)
+        result = prune(model, example, prune_spec, batches=calib.inputs)
         pruned = result.model
+        if calib.real and calib.recalibration:
+            recalibrate_batchnorm(pruned, calib.recalibration)  # statistics of the narrower layers
+            st.progress(0.8, "BatchNorm recalibrated")
         plan_path = write_plan(result.plan, out / "plan.json")
         st.progress(1.0, f"{sum(1 for g in result.plan.groups if g['after'] < g['before'])} groups pruned")
 
@@ -158,7 +202,10 @@ def compress(
     with stage("report"):
         pruned_size = {"params": count_params(pruned), "macs": count_macs(pruned, example),
                        "onnx_bytes": file_bytes(onnx_path)}
-        q = spec.target.percentile
+        q = spec.budget.percentile if spec.budget is not None else spec.target.percentile
+        final = Measurement(latency_ms=after.percentile(q), speedup=before.percentile(q) / after.percentile(q),
+                            size_bytes=pruned_size["onnx_bytes"], params=pruned_size["params"],
+                            macs=pruned_size["macs"])
         report = {
             "schema_version": REPORT_VERSION,
             "model": {"arch": spec.model.arch, "kwargs": dict(spec.model.arch_kwargs),
@@ -166,6 +213,10 @@ def compress(
             "pruning": {"ratio": spec.ratio, "importance": spec.importance, "round_to": spec.round_to,
                         "min_channels": spec.min_channels, "groups": result.plan.groups,
                         "heads": result.plan.heads},
+            "budget": spec.budget.to_dict() if spec.budget is not None else None,
+            # judged on the final interleaved benchmark below, the figures the user receives
+            "budget_met": budget_shortfall(final, spec.budget) == 0 if spec.budget is not None else None,
+            "budget_shortfall": budget_shortfall(final, spec.budget) if spec.budget is not None else None,
             "target": {"runtime": spec.target.runtime, "threads": spec.target.threads, "percentile": q,
                        "batch": shape[0]},
             "device": fingerprint,
@@ -177,6 +228,11 @@ def compress(
                      "macs_reduction": baseline_size["macs"] / max(pruned_size["macs"], 1),
                      "params_reduction": baseline_size["params"] / max(pruned_size["params"], 1)},
             "parity": parity.to_dict(),
+            "data": {"source": spec.data.source if spec.data else "synthetic", "labelled": calib.labels is not None,
+                     "samples": sum(x.shape[0] for x in calib.inputs),
+                     "note": None if calib.real else "no data: quality is fidelity to the original model on "
+                                                     "generated inputs, not accuracy"},
+            "search": _search_section(searched, spec) if searched is not None else None,
             "exports": {"baseline": baseline_export, **exports},
             "stage_seconds": timings,
             "versions": _versions(),
@@ -186,6 +242,50 @@ def compress(
     report_path.write_text(json.dumps(report, indent=2))
     artifacts["report"] = report_path
     return CompressResult(report=report, artifacts=artifacts)
+
+
+def build_calibration(spec: CompressSpec, shape: tuple[int, ...]) -> Calibration:
+    """Inputs for sensitivity and quality: samples from the job's data, or seeded random inputs."""
+    n = spec.calibration_samples
+    batch = min(16, n)
+    if spec.data is None:
+        generator = torch.Generator().manual_seed(spec.seed + 1)
+        inputs = [torch.randn((min(batch, n - i),) + shape[1:], generator=generator) for i in range(0, n, batch)]
+        return Calibration(inputs=inputs)
+    from secateurs.engine.data import load_dataset
+
+    dataset = load_dataset(spec.data)
+    if len(dataset) < 2:
+        raise InvalidRequest("data has fewer than 2 samples", field="data")
+    take = min(2 * n, len(dataset))
+    xs, ys = zip(*(dataset[i] for i in range(take)))
+    if tuple(xs[0].shape) != tuple(shape[1:]):
+        raise InvalidRequest(f"data samples have shape {tuple(xs[0].shape)}, the model input is {tuple(shape[1:])}; "
+                             f"set the data transform (resize/crop)", field="data")
+    x, y = torch.stack(xs), torch.tensor(ys)
+    half = max(1, take // 2)
+    evaluate, recal = x[:half], x[half:]
+    labels = y[:half] if dataset.labelled else None
+    return Calibration(inputs=list(evaluate.split(batch)), labels=list(labels.split(batch)) if labels is not None
+                       else None, real=True, recalibration=list(recal.split(batch)) if len(recal) else None)
+
+
+def _provider(runtime: str) -> str:
+    from secateurs.engine.latency.ort_backend import PROVIDERS
+
+    return PROVIDERS[runtime]
+
+
+def _search_section(result: Any, spec: CompressSpec) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {
+        "budget": spec.budget.to_dict(), "budget_met": result.budget_met, "reason": result.reason,
+        "baseline": asdict(result.baseline), "final": asdict(result.final),
+        "quality_before": result.quality_before, "quality_after": result.quality_after,
+        "groups": result.groups, "trace": [c.to_dict() for c in result.trace], "uniform": result.uniform,
+        "latency_model": result.latency_model, "cache": result.cache,
+    }
 
 
 def _versions() -> dict[str, str]:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+from secateurs.engine.budget import Budget
+
+if TYPE_CHECKING:
+    from secateurs.engine.data import DataSpec
 
 RUNTIMES = ("onnxruntime-cpu",)
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
@@ -58,8 +63,12 @@ class TargetSpec:
 class CompressSpec:
     """One compression job.
 
-    Either `ratio` (one ratio for every prunable group) or `group_ratios`
-    (group name -> ratio; unnamed groups are left whole) must be given.
+    Exactly one of: `ratio` (one ratio for every prunable group), `group_ratios`
+    (group name -> ratio; unnamed groups are left whole), or `budget` (the search
+    chooses per-group ratios that meet it, measured on the target).
+
+    data: calibration/validation data (labelled: accuracy; none: fidelity on
+    generated inputs). cache_dir: where measurements are cached across jobs.
     """
 
     model: ModelSpec
@@ -73,6 +82,10 @@ class CompressSpec:
     target: TargetSpec = field(default_factory=TargetSpec)
     protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
     exports: tuple[str, ...] = EXPORTS
+    budget: Budget | None = None
+    data: DataSpec | None = None
+    calibration_samples: int = 64
+    cache_dir: Path | None = None
     dynamic_batch: bool = False
     parity_tolerance: float = 1e-3
     seed: int = 0

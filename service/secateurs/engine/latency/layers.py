@@ -1,0 +1,201 @@
+"""A latency model of the whole network built from its layers measured in isolation.
+
+Measuring the whole model once per (group, width) is what the latency-aware search
+wants, but on a 2-core machine it would take tens of minutes for a ResNet-50. So each
+Conv/Linear layer is measured alone as a one-node ONNX model on the target, at the
+input shape it sees in the network, for a grid of input and output widths. The
+prediction for a plan is the measured baseline plus the sum of each layer's change:
+
+    predicted(plan) = measured(baseline) + sum_L [t_L(in_L(plan), out_L(plan)) - t_L(full)]
+
+with t_L(i, o) ~= t_L(i, full) * t_L(full, o) / t_L(full) (cost is near-bilinear in the
+two widths) and linear interpolation between measured widths. Everything else in
+the graph (pooling, adds, activations) is assumed constant; the search reports the
+prediction error against end-to-end measurement and the verification loop corrects it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+LAYER_OPSET = 18
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerShape:
+    """A Conv2d or Linear as it runs inside the network."""
+
+    kind: str  # "conv" | "linear"
+    cin: int
+    cout: int
+    input_shape: tuple[int, ...]  # with cin at dim 1 (conv) or last (linear)
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    bias: bool = True
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.cin == self.cout
+
+    def resized(self, cin: int, cout: int) -> LayerShape:
+        shape = list(self.input_shape)
+        shape[1 if self.kind == "conv" else -1] = cin
+        groups = cin if self.depthwise else self.groups
+        return replace(self, cin=cin, cout=cout, input_shape=tuple(shape), groups=groups)
+
+    def key(self) -> tuple:
+        return (self.kind, self.cin, self.cout, self.input_shape, self.kernel, self.stride, self.padding,
+                self.dilation, self.groups, self.bias)
+
+
+def collect_layers(model: nn.Module, example: torch.Tensor) -> dict[str, LayerShape]:
+    """Every Conv2d and Linear with the input shape it receives for `example`."""
+    shapes: dict[str, LayerShape] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple) -> None:
+            x = inputs[0]
+            if isinstance(module, nn.Conv2d) and isinstance(module.padding, tuple):
+                shapes[name] = LayerShape(
+                    kind="conv", cin=module.in_channels, cout=module.out_channels, input_shape=tuple(x.shape),
+                    kernel=tuple(module.kernel_size), stride=tuple(module.stride), padding=tuple(module.padding),
+                    dilation=tuple(module.dilation), groups=module.groups, bias=module.bias is not None)
+            elif isinstance(module, nn.Linear):
+                shapes[name] = LayerShape(kind="linear", cin=module.in_features, cout=module.out_features,
+                                          input_shape=tuple(x.shape), bias=module.bias is not None)
+        return record
+
+    hooks = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def layer_onnx(shape: LayerShape, seed: int = 0) -> bytes:
+    """A one-node ONNX model computing the layer on random weights."""
+    rng = np.random.default_rng(seed)
+    if shape.kind == "conv":
+        weight = rng.standard_normal((shape.cout, shape.cin // shape.groups, *shape.kernel), dtype=np.float32)
+        inits = [numpy_helper.from_array(weight, "W")]
+        inputs = ["x", "W"]
+        if shape.bias:
+            inits.append(numpy_helper.from_array(np.zeros(shape.cout, np.float32), "B"))
+            inputs.append("B")
+        pads = [shape.padding[0], shape.padding[1], shape.padding[0], shape.padding[1]]
+        node = helper.make_node("Conv", inputs, ["y"], strides=list(shape.stride), pads=pads,
+                                dilations=list(shape.dilation), group=shape.groups, kernel_shape=list(shape.kernel))
+        nodes = [node]
+    else:
+        weight = rng.standard_normal((shape.cin, shape.cout), dtype=np.float32)
+        inits = [numpy_helper.from_array(weight, "W")]
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["y" if not shape.bias else "m"])]
+        if shape.bias:
+            inits.append(numpy_helper.from_array(np.zeros(shape.cout, np.float32), "B"))
+            nodes.append(helper.make_node("Add", ["m", "B"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape.input_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", LAYER_OPSET)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+class Curve:
+    """Latency of one layer as one width varies (the other at full), interpolated linearly."""
+
+    def __init__(self, points: dict[int, float]) -> None:
+        self.widths = sorted(points)
+        self.values = [points[w] for w in self.widths]
+
+    def __call__(self, width: float) -> float:
+        ws, vs = self.widths, self.values
+        if width <= ws[0]:
+            return vs[0] * width / ws[0] if ws[0] else vs[0]  # below the grid: proportional
+        if width >= ws[-1]:
+            return vs[-1]
+        i = bisect.bisect_left(ws, width)
+        if ws[i] == width:
+            return vs[i]
+        f = (width - ws[i - 1]) / (ws[i] - ws[i - 1])
+        return vs[i - 1] + f * (vs[i] - vs[i - 1])
+
+
+def width_grid(full: int, *, round_to: int = 8, points: int = 8) -> list[int]:
+    """Widths at which a layer dimension is measured: full and multiples of round_to below it."""
+    if full <= round_to:
+        return [full]
+    grid = {full}
+    for k in range(1, points):
+        w = int(round(full * k / points / round_to)) * round_to
+        if 0 < w < full:
+            grid.add(w)
+    return sorted(grid)
+
+
+class LayerLatencyModel:
+    """Predicts the model's latency for any per-layer widths from isolated-layer measurements."""
+
+    def __init__(self, layers: dict[str, LayerShape], measure: Callable[[LayerShape], float], *,
+                 round_to: int = 8, on_progress: Callable[[int, int], None] | None = None) -> None:
+        self.layers = layers
+        self.full: dict[str, float] = {}
+        self.in_curves: dict[str, Curve] = {}
+        self.out_curves: dict[str, Curve] = {}
+        todo = [(n, s) for n, s in layers.items()]
+        total = sum(len(width_grid(s.cin, round_to=round_to)) + len(width_grid(s.cout, round_to=round_to))
+                    for _, s in todo)
+        done = 0
+        for name, shape in todo:
+            full = measure(shape)
+            self.full[name] = full
+            if shape.depthwise:  # one width: in and out move together
+                points = {w: measure(shape.resized(w, w)) if w != shape.cin else full
+                          for w in width_grid(shape.cin, round_to=round_to)}
+                self.in_curves[name] = self.out_curves[name] = Curve(points)
+            else:
+                self.in_curves[name] = Curve({w: measure(shape.resized(w, shape.cout)) if w != shape.cin else full
+                                              for w in width_grid(shape.cin, round_to=round_to)})
+                self.out_curves[name] = Curve({w: measure(shape.resized(shape.cin, w)) if w != shape.cout else full
+                                               for w in width_grid(shape.cout, round_to=round_to)})
+            done += len(width_grid(shape.cin, round_to=round_to)) + len(width_grid(shape.cout, round_to=round_to))
+            if on_progress:
+                on_progress(done, total)
+
+    def layer_latency(self, name: str, cin: float, cout: float) -> float:
+        shape, full = self.layers[name], self.full[name]
+        if shape.depthwise:
+            return self.in_curves[name](cin)
+        if full <= 0:
+            return 0.0
+        return self.in_curves[name](cin) * self.out_curves[name](cout) / full
+
+    def delta(self, widths: dict[str, tuple[float, float]], baseline_ms: float) -> float:
+        """Predicted change of the model's latency (ms) when layers take the given (in, out) widths.
+
+        Alone, a layer pays for a session call and layout conversions it shares with its
+        neighbours in the full graph, so the isolated sum can exceed the whole model; the
+        changes are then scaled by baseline / sum, which keeps predictions positive.
+        """
+        total = 0.0
+        for name, (cin, cout) in widths.items():
+            shape = self.layers[name]
+            if (cin, cout) != (shape.cin, shape.cout):
+                total += self.layer_latency(name, cin, cout) - self.full[name]
+        isolated = sum(self.full.values())
+        return total * min(1.0, baseline_ms / isolated) if isolated > 0 else total

@@ -1,0 +1,457 @@
+"""Latency-budget search: per-group widths chosen from measured latency, verified end to end.
+
+    analyse   groups, the layers each one widens or narrows, and the layer shapes
+    measure   the baseline end to end; every layer alone over a grid of widths (cached)
+    score     each group's quality loss at each width (cached)
+    solve     multiple-choice knapsack over groups (engine/solver.py)
+    verify    prune, export, measure interleaved with the baseline; if the plan misses
+              the budget or wastes it, rescale the aim by measured/predicted and solve
+              again, a bounded number of rounds
+
+Every candidate measured is a row of the trace (id, parent, stage, widths, predicted,
+measured, quality, start, end), from which the report is rendered. A budget that
+cannot be met ends with budget_met=False, the best reachable point and the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack, latency_ceiling
+from secateurs.engine.events import CancelCheck, check_cancel
+from secateurs.engine.export import export_onnx
+from secateurs.engine.groups import GraphContext, GroupInfo, describe_groups, prepare
+from secateurs.engine.latency import OnnxRuntimeBackend, measure, measure_interleaved
+from secateurs.engine.latency.cache import MeasurementCache, cache_key
+from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers, layer_onnx
+from secateurs.engine.prune import PruneSpec, kept_count, prune
+from secateurs.engine.sensitivity import (Calibration, Quality, group_widths, measure_quality, model_identity,
+                                          recalibrated, reference_outputs, sensitivity)
+from secateurs.engine.size import count_macs, count_params, file_bytes
+from secateurs.engine.solver import Option, solve
+from secateurs.engine.spec import ProtocolSpec, TargetSpec
+
+RATIO_GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+# Layers alone are measured briefly: they are many, each is fast, and the verification
+# loop corrects what their sum mispredicts.
+LAYER_PROTOCOL = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=5, min_samples=15, max_seconds=0.3,
+                              tolerance=0.1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpec:
+    budget: Budget
+    target: TargetSpec = field(default_factory=TargetSpec)
+    protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
+    importance: str = "l1"
+    round_to: int = 8
+    min_channels: int = 8
+    max_rounds: int = 5
+    precision: float = 0.10  # a plan more than this far under its budget wastes it
+    aim: float = 0.95  # aim this fraction of the ceiling: room for measurement noise
+    cache_dir: Path | None = None
+    arch: str = ""
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
+class Candidate:
+    id: int
+    parent: int | None
+    stage: str  # "search" | "infeasible-check" | "uniform"
+    widths: dict[str, int]
+    predicted: dict[str, float]
+    measured: dict[str, float]
+    quality: dict[str, Any]
+    shortfall: float
+    slack: float
+    start: float
+    end: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchResult:
+    widths: dict[str, int]
+    ratios: dict[str, float]
+    model: nn.Module
+    budget_met: bool
+    reason: str
+    baseline: Measurement
+    final: Measurement
+    quality_before: dict[str, Any]
+    quality_after: dict[str, Any]
+    trace: list[Candidate]
+    uniform: dict[str, Any] | None
+    latency_model: dict[str, Any]
+    groups: list[dict[str, Any]]
+    cache: dict[str, int]
+
+
+class _Members:
+    """Which layer dimensions each group sets: width(layer, dim) = full - sum(per_unit * removed)."""
+
+    def __init__(self, ctx: GraphContext, groups: list[GroupInfo], layers: dict[str, LayerShape]) -> None:
+        self.layers = layers
+        self.groups = {g.name: g for g in groups}
+        self.members: dict[str, list[tuple[str, str, float]]] = {}
+        for name, group in ctx.iter_groups():
+            if name not in self.groups:
+                continue
+            width = self.groups[name].channels
+            seen = set()
+            for dep, idxs in group:
+                module = dep.target.module
+                if not isinstance(module, (nn.Conv2d, nn.Linear)) or module not in ctx.graph._module2name:
+                    continue
+                layer = ctx.name_of(module)
+                if layer not in layers:
+                    continue
+                dim = "out" if ctx.graph.is_out_channel_pruning_fn(dep.handler) else "in"
+                if (layer, dim) in seen:
+                    continue
+                seen.add((layer, dim))
+                self.members.setdefault(name, []).append((layer, dim, len(idxs) / width))
+
+    def layer_widths(self, widths: dict[str, int]) -> dict[str, tuple[float, float]]:
+        out: dict[str, list[float]] = {n: [s.cin, s.cout] for n, s in self.layers.items()}
+        for group, width in widths.items():
+            removed = self.groups[group].channels - width
+            for layer, dim, per_unit in self.members.get(group, []):
+                out[layer][0 if dim == "in" else 1] -= per_unit * removed
+        result = {}
+        for name, (cin, cout) in out.items():
+            if self.layers[name].depthwise:  # depthwise: both follow whichever shrank
+                cin = cout = min(cin, cout)
+            result[name] = (max(cin, 1.0), max(cout, 1.0))
+        return result
+
+    def params_macs(self, widths: dict[str, int]) -> tuple[float, float]:
+        params = macs = 0.0
+        for name, (cin, cout) in self.layer_widths(widths).items():
+            p, m = _layer_cost(self.layers[name], cin, cout)
+            params += p
+            macs += m
+        return params, macs
+
+
+def _layer_cost(shape: LayerShape, cin: float, cout: float) -> tuple[float, float]:
+    """Parameters and MACs of a layer at the given widths."""
+    if shape.kind == "linear":
+        tokens = 1
+        for d in shape.input_shape[:-1]:
+            tokens *= d
+        return cin * cout + cout * shape.bias, cin * cout * tokens
+    groups = cin if shape.depthwise else shape.groups
+    kernel = shape.kernel[0] * shape.kernel[1]
+    h = (shape.input_shape[2] + 2 * shape.padding[0] - shape.dilation[0] * (shape.kernel[0] - 1) - 1) // shape.stride[0] + 1
+    w = (shape.input_shape[3] + 2 * shape.padding[1] - shape.dilation[1] * (shape.kernel[1] - 1) - 1) // shape.stride[1] + 1
+    weights = cin / groups * cout * kernel
+    return weights + cout * shape.bias, weights * h * w * shape.input_shape[0]
+
+
+class _Target:
+    """Measures ONNX models on the job's target with the job's protocol."""
+
+    def __init__(self, spec: SearchSpec, input_shape: tuple[int, ...], cache: MeasurementCache,
+                 fingerprint: dict[str, Any]) -> None:
+        self.spec, self.shape, self.cache, self.fingerprint = spec, input_shape, cache, fingerprint
+
+    def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None) -> OnnxRuntimeBackend:
+        return OnnxRuntimeBackend(path, shape or self.shape, runtime=self.spec.target.runtime,
+                                  threads=self.spec.target.threads, seed=self.spec.seed)
+
+    def layer_ms(self, layer: LayerShape) -> float:
+        key = cache_key("layer", self.fingerprint["id"], self.spec.target.runtime, self.spec.target.threads,
+                        layer.key())
+        cached = self.cache.get(key)
+        if cached is not None:
+            return float(cached)
+        stats = measure(self.backend(layer_onnx(layer), layer.input_shape), LAYER_PROTOCOL)
+        self.cache.put(key, "layer", stats.p50_ms)
+        return stats.p50_ms
+
+
+def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: SearchSpec, calib: Calibration,
+           *, fingerprint: dict[str, Any], on_progress: Callable[[float, str, dict], None] | None = None,
+           cancel: CancelCheck | None = None) -> SearchResult:
+    """Find per-group widths meeting `spec.budget` with the least predicted quality loss."""
+    def progress(fraction: float, message: str, **data: Any) -> None:
+        check_cancel(cancel)
+        if on_progress:
+            on_progress(fraction, message, data)
+
+    cache = MeasurementCache(Path(spec.cache_dir) / "measurements.sqlite" if spec.cache_dir else None)
+    shape = tuple(example.shape)
+    target = _Target(spec, shape, cache, fingerprint)
+    q = spec.budget.percentile
+    try:
+        # analyse
+        ctx = prepare(copy.deepcopy(model), example)
+        groups = [g for g in describe_groups(ctx, example, min_channels=spec.min_channels) if g.prunable]
+        layers = collect_layers(ctx.model, example)
+        members = _Members(ctx, groups, layers)
+        full = {g.name: g.channels for g in groups}
+
+        # baseline, end to end
+        progress(0.02, "measuring the baseline")
+        base_backend = target.backend(baseline_onnx)
+        base_stats = measure(base_backend, spec.protocol, should_stop=lambda: check_cancel(cancel))
+        baseline = Measurement(latency_ms=base_stats.percentile(q), speedup=1.0,
+                               size_bytes=file_bytes(baseline_onnx), params=count_params(model),
+                               macs=count_macs(model, example))
+        ceilings = _ceilings(spec.budget, baseline)
+        reference = reference_outputs(model, calib)
+        quality_before = measure_quality(model, calib, reference).to_dict()
+
+        # latency of every layer alone over a grid of widths
+        latency_model = None
+        if "latency_ms" in ceilings:
+            progress(0.05, "measuring layers in isolation")
+            latency_model = LayerLatencyModel(
+                layers, target.layer_ms, round_to=spec.round_to,
+                on_progress=lambda d, t: progress(0.05 + 0.3 * d / max(t, 1), f"layer latency {d}/{t}"))
+
+        # quality loss of each group at each width
+        widths = {g.name: group_widths(g, RATIO_GRID, round_to=spec.round_to, min_channels=spec.min_channels)
+                  for g in groups}
+        model_id = model_identity(model, spec.arch, shape)
+        scores = sensitivity(ctx, groups, widths, calib, cache=cache, model_id=model_id,
+                             on_progress=lambda d, t: progress(0.35 + 0.3 * d / max(t, 1), f"sensitivity {d}/{t}"))
+
+        def predict(plan: dict[str, int]) -> dict[str, float]:
+            params, macs = members.params_macs(plan)
+            base_params, base_macs = members.params_macs(full)
+            out = {"params": baseline.params + params - base_params, "macs": baseline.macs + macs - base_macs}
+            out["size_bytes"] = baseline.size_bytes + 4 * (params - base_params)
+            if latency_model is not None:
+                out["latency_ms"] = baseline.latency_ms + latency_model.delta(members.layer_widths(plan),
+                                                                              baseline.latency_ms)
+            return out
+
+        def options(reference: dict[str, int], aims: dict[str, float]) -> tuple[dict, list[float]]:
+            """Savings of each option, linearised around `reference` (other groups at their
+            reference widths), and the saving each aim requires:
+
+                predicted(plan) ~= C - sum_g saving_g(w_g),
+                C = predicted(ref) + sum_g [predicted(ref, g whole) - predicted(ref)]
+            """
+            names = list(aims)
+            at_ref = predict(reference)
+            constant = dict(at_ref)
+            table: dict[str, list[Option]] = {}
+            for g in groups:
+                whole = predict(dict(reference, **{g.name: g.channels}))
+                for n in names:
+                    constant[n] += whole[n] - at_ref[n]
+                opts = []
+                for w in widths[g.name]:
+                    pred = at_ref if w == reference[g.name] else predict(dict(reference, **{g.name: w}))
+                    opts.append(Option(width=w, loss=max(scores[g.name][w].loss, 0.0),
+                                       savings=tuple(whole[n] - pred[n] for n in names)))
+                table[g.name] = _pareto(opts)
+            return table, [constant[n] - aims[n] for n in names]
+
+        def solve_for(aims: dict[str, float]) -> tuple[dict[str, int], bool]:
+            plan = dict(full)
+            feasible = True
+            for _ in range(3):  # re-linearise around the previous answer: widths interact in each layer
+                table, required = options(plan, aims)
+                solution = solve(table, required)
+                new = {n: o.width for n, o in solution.choice.items()}
+                feasible = solution.feasible
+                if new == plan:
+                    break
+                plan = new
+            return plan, feasible
+
+        trace: list[Candidate] = []
+        models: dict[int, nn.Module] = {}
+        aims = {n: c * spec.aim for n, c in ceilings.items()}
+        parent = None
+        reason = ""
+        for round_ in range(spec.max_rounds):
+            progress(0.65 + 0.3 * round_ / spec.max_rounds, f"verification round {round_ + 1}")
+            plan, feasible = solve_for(aims)
+            if any(c.widths == plan for c in trace):
+                break  # the aim moved but the answer did not: the next step of widths is out of reach
+            candidate, pruned = _verify(model, example, plan, groups, predict(plan), spec, target, base_backend,
+                                        baseline, calib, reference, parent, len(trace),
+                                        "search" if feasible else "infeasible-check", cancel)
+            trace.append(candidate)
+            models[candidate.id] = pruned
+            parent = candidate.id
+            if not feasible and candidate.shortfall > 0:
+                reason = ("every prunable group is at its floor (min_channels, or the widest step that still "
+                          "saves); what remains is in layers that cannot be pruned and per-operator overhead")
+                break
+            if candidate.shortfall == 0 and candidate.slack <= spec.precision:
+                break
+            # rescale each aim by measured/predicted so the next prediction lands where we want
+            for n in aims:
+                if n in candidate.measured and candidate.predicted.get(n, 0) > 0:
+                    wanted = ceilings[n] * (1 - spec.precision / 2)
+                    aims[n] = candidate.predicted[n] * wanted / _as_ceiling_quantity(candidate, n, spec.budget,
+                                                                                    baseline)
+        best = _choose(trace, spec.precision)
+        best_model = models[best.id]
+        met = best.shortfall == 0
+        if not met and not reason:
+            reason = (f"no plan within {spec.max_rounds} verification rounds met every budget; closest misses by "
+                      f"{best.shortfall:.1%}")
+        elif met and best.slack > spec.precision:
+            reason = f"budget met with {best.slack:.0%} to spare (the next step of widths misses it)"
+
+        final = _measurement(best.measured)
+        uniform = _uniform_comparison(model, example, best, groups, spec, target, base_backend, baseline, calib,
+                                      reference, predict, len(trace), cancel)
+        if uniform is not None:
+            trace.append(uniform)
+        errors = [abs(c.predicted["latency_ms"] - c.measured["latency_ms"]) / c.measured["latency_ms"]
+                  for c in trace if "latency_ms" in c.predicted]
+        latency_summary = {
+            "kind": "isolated layers, rank-1 width interaction, anchored on the measured baseline",
+            "layers": len(layers), "prediction_errors": errors,
+            "mean_abs_error": sum(errors) / len(errors) if errors else None,
+            "steps": _steps(latency_model, members, groups, widths, baseline.latency_ms) if latency_model else {},
+        }
+        group_rows = [{"name": g.name, "unit": g.unit, "channels": g.channels, "chosen": best.widths[g.name],
+                       "ratio": 1 - best.widths[g.name] / g.channels,
+                       "sensitivity": {str(w): scores[g.name][w].loss for w in widths[g.name]}} for g in groups]
+        return SearchResult(
+            widths=best.widths, ratios={n: 1 - w / full[n] for n, w in best.widths.items()}, model=best_model,
+            budget_met=met, reason=reason, baseline=baseline, final=final, quality_before=quality_before,
+            quality_after=best.quality, trace=trace, uniform=uniform.to_dict() if uniform else None,
+            latency_model=latency_summary, groups=group_rows, cache={"hits": cache.hits, "misses": cache.misses})
+    finally:
+        cache.close()
+
+
+def _choose(trace: list[Candidate], precision: float) -> Candidate:
+    """Best candidate: within the budget and within `precision` of it, least quality loss; else
+    within the budget, least loss; else the smallest miss."""
+    in_band = [c for c in trace if c.shortfall == 0 and c.slack <= precision]
+    met = [c for c in trace if c.shortfall == 0]
+    if in_band or met:
+        return min(in_band or met, key=lambda c: c.quality["loss"])
+    return min(trace, key=lambda c: c.shortfall)
+
+
+def _ceilings(budget: Budget, baseline: Measurement) -> dict[str, float]:
+    """Each budget as a ceiling on a predicted quantity (a speedup becomes milliseconds)."""
+    out: dict[str, float] = {}
+    latency = latency_ceiling(budget, baseline.latency_ms)
+    if latency is not None:
+        out["latency_ms"] = latency
+    for name in ("size_bytes", "params", "macs"):
+        if getattr(budget, name) is not None:
+            out[name] = float(getattr(budget, name))
+    return out
+
+
+def _as_ceiling_quantity(candidate: Candidate, name: str, budget: Budget, baseline: Measurement) -> float:
+    """The measured value to compare with a ceiling; for a speedup budget, the interleaved ratio
+    expressed in baseline milliseconds (robust to drift between measurements)."""
+    if name == "latency_ms" and budget.speedup is not None:
+        by_ratio = baseline.latency_ms / candidate.measured["speedup"]
+        return max(by_ratio, candidate.measured["latency_ms"]) if budget.latency_ms is not None else by_ratio
+    return candidate.measured[name]
+
+
+def _measurement(measured: dict[str, float]) -> Measurement:
+    return Measurement(latency_ms=measured["latency_ms"], speedup=measured["speedup"],
+                       size_bytes=int(measured["size_bytes"]), params=int(measured["params"]),
+                       macs=int(measured["macs"]))
+
+
+def _pareto(options: list[Option]) -> list[Option]:
+    """Drop options that save no more on the first axis than a wider one: the solver then only
+    considers the widths where measured latency actually steps down."""
+    kept: list[Option] = []
+    best_saving = float("-inf")
+    for option in sorted(options, key=lambda o: -o.width):
+        if not kept or option.savings[0] > best_saving + 1e-12 or len(option.savings) > 1:
+            kept.append(option)
+            best_saving = max(best_saving, option.savings[0])
+    return kept
+
+
+def _steps(model: LayerLatencyModel, members: _Members, groups: list[GroupInfo],
+           widths: dict[str, list[int]], baseline_ms: float) -> dict[str, list[list[float]]]:
+    """Per group: [width, predicted saving in ms] over its grid (where the staircase steps)."""
+    full = {g.name: g.channels for g in groups}
+    out = {}
+    for g in groups:
+        out[g.name] = [[w, -model.delta(members.layer_widths(dict(full, **{g.name: w})), baseline_ms)]
+                       for w in widths[g.name]]
+    return out
+
+
+def _measure_candidate(model: nn.Module, example: torch.Tensor, spec: SearchSpec, target: _Target,
+                       base_backend: OnnxRuntimeBackend, baseline: Measurement,
+                       cancel: CancelCheck | None) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidate.onnx"
+        export_onnx(model, example, path)
+        backend = target.backend(path)
+        base, cand = measure_interleaved([base_backend, backend], spec.protocol,
+                                         should_stop=lambda: check_cancel(cancel))
+        q = spec.budget.percentile
+        return {"latency_ms": cand.percentile(q), "speedup": base.percentile(q) / cand.percentile(q),
+                "baseline_latency_ms": base.percentile(q), "stable": float(base.stable and cand.stable),
+                "size_bytes": float(file_bytes(path)), "params": float(count_params(model)),
+                "macs": float(count_macs(model, example))}
+
+
+def _verify(model, example, plan, groups, predicted, spec, target, base_backend, baseline, calib, reference,
+            parent, index, stage, cancel) -> tuple[Candidate, nn.Module]:
+    start = time.time()
+    full = {g.name: g.channels for g in groups}
+    ratios = {n: 1 - w / full[n] for n, w in plan.items() if w < full[n]}
+    pruned = prune(model, example, PruneSpec(group_ratios=ratios, importance=spec.importance,
+                                             round_to=spec.round_to, min_channels=spec.min_channels)).model
+    measured = _measure_candidate(pruned, example, spec, target, base_backend, baseline, cancel)
+    final = _measurement(measured)
+    with recalibrated(pruned, calib.recalibration if calib.real else None):
+        quality = measure_quality(pruned, calib, reference).to_dict()
+    if calib.real and calib.recalibration:
+        from secateurs.engine.sensitivity import recalibrate_batchnorm
+        recalibrate_batchnorm(pruned, calib.recalibration)  # keep the recalibrated statistics
+    return Candidate(id=index, parent=parent, stage=stage, widths=dict(plan), predicted=predicted,
+                     measured=measured, quality=quality, shortfall=budget_shortfall(final, spec.budget),
+                     slack=budget_slack(final, spec.budget), start=start, end=time.time()), pruned
+
+
+def _uniform_comparison(model, example, best, groups, spec, target, base_backend, baseline, calib, reference,
+                        predict, index, cancel) -> Candidate | None:
+    """The classical baseline: one L1 ratio everywhere, at the chosen plan's measured latency."""
+    if "latency_ms" not in best.predicted or not groups:
+        return None
+    want = best.predicted["latency_ms"]
+
+    def uniform_plan(r: float) -> dict[str, int]:
+        return {g.name: (kept_count(g.channels, r, round_to=spec.round_to, min_channels=spec.min_channels)
+                         if g.unit == "channels" else max(1, round(g.channels * (1 - r)))) for g in groups}
+
+    lo, hi = 0.0, 0.95
+    for _ in range(20):  # predicted latency falls as the ratio grows
+        mid = (lo + hi) / 2
+        if predict(uniform_plan(mid))["latency_ms"] > want:
+            lo = mid
+        else:
+            hi = mid
+    plan = uniform_plan(hi)
+    candidate, _ = _verify(model, example, plan, groups, predict(plan), spec, target, base_backend, baseline, calib,
+                           reference, None, index, "uniform", cancel)
+    candidate.measured["uniform_ratio"] = hi
+    return candidate

@@ -1,0 +1,118 @@
+"""The latency-budget search on a real tiny model: verification, infeasibility, the cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack
+from secateurs.engine.export import export_onnx
+from secateurs.engine.latency import device_fingerprint
+from secateurs.engine.models import build_architecture
+from secateurs.engine.pipeline import compress
+from secateurs.engine.search import SearchSpec, search
+from secateurs.engine.sensitivity import Calibration
+from secateurs.engine.size import count_params
+from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
+from secateurs.errors import InvalidRequest
+
+FAST = ProtocolSpec(warmup_runs=5, warmup_seconds=0.05, window=30, min_samples=90, max_seconds=3.0)
+FP = device_fingerprint(runtime="onnxruntime-cpu", provider="CPUExecutionProvider", threads=2)
+
+
+@pytest.fixture(scope="module")
+def resnet20(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_architecture("zoo:resnet20").eval()
+    x = torch.randn(1, 3, 32, 32)
+    path = tmp_path_factory.mktemp("base") / "baseline.onnx"
+    export_onnx(model, x, path)
+    calib = Calibration(inputs=[torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))])
+    return model, x, path, calib
+
+
+def _search(resnet20, budget, cache_dir, **kw):
+    model, x, path, calib = resnet20
+    return search(model, x, path, SearchSpec(budget=budget, protocol=FAST, cache_dir=cache_dir, arch="zoo:resnet20",
+                                             **kw), calib, fingerprint=FP)
+
+
+def test_params_budget_lands_within_ten_percent(resnet20, tmp_path):
+    result = _search(resnet20, Budget(params=150_000), tmp_path)
+    assert result.budget_met
+    params = count_params(result.model)
+    assert 0.9 * 150_000 <= params <= 150_000
+    assert result.final.params == params
+
+
+def test_speedup_budget_is_verified_by_measurement(resnet20, tmp_path):
+    result = _search(resnet20, Budget(speedup=1.3), tmp_path)
+    assert result.budget_met, result.reason
+    assert result.final.speedup >= 1.3
+    chosen = [c for c in result.trace if c.widths == result.widths and c.stage != "uniform"]
+    assert chosen and chosen[0].measured["speedup"] >= 1.3
+    # each verified candidate records what was predicted next to what was measured
+    assert all("latency_ms" in c.predicted and "latency_ms" in c.measured for c in result.trace)
+    assert result.latency_model["mean_abs_error"] is not None
+    # and the classical baseline is measured for comparison
+    assert result.uniform is not None and result.uniform["stage"] == "uniform"
+
+
+def test_second_search_reuses_the_cache(resnet20, tmp_path):
+    first = _search(resnet20, Budget(speedup=1.2), tmp_path)
+    second = _search(resnet20, Budget(speedup=1.2), tmp_path)
+    assert first.cache["misses"] > 0
+    assert second.cache["misses"] == 0 and second.cache["hits"] >= first.cache["misses"]
+
+
+def test_infeasible_budget_returns_the_best_reachable_point(resnet20, tmp_path):
+    result = _search(resnet20, Budget(speedup=50.0), tmp_path, max_rounds=2)
+    assert not result.budget_met
+    assert "floor" in result.reason
+    assert result.final.speedup > 1.0  # the best it could do, measured
+    assert all(w <= 64 for w in result.widths.values())
+
+
+def test_shortfall_and_slack_are_graded():
+    budget = Budget(latency_ms=10.0, params=1000)
+    at = Measurement(latency_ms=9.0, speedup=2.0, size_bytes=1, params=500, macs=1)
+    assert budget_shortfall(at, budget) == 0 and budget_slack(at, budget) == pytest.approx(0.1)
+    over = Measurement(latency_ms=12.0, speedup=2.0, size_bytes=1, params=1100, macs=1)
+    assert budget_shortfall(over, budget) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("budget,message,field", [
+    (Budget(speedup=0.5), "budget.speedup must be greater than 1, got 0.5", "budget.speedup"),
+    (Budget(latency_ms=-4.0), "budget.latency_ms must be a positive number, got -4.0", "budget.latency_ms"),
+    (Budget(params=0), "budget.params must be a positive number, got 0", "budget.params"),
+    (Budget(speedup=2.0, percentile=42.0), "budget.percentile must be one of 50, 90, 95, 99, got 42.0",
+     "budget.percentile"),
+    (Budget(max_accuracy_drop=0.01), "budget.max_accuracy_drop limits a budget; give latency_ms, speedup, "
+                                     "size_bytes, params or macs too", "budget.max_accuracy_drop"),
+    (Budget(speedup=2.0, max_accuracy_drop=1.5), "budget.max_accuracy_drop must be in [0, 1) (0.01 = one point), "
+                                                 "got 1.5", "budget.max_accuracy_drop"),
+])
+def test_invalid_budgets(tmp_path, budget, message, field):
+    spec = CompressSpec(model=ModelSpec(arch="zoo:resnet20"), input_shape=(1, 3, 32, 32), out_dir=tmp_path,
+                        budget=budget)
+    with pytest.raises(InvalidRequest) as err:
+        compress(spec)
+    assert str(err.value) == message and err.value.field == field
+
+
+def test_ratio_and_budget_together_are_refused(tmp_path):
+    spec = CompressSpec(model=ModelSpec(arch="zoo:resnet20"), input_shape=(1, 3, 32, 32), out_dir=tmp_path,
+                        ratio=0.5, budget=Budget(speedup=2.0))
+    with pytest.raises(InvalidRequest, match=r"^give exactly one of ratio, group_ratios or budget \(got ratio, "
+                                             r"budget\)$"):
+        compress(spec)
+
+
+def test_budget_job_end_to_end(tmp_path):
+    spec = CompressSpec(model=ModelSpec(arch="zoo:resnet20"), input_shape=(1, 3, 32, 32), out_dir=tmp_path,
+                        budget=Budget(size_bytes=700_000), protocol=FAST, cache_dir=tmp_path / "cache",
+                        calibration_samples=8)
+    report = compress(spec).report
+    assert report["budget_met"] is True and report["size"]["compressed"]["onnx_bytes"] <= 700_000
+    assert report["search"]["trace"] and report["search"]["groups"]
+    assert report["data"]["note"].startswith("no data: quality is fidelity")
