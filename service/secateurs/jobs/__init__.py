@@ -1,0 +1,1 @@
+"""Job store (SQLite), blob and artifact store, worker processes."""

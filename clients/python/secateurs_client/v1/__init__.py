@@ -1,0 +1,1 @@
+"""Generated stubs for secateurs.v1 (regenerate: python clients/python/tools/gen_stubs.py)."""

@@ -1,0 +1,215 @@
+"""`secateurs-client`: compress, get, list, watch, cancel, download.
+
+Exit status: 0 done (job SUCCEEDED for compress/watch), 1 job FAILED or CANCELLED,
+2 the call was refused (the message names the status code and the field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence, TextIO
+
+import grpc
+from google.protobuf import json_format
+
+from secateurs_client._client import DEFAULT_TARGET, Client, build_request
+from secateurs_client.errors import describe
+from secateurs_client.v1 import compression_pb2 as pb
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        with _client(args) as client:
+            return args.func(client, args)
+    except grpc.RpcError as err:
+        print(f"error: {describe(err)}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _client(args: argparse.Namespace) -> Client:
+    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+    cert = (read(args.tls_key), read(args.tls_cert)) if args.tls_cert else None
+    return Client(args.server, token=args.token, tls=args.tls, root_certificates=read(args.tls_ca),
+                  client_cert=cert, timeout=args.timeout)
+
+
+def cmd_compress(client: Client, args: argparse.Namespace) -> int:
+    weights = ""
+    if args.weights:
+        blob = client.upload_blob(args.weights)
+        weights = blob.id
+        print(f"uploaded {args.weights} ({blob.size_bytes} bytes, sha256 {blob.id[:12]}...)", file=sys.stderr)
+    req = build_request(
+        arch=args.arch, input_shape=_shape(args.input_shape), weights_blob_id=weights, ratio=args.ratio,
+        group_ratios=dict(_pair(p, float) for p in args.group_ratio), importance=args.importance,
+        round_to=args.round_to, exports=args.export, labels=dict(_pair(p, str) for p in args.label),
+        runtime=args.runtime, threads=args.threads, request_id=args.request_id or "",
+    )
+    job = client.create_job(req)
+    print(f"job {job.id} queued", file=sys.stderr)
+    if args.no_wait:
+        print(job.id)
+        return 0
+    job = client.wait(job.id, on_event=Progress(sys.stderr))
+    return _finish(client, job, args.out)
+
+
+def _finish(client: Client, job: pb.Job, out: Path | None) -> int:
+    if job.state != pb.SUCCEEDED:
+        print(f"job {job.id} {pb.JobState.Name(job.state)}: {job.error.reason}: {job.error.message}", file=sys.stderr)
+        return 1
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for art in job.artifacts:
+            path = client.download_artifact(job.id, art.name, out / art.filename)
+            print(f"{path}  {art.size_bytes} bytes", file=sys.stderr)
+    print(job.id)
+    return 0
+
+
+def cmd_get(client: Client, args: argparse.Namespace) -> int:
+    print(json_format.MessageToJson(client.get_job(args.job_id)))
+    return 0
+
+
+def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    state = pb.JobState.Value(args.state.upper()) if args.state else pb.JOB_STATE_UNSPECIFIED
+    for n, job in enumerate(client.list_jobs(state=state, labels=dict(_pair(p, str) for p in args.label))):
+        if n >= args.limit:
+            break
+        labels = ",".join(f"{k}={v}" for k, v in sorted(job.labels.items()))
+        print(f"{job.id}  {pb.JobState.Name(job.state):9}  {job.create_time.ToJsonString()}  "
+              f"{job.request.model.arch}  {labels}")
+    return 0
+
+
+def cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    for event in client.watch_job(args.job_id, after_sequence=args.after):
+        pct = f" {event.progress:4.0%}" if event.HasField("progress") else ""
+        print(f"{event.sequence:5} {event.time.ToJsonString()} {pb.JobState.Name(event.state):9} "
+              f"{event.stage}/{event.kind}{pct} {event.message}")
+    job = client.get_job(args.job_id)
+    return 0 if job.state == pb.SUCCEEDED else 1
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    job = client.cancel_job(args.job_id)
+    print(f"{job.id} {pb.JobState.Name(job.state)}")
+    return 0
+
+
+def cmd_download(client: Client, args: argparse.Namespace) -> int:
+    job = client.get_job(args.job_id)
+    names = args.names or [a.name for a in job.artifacts]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        print(client.download_artifact(job.id, name, args.out))
+    return 0
+
+
+class Progress:
+    """One redrawn line per stage: `prune  [#######-------]  50%  message`."""
+
+    def __init__(self, stream: TextIO, width: int = 24) -> None:
+        self._out, self._width, self._stage = stream, width, ""
+        self._tty = stream.isatty()
+
+    def __call__(self, event: pb.JobEvent) -> None:
+        if event.kind == "state":
+            self._line(f"[{pb.JobState.Name(event.state)}] {event.message}", done=True)
+            return
+        if event.stage != self._stage and self._stage:
+            self._out.write("\n" if self._tty else "")
+        self._stage = event.stage
+        frac = event.progress if event.HasField("progress") else (1.0 if event.kind == "finished" else 0.0)
+        bar = "#" * round(frac * self._width)
+        self._line(f"{event.stage:10} [{bar:-<{self._width}}] {frac:4.0%}  {event.message[:60]}",
+                   done=event.kind == "finished")
+
+    def _line(self, text: str, *, done: bool) -> None:
+        if self._tty:
+            self._out.write("\r\033[K" + text + ("\n" if done else ""))
+        else:
+            self._out.write(text + "\n")
+        self._out.flush()
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        return [int(d) for d in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise ValueError(f"--input-shape {text!r}: expected e.g. 1x3x32x32") from None
+
+
+def _pair(text: str, cast: type) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"{text!r}: expected NAME=VALUE")
+    return key, cast(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="secateurs-client", description=__doc__.splitlines()[0])
+    p.add_argument("--server", default=os.environ.get("SECATEURS_SERVER", DEFAULT_TARGET),
+                   help="host:port (default: $SECATEURS_SERVER or %(default)s)")
+    p.add_argument("--token", default=os.environ.get("SECATEURS_TOKEN"), help="bearer token ($SECATEURS_TOKEN)")
+    p.add_argument("--tls", action="store_true", help="use TLS with the system roots")
+    p.add_argument("--tls-ca", help="PEM roots to verify the server")
+    p.add_argument("--tls-cert", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", help="client private key (mutual TLS)")
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, seconds")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="upload weights, run a job, download its artifacts")
+    c.add_argument("--arch", required=True, help="e.g. zoo:resnet20, torchvision:resnet18")
+    c.add_argument("--weights", type=Path, help=".safetensors or state-dict file")
+    c.add_argument("--input-shape", required=True, help="e.g. 1x3x32x32")
+    c.add_argument("--ratio", type=float, help="uniform channel pruning ratio in [0, 1)")
+    c.add_argument("--group-ratio", action="append", default=[], metavar="GROUP=RATIO")
+    c.add_argument("--importance", default="", help="l1 (default), l2, bn_scale, taylor")
+    c.add_argument("--round-to", type=int, default=0)
+    c.add_argument("--export", action="append", default=[], help="onnx, pt2, plan (default: all)")
+    c.add_argument("--runtime", default="")
+    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--request-id", help="idempotency key (default: a new UUID)")
+    c.add_argument("--out", type=Path, default=Path("secateurs-out"), help="artifact directory")
+    c.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    c.set_defaults(func=cmd_compress)
+
+    g = sub.add_parser("get", help="print a job as JSON")
+    g.add_argument("job_id")
+    g.set_defaults(func=cmd_get)
+
+    ls = sub.add_parser("list", help="list jobs, newest first")
+    ls.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    ls.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(func=cmd_list)
+
+    w = sub.add_parser("watch", help="print a job's events until it ends")
+    w.add_argument("job_id")
+    w.add_argument("--after", type=int, default=0, help="replay events after this sequence number")
+    w.set_defaults(func=cmd_watch)
+
+    x = sub.add_parser("cancel", help="cancel a job")
+    x.add_argument("job_id")
+    x.set_defaults(func=cmd_cancel)
+
+    d = sub.add_parser("download", help="download a job's artifacts")
+    d.add_argument("job_id")
+    d.add_argument("names", nargs="*", help="artifact names or filenames (default: all)")
+    d.add_argument("--out", type=Path, default=Path("."))
+    d.set_defaults(func=cmd_download)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The gRPC server: wiring, lifecycle (start, health, drain, stop) and `secateurs serve`.
+
+`cli.py` registers the subcommand with `add_serve_arguments` and `run_serve`;
+`python -m secateurs.api.server` runs the same thing on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from secateurs.api.auth import TokenInterceptor
+from secateurs.api.errors import ErrorInterceptor
+from secateurs.api.servicer import CompressionServicer
+from secateurs.jobs.blobs import BlobStore
+from secateurs.jobs.scheduler import Scheduler
+from secateurs.jobs.service import JobService, Limits
+from secateurs.jobs.store import JobStore
+from secateurs.jobs.worker import DEFAULT_RUNNER
+from secateurs_client.v1 import compression_pb2 as pb
+from secateurs_client.v1 import compression_pb2_grpc as pb_grpc
+
+log = logging.getLogger("secateurs.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompressionService"].full_name
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Everything `secateurs serve` can be told; the defaults serve without setup."""
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path(".secateurs")
+    workers: int = 1
+    max_upload_bytes: int = 4 << 30
+    max_queued_jobs: int = 100
+    token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: clients must present a certificate it signed
+    trust_pickle: bool = False
+    grace_seconds: float = 10.0
+    rpc_threads: int = 64
+    runner: str = DEFAULT_RUNNER  # "module:function" run in each worker (tests name a fake)
+
+
+class Server:
+    """Owns the store, the scheduler and the gRPC server, from start to stop."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        data = config.data_dir
+        self._lock = _lock_data_dir(data)
+        self.store = JobStore(data / "jobs.db")
+        self.blobs = BlobStore(data / "blobs", self.store)
+        self.scheduler = Scheduler(self.store, self.blobs, work_dir=data / "work",
+                                   workers=config.workers, runner=config.runner)
+        self.jobs = JobService(self.store, self.blobs, self.scheduler, Limits(
+            max_upload_bytes=config.max_upload_bytes, max_queued_jobs=config.max_queued_jobs))
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+        if config.token:
+            interceptors.append(TokenInterceptor(config.token))
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=config.rpc_threads,
+                                                            thread_name_prefix="rpc"),
+                                 interceptors=interceptors,
+                                 options=[("grpc.so_reuseport", 0)])  # a taken port is an error
+        pb_grpc.add_CompressionServiceServicer_to_server(
+            CompressionServicer(self.jobs, trust_pickle=config.trust_pickle), self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._grpc)
+        self.port = 0
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    def start(self) -> None:
+        creds = self._credentials()
+        if creds is None:
+            self.port = self._grpc.add_insecure_port(self.config.listen)
+        else:
+            self.port = self._grpc.add_secure_port(self.config.listen, creds)
+        if not self.port:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        failed = self.scheduler.start()
+        if failed:
+            log.warning("%d job(s) were running when the server last stopped; marked FAILED "
+                        "(interrupted): %s", len(failed), ", ".join(failed))
+        self._grpc.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("listening on %s (data in %s)", self.address, self.config.data_dir)
+
+    def drain(self) -> None:
+        """Health NOT_SERVING and refuse new work; in-flight calls continue."""
+        self.health.enter_graceful_shutdown()
+        self.jobs.drain()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain, end running jobs as `interrupted`, then stop serving within `grace` seconds."""
+        if self._stopped.is_set():
+            return
+        grace = self.config.grace_seconds if grace is None else grace
+        self.drain()
+        self.scheduler.shutdown(grace * 0.6)
+        self._grpc.stop(grace * 0.4).wait()
+        self.store.close()
+        self._lock.close()
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> "Server":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        c = self.config
+        if not (c.tls_cert or c.tls_key or c.tls_client_ca):
+            return None
+        if not (c.tls_cert and c.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        ca = c.tls_client_ca.read_bytes() if c.tls_client_ca else None
+        return grpc.ssl_server_credentials([(c.tls_key.read_bytes(), c.tls_cert.read_bytes())],
+                                           root_certificates=ca, require_client_auth=ca is not None)
+
+
+def _lock_data_dir(data: Path) -> IO[bytes]:
+    """One server per data dir: two writers would each think they own the RUNNING jobs.
+    The kernel drops the lock when the process dies, even by kill -9."""
+    data.mkdir(parents=True, exist_ok=True)
+    handle = open(data / "server.lock", "wb")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OSError(f"another secateurs server is using {data}") from None
+    return handle
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `secateurs serve`."""
+    d = ServerConfig()
+    parser.add_argument("--listen", default=d.listen, help="host:port to listen on (default %(default)s)")
+    parser.add_argument("--data-dir", type=Path, default=d.data_dir,
+                        help="job store, blobs and artifacts (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=d.workers, help="jobs run at once (default %(default)s)")
+    parser.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes,
+                        help="largest blob accepted (default %(default)s)")
+    parser.add_argument("--max-queued-jobs", type=int, default=d.max_queued_jobs,
+                        help="CreateJob answers RESOURCE_EXHAUSTED beyond this (default %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("SECATEURS_TOKEN"),
+                        help="require 'authorization: Bearer <token>' (default: $SECATEURS_TOKEN; none)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle; enables mutual TLS")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="accept pickled whole models (runs code from the file: trusted clients only)")
+    parser.add_argument("--grace", type=float, default=d.grace_seconds,
+                        help="seconds to drain on SIGTERM before exiting (default %(default)s)")
+    parser.add_argument("--runner", default=d.runner, help=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if args.workers < 1 or args.max_upload_bytes < 1 or args.max_queued_jobs < 1:
+        raise SystemExit("--workers, --max-upload-bytes and --max-queued-jobs must be at least 1")
+    return ServerConfig(
+        listen=args.listen, data_dir=args.data_dir, workers=args.workers,
+        max_upload_bytes=args.max_upload_bytes, max_queued_jobs=args.max_queued_jobs, token=args.token or None,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        trust_pickle=args.trust_pickle, grace_seconds=args.grace, runner=args.runner,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT, then drain and exit within the grace period."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server = Server(config_from_args(args))
+        server.start()
+    except (OSError, RuntimeError, ValueError) as exc:  # port taken, data dir locked, bad certificates
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"secateurs listening on {server.address}", flush=True)
+    while not stop.wait(1.0):
+        pass
+    log.info("draining (grace %.1fs)", server.config.grace_seconds)
+    server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="secateurs serve", description="Run the secateurs gRPC server.")
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""CreateJobRequest -> CompressSpec: every check of a request, in one place.
+
+Each refusal is an InvalidRequest naming the request field (proto path), so the
+client sees INVALID_ARGUMENT with a BadRequest field violation. Parts of the API
+that exist for later (budgets, recovery, data, other runtimes, remote probes)
+are refused here by name until the engine supports them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from secateurs.engine.pipeline import validate_spec
+from secateurs.engine.spec import EXPORTS, IMPORTANCES, RUNTIMES, CompressSpec, ModelSpec, ProtocolSpec, TargetSpec
+from secateurs.engine.zoo import ZOO
+from secateurs.errors import InvalidRequest
+from secateurs.jobs.blobs import BlobStore
+from secateurs_client.v1 import compression_pb2 as pb
+
+ARCH_PREFIXES = ("zoo", "torchvision", "module")
+LATER_RUNTIMES = ("onnxruntime-cuda", "tensorrt")
+MAX_INPUT_ELEMENTS = 1 << 26
+_LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9_.\-/]{0,61}[a-z0-9])?$")
+_PLACEHOLDER_OUT = Path("/nonexistent")  # the scheduler sets the real one at start
+
+
+def spec_from_request(req: pb.CreateJobRequest, blobs: BlobStore, *, trust_pickle: bool) -> CompressSpec:
+    """Validate a request and build the job it asks for (raises InvalidRequest)."""
+    _check_request_id(req.request_id)
+    _check_labels(dict(req.labels))
+    shape = _input_shape(list(req.input_shape))
+    _refuse_later(req)
+    model = _model(req.model, blobs, trust_pickle=trust_pickle)
+    ratio, group_ratios = _ratios(req.pruning)
+    importance = req.pruning.importance or "l1"
+    if importance not in IMPORTANCES:
+        raise _bad("pruning.importance", f"unknown importance {importance!r} (one of {', '.join(IMPORTANCES)})")
+    round_to = _bounded("pruning.round_to", req.pruning.round_to, 1, 1024, default=8)
+    min_channels = _bounded("pruning.min_channels", req.pruning.min_channels, 1, 4096, default=8)
+    exports = tuple(req.exports) or EXPORTS
+    for name in exports:
+        if name not in EXPORTS:
+            raise _bad("exports", f"unknown export {name!r} (one of {', '.join(EXPORTS)})")
+    if len(set(exports)) != len(exports):
+        raise _bad("exports", "exports repeat a name")
+    spec = CompressSpec(
+        model=model, input_shape=shape, out_dir=_PLACEHOLDER_OUT, ratio=ratio, group_ratios=group_ratios,
+        importance=importance, round_to=round_to, min_channels=min_channels,
+        target=_target(req.target, shape), protocol=_protocol(req.target.protocol), exports=exports,
+    )
+    try:  # the engine's own checks, so a job never fails for what a request could show
+        validate_spec(spec)
+    except InvalidRequest as exc:
+        field = wire_field(exc.field)
+        message = str(exc) if not field or str(exc).startswith(field) else f"{field}: {exc}"
+        raise InvalidRequest(message, field=field) from None
+    return spec
+
+
+_ENGINE_TO_WIRE = {"protocol": "target.protocol", "model.kwargs": "model.arch_kwargs",
+                   "model.weights": "model.weights_blob_id", "ratio": "pruning.ratio",
+                   "importance": "pruning.importance", "round_to": "pruning.round_to",
+                   "min_channels": "pruning.min_channels", "group_ratios": "pruning.group_ratios"}
+
+
+def wire_field(field: str | None) -> str | None:
+    """The request field (proto path) for a field name the engine reports."""
+    if field is None:
+        return None
+    if field.startswith("group_ratios["):
+        return "pruning." + field
+    return _ENGINE_TO_WIRE.get(field, field)
+
+
+def _bad(field: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"{field}: {message}", field=field)
+
+
+def _check_request_id(request_id: str) -> None:
+    if len(request_id) > 128 or not request_id.isprintable():
+        raise _bad("request_id", "must be at most 128 printable characters")
+
+
+def _check_labels(labels: dict[str, str]) -> None:
+    if len(labels) > 32:
+        raise _bad("labels", "at most 32 labels")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise _bad(f"labels[{key}]", "keys are 1-63 of a-z 0-9 _ . - /, starting and ending alphanumeric")
+        if len(value) > 256:
+            raise _bad(f"labels[{key}]", "values are at most 256 characters")
+
+
+def _input_shape(shape: list[int]) -> tuple[int, ...]:
+    if not shape:
+        raise _bad("input_shape", "required, e.g. [1, 3, 32, 32]")
+    if not 2 <= len(shape) <= 5 or any(d < 1 for d in shape):
+        raise _bad("input_shape", f"must have 2 to 5 dimensions, each at least 1 (got {shape})")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise _bad("input_shape", f"at most {MAX_INPUT_ELEMENTS} elements")
+    return tuple(shape)
+
+
+def _refuse_later(req: pb.CreateJobRequest) -> None:
+    """Fields the API has but the engine does not use yet."""
+    for name in ("latency_ms", "speedup", "size_bytes", "params", "macs", "max_accuracy_drop"):
+        if req.budget.HasField(name):
+            value = getattr(req.budget, name)
+            if not value > 0 and not (name == "max_accuracy_drop" and value == 0):
+                raise _bad(f"budget.{name}", f"must be positive (got {value})")
+            raise _bad(f"budget.{name}", "budgets are not supported yet; give pruning.ratio or pruning.group_ratios")
+    for fd, value in req.recovery.ListFields():
+        raise _bad(f"recovery.{fd.name}", "recovery (fine-tuning, distillation) is not supported yet")
+    for fd, value in req.data.ListFields():
+        raise _bad(f"data.{fd.name}", "data sources are not supported yet; jobs use generated inputs")
+    if req.target.probe_address:
+        raise _bad("target.probe_address", "remote latency probes are not supported yet")
+
+
+def _model(model: pb.ModelSource, blobs: BlobStore, *, trust_pickle: bool) -> ModelSpec:
+    if not model.arch:
+        raise _bad("model.arch", "required, e.g. 'zoo:resnet20'")
+    prefix, sep, name = model.arch.partition(":")
+    if not sep or not name or prefix not in ARCH_PREFIXES:
+        raise _bad("model.arch", f"{model.arch!r} is not '<{'|'.join(ARCH_PREFIXES)}>:<name>'")
+    if prefix == "zoo" and name not in ZOO:
+        raise _bad("model.arch", f"unknown architecture {model.arch!r}; the zoo has: {', '.join(sorted(ZOO))}")
+    kwargs = _integral(json_format.MessageToDict(model.arch_kwargs)) if model.HasField("arch_kwargs") else {}
+    weights = blobs.require(model.weights_blob_id, field="model.weights_blob_id") if model.weights_blob_id else None
+    return ModelSpec(arch=model.arch, arch_kwargs=kwargs, weights=weights, trust_pickle=trust_pickle)
+
+
+def _integral(value: Any) -> Any:
+    """Struct numbers are doubles; constructors want 10, not 10.0."""
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _ratios(p: pb.Pruning) -> tuple[float | None, dict[str, float] | None]:
+    if p.HasField("ratio") and p.group_ratios:
+        raise _bad("pruning.ratio", "give pruning.ratio or pruning.group_ratios, not both")
+    if p.HasField("ratio"):
+        if not 0.0 <= p.ratio < 1.0:
+            raise _bad("pruning.ratio", f"must be in [0, 1) (got {p.ratio})")
+        return p.ratio, None
+    if not p.group_ratios:
+        raise _bad("pruning.ratio", "required: pruning.ratio or pruning.group_ratios")
+    for group, r in p.group_ratios.items():
+        if not group or not 0.0 <= r < 1.0:
+            raise _bad(f"pruning.group_ratios[{group}]", f"ratios must be in [0, 1) (got {r})")
+    return None, dict(sorted(p.group_ratios.items()))
+
+
+def _bounded(field: str, value: int, lo: int, hi: int, *, default: int) -> int:
+    if value == 0:
+        return default
+    if not lo <= value <= hi:
+        raise _bad(field, f"must be in [{lo}, {hi}] (got {value})")
+    return value
+
+
+def _target(t: pb.Target, shape: tuple[int, ...]) -> TargetSpec:
+    runtime = t.runtime or RUNTIMES[0]
+    if runtime in LATER_RUNTIMES:
+        raise _bad("target.runtime", f"runtime {runtime!r} is not supported yet (supported: {', '.join(RUNTIMES)})")
+    if runtime not in RUNTIMES:
+        raise _bad("target.runtime", f"unknown runtime {runtime!r} (supported: {', '.join(RUNTIMES)})")
+    if t.precision not in ("", "fp32"):
+        raise _bad("target.precision", f"precision {t.precision!r} is not supported yet (only fp32)")
+    if t.batch and t.batch != shape[0]:
+        raise _bad("target.batch", f"must equal input_shape[0] ({shape[0]}) for now")
+    if t.percentile and not 0.0 < t.percentile <= 100.0:
+        raise _bad("target.percentile", f"must be in (0, 100] (got {t.percentile})")
+    threads = _bounded("target.threads", t.threads, 1, 256, default=TargetSpec().threads)
+    return TargetSpec(runtime=runtime, threads=threads, percentile=t.percentile or TargetSpec().percentile)
+
+
+def _protocol(p: pb.LatencyProtocol) -> ProtocolSpec:
+    base = ProtocolSpec()
+    values: dict[str, Any] = {}
+    for fd, value in p.ListFields():
+        if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise _bad(f"target.protocol.{fd.name}", f"must be a positive number (got {value})")
+        values[fd.name] = value
+    spec = ProtocolSpec(**{**{k: getattr(base, k) for k in base.__dataclass_fields__}, **values})
+    if spec.max_seconds > 600:
+        raise _bad("target.protocol.max_seconds", "at most 600 seconds")
+    return spec

@@ -1,0 +1,215 @@
+"""Runs queued jobs, each in its own spawned worker process, `workers` at a time.
+
+A dispatcher thread claims QUEUED jobs; one supervisor thread per running job
+relays the worker's events into the store and decides the job's end from what
+the worker said (result or error) or, when it said nothing, from how it died.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from secateurs.jobs.blobs import BlobStore
+from secateurs.jobs.records import ArtifactRecord, JobError, JobRecord, JobState
+from secateurs.jobs.store import JobStore
+from secateurs.jobs.worker import DEFAULT_RUNNER, worker_main
+
+log = logging.getLogger(__name__)
+_CTX = mp.get_context("spawn")  # fork would copy the server's threads and locks
+
+
+class Scheduler:
+    """Owns the worker processes. `start()` also fails jobs a dead server left RUNNING."""
+
+    def __init__(
+        self, store: JobStore, blobs: BlobStore, *, work_dir: Path, workers: int = 1,
+        runner: str = DEFAULT_RUNNER, cancel_grace: float = 2.0,
+    ) -> None:
+        self._store, self._blobs = store, blobs
+        self._work_dir, self._workers, self._runner = work_dir, workers, runner
+        self._cancel_grace = cancel_grace
+        self._running: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._dispatcher = threading.Thread(target=self._dispatch, name="job-dispatcher", daemon=True)
+
+    def start(self) -> list[str]:
+        failed = self._store.fail_running("interrupted", "the server stopped while the job was running")
+        for job_id in failed:
+            shutil.rmtree(self._work_dir / job_id, ignore_errors=True)
+        self._dispatcher.start()
+        return failed
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> JobRecord:
+        job = self._store.request_cancel(job_id)
+        with self._lock:
+            run = self._running.get(job_id)
+        if run is not None:
+            run.cancel()
+        return job
+
+    def running(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
+
+    def shutdown(self, grace: float) -> None:
+        """Stop dispatching; running jobs end FAILED `interrupted` (within `grace`)."""
+        self._stopping = True
+        self._wake.set()
+        if self._dispatcher.is_alive():  # no job may start after this point
+            self._dispatcher.join(grace)
+        with self._lock:
+            runs = list(self._running.values())
+        for run in runs:
+            run.interrupt()
+        deadline = time.monotonic() + grace
+        for run in runs:
+            run.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _dispatch(self) -> None:
+        while not self._stopping:
+            with self._lock:
+                free = self._workers - len(self._running)
+            job = self._store.claim_next() if free > 0 else None
+            if job is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            run = _Run(self, job)
+            with self._lock:  # registered and started together: shutdown joins only started threads
+                self._running[job.id] = run
+                run.thread.start()
+
+    def _done(self, job_id: str) -> None:
+        with self._lock:
+            self._running.pop(job_id, None)
+        self._wake.set()
+
+
+class _Run:
+    """One job in one worker process, supervised by one thread."""
+
+    def __init__(self, scheduler: Scheduler, job: JobRecord) -> None:
+        self._done = scheduler._done
+        self._store, self._blobs = scheduler._store, scheduler._blobs
+        self._runner, self._cancel_grace = scheduler._runner, scheduler._cancel_grace
+        self.job = job
+        self.out_dir = scheduler._work_dir / job.id
+        self._cancel_event = _CTX.Event()
+        self._cancel_at: float | None = None
+        self._interrupted = False
+        self._proc: Any = None
+        self.thread = threading.Thread(target=self._supervise, name=f"job-{job.id}", daemon=True)
+
+    def cancel(self) -> None:
+        self._cancel_event.set()
+        self._cancel_at = self._cancel_at or time.monotonic()
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+        self.cancel()
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.terminate()
+
+    def _supervise(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 - a supervisor bug must still end the job
+            log.exception("supervising job %s failed", self.job.id)
+            self._store.finish_job(self.job.id, JobState.FAILED, error=JobError(
+                reason="internal", message=f"server error while running the job: {type(exc).__name__}"))
+        finally:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+            self._done(self.job.id)
+
+    def _run(self) -> None:
+        store = self._store
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        recv, send = _CTX.Pipe(duplex=False)
+        self._proc = _CTX.Process(
+            target=worker_main, name=f"secateurs-worker-{self.job.id}",
+            args=(self._runner, self.job.id, self.job.spec_json, str(self.out_dir), send, self._cancel_event),
+        )
+        self._proc.start()
+        send.close()
+        if self.job.cancel_requested or store.get_job(self.job.id).cancel_requested:
+            self.cancel()
+        result: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+        last_message = ""
+        while True:
+            self._enforce_cancel()
+            try:
+                if not recv.poll(0.25):
+                    continue
+                kind, payload = recv.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "event":
+                last_message = payload.get("message") or last_message
+                store.append_event(self.job.id, **payload)
+            elif kind == "result":
+                result = payload
+            elif kind == "error":
+                error = payload
+        self._proc.join(5.0)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._finish(result, error, self._proc.exitcode, last_message)
+
+    def _enforce_cancel(self) -> None:
+        """A stage may not check its token for a while: terminate, then kill."""
+        if self._cancel_at is None or not self._proc.is_alive():
+            return
+        waited = time.monotonic() - self._cancel_at
+        if waited > self._cancel_grace + 1.5:
+            self._proc.kill()
+        elif waited > self._cancel_grace:
+            self._proc.terminate()
+
+    def _finish(self, result: dict | None, error: dict | None, exitcode: int | None, last: str) -> None:
+        store, job_id = self._store, self.job.id
+        if self._interrupted:
+            store.finish_job(job_id, JobState.FAILED, error=JobError(
+                reason="interrupted", message="the server shut down while the job was running", code="ABORTED"))
+        elif result is not None:
+            artifacts = []
+            for name, path in result["artifacts"].items():
+                stored = self._blobs.ingest(Path(path))
+                artifacts.append(ArtifactRecord(name=name, filename=Path(path).name,
+                                                sha256=stored.sha256, size_bytes=stored.size_bytes))
+            store.finish_job(job_id, JobState.SUCCEEDED, report_json=result["report"], artifacts=artifacts)
+        elif self._cancel_at is not None or (error and error["code"] == "CANCELLED"):
+            store.finish_job(job_id, JobState.CANCELLED, error=JobError(
+                reason="cancelled", message="cancelled on request", code="CANCELLED"))
+        elif error is not None:
+            if error["code"] == "INTERNAL":
+                log.error("job %s failed:\n%s", job_id, error["traceback"])
+            store.finish_job(job_id, JobState.FAILED, error=JobError(
+                reason=error["reason"], message=f"{error['type']}: {error['message']}",
+                field=error["field"], code=error["code"]))
+        else:
+            store.finish_job(job_id, JobState.FAILED, error=JobError(
+                reason="worker_crashed", message=_death(exitcode) + (f"; last event: {last}" if last else "")))
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"worker process killed by {name}"
+    return f"worker process exited with code {exitcode} without a result"

@@ -1,0 +1,303 @@
+"""SQLite job store (WAL): jobs, their sequence-numbered events, blobs and artifacts.
+
+The server process is the only writer; worker processes report through a pipe.
+One connection behind a lock is enough at this scale and keeps every
+multi-statement change in one transaction. Watchers wait on `changed`, which is
+notified after every commit.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from secateurs.errors import JobNotFound, ResourceExhausted
+from secateurs.jobs.records import (
+    ArtifactRecord, BlobRecord, EventRecord, JobError, JobRecord, JobState, RequestConflict,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  request_id TEXT UNIQUE,
+  fingerprint TEXT NOT NULL,
+  request BLOB NOT NULL,
+  spec_json TEXT NOT NULL,
+  labels TEXT NOT NULL,
+  state TEXT NOT NULL,
+  created REAL NOT NULL, started REAL, ended REAL,
+  stage TEXT NOT NULL DEFAULT '', progress REAL NOT NULL DEFAULT 0,
+  error_reason TEXT, error_message TEXT, error_field TEXT, error_code TEXT,
+  report_json TEXT,
+  cancel_requested INTEGER NOT NULL DEFAULT 0,
+  last_sequence INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, rowid);
+CREATE TABLE IF NOT EXISTS job_labels (
+  job_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY (job_id, key)
+);
+CREATE INDEX IF NOT EXISTS job_labels_kv ON job_labels(key, value);
+CREATE TABLE IF NOT EXISTS events (
+  job_id TEXT NOT NULL, sequence INTEGER NOT NULL, time REAL NOT NULL,
+  stage TEXT NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL,
+  progress REAL, data TEXT NOT NULL, state TEXT NOT NULL,
+  PRIMARY KEY (job_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS blobs (
+  sha256 TEXT PRIMARY KEY, size_bytes INTEGER NOT NULL, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+  job_id TEXT NOT NULL, name TEXT NOT NULL, filename TEXT NOT NULL,
+  sha256 TEXT NOT NULL, size_bytes INTEGER NOT NULL,
+  PRIMARY KEY (job_id, name)
+);
+"""
+
+
+class JobStore:
+    """All persistent job state. Every method is thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+        self.changed = threading.Condition(threading.Lock())
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- transactions -------------------------------------------------------
+
+    def _write(self, fn: Any) -> Any:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        with self.changed:
+            self.changed.notify_all()
+        return out
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    # -- jobs -----------------------------------------------------------------
+
+    def create_job(
+        self, *, job_id: str, request_id: str | None, fingerprint: str, request: bytes,
+        spec_json: str, labels: Mapping[str, str], max_queued: int,
+    ) -> tuple[JobRecord, bool]:
+        """Insert a QUEUED job; return (job, created). An existing request_id with the same
+        fingerprint returns that job; with another fingerprint raises RequestConflict."""
+
+        def tx(db: sqlite3.Connection) -> tuple[str, bool]:
+            if request_id:
+                row = db.execute("SELECT id, fingerprint FROM jobs WHERE request_id=?", (request_id,)).fetchone()
+                if row is not None:
+                    if row["fingerprint"] != fingerprint:
+                        raise RequestConflict(f"request_id {request_id!r} was used for a different request")
+                    return row["id"], False
+            queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state='QUEUED'").fetchone()[0]
+            if queued >= max_queued:
+                raise ResourceExhausted(f"job queue is full ({queued} queued jobs)")
+            now = time.time()
+            db.execute(
+                "INSERT INTO jobs (id, request_id, fingerprint, request, spec_json, labels, state, created)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (job_id, request_id or None, fingerprint, request, spec_json,
+                 json.dumps(dict(labels), sort_keys=True), JobState.QUEUED.value, now),
+            )
+            db.executemany("INSERT INTO job_labels VALUES (?,?,?)", [(job_id, k, v) for k, v in labels.items()])
+            self._event(db, job_id, stage="job", kind="state", message="queued", state=JobState.QUEUED)
+            return job_id, True
+
+        found_id, created = self._write(tx)
+        return self.get_job(found_id), created
+
+    def get_job(self, job_id: str) -> JobRecord:
+        rows = self._read("SELECT * FROM jobs WHERE id=?", (job_id,))
+        if not rows:
+            raise JobNotFound(f"no job {job_id!r}")
+        return self._job(rows[0])
+
+    def list_jobs(
+        self, *, state: JobState | None, labels: Mapping[str, str], page_size: int, before_rowid: int | None,
+    ) -> list[JobRecord]:
+        """Newest first; `before_rowid` continues a previous page."""
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if state is not None:
+            sql += " AND state=?"
+            args.append(state.value)
+        if before_rowid is not None:
+            sql += " AND rowid<?"
+            args.append(before_rowid)
+        for key, value in labels.items():
+            sql += " AND EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id=jobs.id AND l.key=? AND l.value=?)"
+            args += [key, value]
+        sql += " ORDER BY rowid DESC LIMIT ?"
+        args.append(page_size)
+        return [self._job(r) for r in self._read(sql, args)]
+
+    def count_queued(self) -> int:
+        return self._read("SELECT COUNT(*) FROM jobs WHERE state='QUEUED'")[0][0]
+
+    def claim_next(self) -> JobRecord | None:
+        """Move the oldest QUEUED job to RUNNING and return it."""
+
+        def tx(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT id FROM jobs WHERE state='QUEUED' ORDER BY rowid LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state='RUNNING', started=? WHERE id=?", (time.time(), row["id"]))
+            self._event(db, row["id"], stage="job", kind="state", message="running", state=JobState.RUNNING)
+            return row["id"]
+
+        job_id = self._write(tx)
+        return None if job_id is None else self.get_job(job_id)
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """Flag a job for cancellation; a QUEUED job is CANCELLED at once."""
+
+        def tx(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            if row["state"] == JobState.QUEUED.value:
+                self._finish(db, job_id, JobState.CANCELLED,
+                             JobError(reason="cancelled", message="cancelled before it started", code="CANCELLED"))
+            elif row["state"] == JobState.RUNNING.value:
+                db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
+                self._event(db, job_id, stage="job", kind="log", message="cancel requested", state=JobState.RUNNING)
+
+        self._write(tx)
+        return self.get_job(job_id)
+
+    def finish_job(
+        self, job_id: str, state: JobState, *, error: JobError | None = None,
+        report_json: str | None = None, artifacts: Iterable[ArtifactRecord] = (),
+    ) -> None:
+        """Record a terminal state; a job already terminal is left as it is."""
+
+        def tx(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or JobState(row["state"]).terminal:
+                return
+            for a in artifacts:
+                db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?)",
+                           (job_id, a.name, a.filename, a.sha256, a.size_bytes))
+            if report_json is not None:
+                db.execute("UPDATE jobs SET report_json=? WHERE id=?", (report_json, job_id))
+            self._finish(db, job_id, state, error)
+
+        self._write(tx)
+
+    def fail_running(self, reason: str, message: str) -> list[str]:
+        """At start-up: no job may stay RUNNING after the server that ran it died."""
+
+        def tx(db: sqlite3.Connection) -> list[str]:
+            ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state='RUNNING'")]
+            for job_id in ids:
+                self._finish(db, job_id, JobState.FAILED, JobError(reason=reason, message=message, code="ABORTED"))
+            return ids
+
+        return self._write(tx)
+
+    def _finish(self, db: sqlite3.Connection, job_id: str, state: JobState, error: JobError | None) -> None:
+        db.execute(
+            "UPDATE jobs SET state=?, ended=?, error_reason=?, error_message=?, error_field=?, error_code=?"
+            " WHERE id=?",
+            (state.value, time.time(), error and error.reason, error and error.message,
+             error and error.field, error and error.code, job_id),
+        )
+        message = state.value.lower() + (f": {error.message}" if error else "")
+        self._event(db, job_id, stage="job", kind="state", message=message, state=state)
+
+    # -- events ---------------------------------------------------------------
+
+    def append_event(
+        self, job_id: str, *, stage: str, kind: str, message: str = "",
+        progress: float | None = None, data: Mapping[str, Any] | None = None,
+    ) -> int:
+        def tx(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            return self._event(db, job_id, stage=stage, kind=kind, message=message, progress=progress,
+                               data=data, state=JobState(row["state"]))
+
+        return self._write(tx)
+
+    def _event(
+        self, db: sqlite3.Connection, job_id: str, *, stage: str, kind: str, message: str,
+        state: JobState, progress: float | None = None, data: Mapping[str, Any] | None = None,
+    ) -> int:
+        seq = db.execute("SELECT last_sequence FROM jobs WHERE id=?", (job_id,)).fetchone()[0] + 1
+        db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)",
+                   (job_id, seq, time.time(), stage, kind, message, progress,
+                    json.dumps(dict(data or {}), default=str), state.value))
+        engine = stage != "job"  # the job's own events (state, worker, cancel) leave stage/progress alone
+        sets = "last_sequence=?" + (", stage=?, progress=?" if engine else "")
+        args: list[Any] = [seq] + ([stage, progress or 0.0] if engine else [])
+        db.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*args, job_id))
+        return seq
+
+    def events_after(self, job_id: str, after: int, limit: int = 500) -> list[EventRecord]:
+        rows = self._read("SELECT * FROM events WHERE job_id=? AND sequence>? ORDER BY sequence LIMIT ?",
+                          (job_id, after, limit))
+        return [EventRecord(job_id=r["job_id"], sequence=r["sequence"], time=r["time"], stage=r["stage"],
+                            kind=r["kind"], message=r["message"], progress=r["progress"],
+                            data=json.loads(r["data"]), state=JobState(r["state"])) for r in rows]
+
+    def wait_for_change(self, timeout: float) -> None:
+        with self.changed:
+            self.changed.wait(timeout)
+
+    # -- blobs ------------------------------------------------------------------
+
+    def put_blob(self, sha256: str, size_bytes: int) -> bool:
+        """Record a stored blob; return True when it was already known."""
+
+        def tx(db: sqlite3.Connection) -> bool:
+            cur = db.execute("INSERT OR IGNORE INTO blobs VALUES (?,?,?)", (sha256, size_bytes, time.time()))
+            return cur.rowcount == 0
+
+        return self._write(tx)
+
+    def get_blob(self, sha256: str) -> BlobRecord | None:
+        rows = self._read("SELECT * FROM blobs WHERE sha256=?", (sha256,))
+        return BlobRecord(sha256=rows[0]["sha256"], size_bytes=rows[0]["size_bytes"],
+                          created=rows[0]["created"]) if rows else None
+
+    # -- rows -> records ---------------------------------------------------------
+
+    def _job(self, r: sqlite3.Row) -> JobRecord:
+        arts = self._read("SELECT * FROM artifacts WHERE job_id=? ORDER BY name", (r["id"],))
+        error = None
+        if r["error_reason"]:
+            error = JobError(reason=r["error_reason"], message=r["error_message"] or "",
+                             field=r["error_field"], code=r["error_code"] or "INTERNAL")
+        return JobRecord(
+            id=r["id"], rowid=r["rowid"], state=JobState(r["state"]), request=r["request"],
+            spec_json=r["spec_json"], labels=json.loads(r["labels"]), request_id=r["request_id"],
+            created=r["created"], started=r["started"], ended=r["ended"], stage=r["stage"],
+            progress=r["progress"], error=error, report_json=r["report_json"],
+            cancel_requested=bool(r["cancel_requested"]), last_sequence=r["last_sequence"],
+            artifacts=tuple(ArtifactRecord(name=a["name"], filename=a["filename"], sha256=a["sha256"],
+                                           size_bytes=a["size_bytes"]) for a in arts),
+        )

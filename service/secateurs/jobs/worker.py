@@ -1,0 +1,85 @@
+"""The body of one worker process: run one job, report through a pipe, exit.
+
+Messages to the parent are ("event", dict), then one of ("result", dict) or
+("error", dict). A worker never touches the job store, so a crash cannot corrupt
+it; the parent turns a missing result plus the exit code into the job's cause.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable
+
+from secateurs.jobs.failures import code_for, reason_for
+from secateurs.jobs.specs import spec_from_json
+
+DEFAULT_RUNNER = "secateurs.engine.pipeline:compress"
+
+
+def resolve_runner(name: str) -> Callable[..., Any]:
+    """"package.module:function" -> the function (a test may name a fake one)."""
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def worker_main(runner: str, job_id: str, spec_json: str, out_dir: str, conn: Connection, cancel: Any) -> None:
+    """Entry point of the spawned process."""
+    # Ctrl-C in a terminal reaches the whole process group; the server decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(os.getppid())
+    send = _sender(conn)
+    send("event", {"stage": "job", "kind": "log", "message": f"worker pid {os.getpid()} started",
+                   "data": {"pid": os.getpid()}})
+    try:
+        fn = resolve_runner(runner)
+        spec = spec_from_json(spec_json, Path(out_dir))
+        result = fn(spec, lambda event: send("event", _event_dict(event)), cancel)
+        report = json.dumps(result.report, default=str)
+        send("result", {"report": report, "artifacts": {k: str(v) for k, v in result.artifacts.items()}})
+    except BaseException as exc:  # noqa: BLE001 - everything becomes the job's cause
+        send("error", {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__,
+                       "field": getattr(exc, "field", None), "code": code_for(exc),
+                       "reason": reason_for(exc), "traceback": traceback.format_exc(limit=8)[-4000:]})
+    finally:
+        conn.close()
+
+
+def _sender(conn: Connection) -> Callable[[str, dict[str, Any]], None]:
+    lock = threading.Lock()
+
+    def send(kind: str, payload: dict[str, Any]) -> None:
+        try:
+            with lock:
+                conn.send((kind, payload))
+        except (BrokenPipeError, OSError):
+            os._exit(3)  # the server is gone; nobody will read what we make
+
+    return send
+
+
+def _event_dict(event: Any) -> dict[str, Any]:
+    data = json.loads(json.dumps(getattr(event, "data", {}) or {}, default=str))
+    if len(json.dumps(data)) > 32_768:  # events stay small; big data belongs in the report
+        data = {"truncated": True}
+    return {"stage": event.stage, "kind": event.kind, "message": event.message,
+            "progress": event.progress, "data": data}
+
+
+def _exit_with_parent(ppid: int) -> None:
+    """A server killed with -9 cannot stop its workers; they notice and exit."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != ppid:
+                os._exit(4)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -1,0 +1,104 @@
+"""Helpers for service tests: requests, waiting, a server in a subprocess.
+
+(Not named conftest/helpers: test directories share one module namespace.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from secateurs_client import Client, build_request, pb
+
+HERE = Path(__file__).parent
+FAKE_RUNNER = "service_fakes:fake_compress"
+QUICK_PROTOCOL = dict(warmup_runs=3, warmup_seconds=0.05, window=20, min_samples=40, max_seconds=2.0)
+
+
+def resnet20_request(**kw: Any) -> pb.CreateJobRequest:
+    """A small real job: ResNet-20 on 1x3x32x32, half the channels, quick latency protocol."""
+    args: dict[str, Any] = dict(arch="zoo:resnet20", input_shape=(1, 3, 32, 32), ratio=0.5, protocol=QUICK_PROTOCOL)
+    args.update(kw)
+    return build_request(**args)
+
+
+def fake_request(mode: str = "ok", **kw: Any) -> pb.CreateJobRequest:
+    return resnet20_request(arch_kwargs={"fake": mode}, **kw)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_for_stage(client: Client, job_id: str, stage: str, timeout: float = 60.0) -> int:
+    """Follow a job until `stage` starts; return the worker's pid."""
+    pid = 0
+    deadline = time.monotonic() + timeout
+    for event in client.watch_job(job_id, timeout=timeout):
+        pid = int(event.data["pid"]) if "pid" in event.data else pid
+        if event.stage == stage and event.kind == "started":
+            return pid
+        if event.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED) or time.monotonic() > deadline:
+            break
+    raise AssertionError(f"job {job_id} ended before stage {stage!r} started")
+
+
+class ServerProcess:
+    """`secateurs serve` in a subprocess (for kill -9 and SIGTERM tests)."""
+
+    def __init__(self, data_dir: Path, *args: str, log: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+        self._log = open(log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "secateurs.cli", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+             *args], stdout=subprocess.PIPE, stderr=self._log, env=env,
+        )
+        self.address = self._read_address(timeout=60)
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep the pipe drained
+
+    def _read_address(self, timeout: float) -> str:
+        found: list[str] = []
+
+        def read() -> None:
+            for line in self.proc.stdout:
+                m = re.search(rb"listening on (\S+)", line)
+                if m:
+                    found.append(m.group(1).decode())
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not found:
+            self.proc.kill()
+            raise AssertionError("the server did not start")
+        return found[0]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()

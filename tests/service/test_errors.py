@@ -1,0 +1,181 @@
+"""Bad requests, one row each: the status code and the field named in the BadRequest detail."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Iterator
+
+import grpc
+import pytest
+
+from service_helpers import FAKE_RUNNER, fake_request
+from secateurs.api.server import Server
+from secateurs_client import Client, field_violations, pb
+from secateurs_client.v1 import compression_pb2_grpc as pb_grpc
+
+TOKEN = "s3cret"
+LIMIT = 1 << 20
+Code = grpc.StatusCode
+
+
+def _create(**changes: Any) -> Callable[[Client], Any]:
+    def call(client: Client) -> Any:
+        req = fake_request()
+        for path, value in changes.items():
+            *parents, leaf = path.split("__")
+            msg = req
+            for p in parents:
+                msg = getattr(msg, p)
+            if isinstance(value, (list, dict)):
+                getattr(msg, leaf).extend(value) if isinstance(value, list) else getattr(msg, leaf).update(value)
+            else:
+                setattr(msg, leaf, value)
+        return client.create_job(req)
+    return call
+
+
+def _clear(field: str, **changes: Any) -> Callable[[Client], Any]:
+    def call(client: Client) -> Any:
+        req = fake_request()
+        parent, _, leaf = field.rpartition("__")
+        (getattr(req, parent) if parent else req).ClearField(leaf)
+        return _create(**changes)(_Fixed(client, req)) if changes else client.create_job(req)
+    return call
+
+
+class _Fixed:  # passes a prepared request through _create's changes
+    def __init__(self, client: Client, req: pb.CreateJobRequest) -> None:
+        self.client, self.req = client, req
+
+    def create_job(self, _: pb.CreateJobRequest) -> Any:
+        return self.client.create_job(self.req)
+
+
+def _upload(messages: Callable[[], Iterator[pb.UploadBlobRequest]], token: str | None = TOKEN):
+    def call(client: Client) -> Any:
+        stub = pb_grpc.CompressionServiceStub(client._channel)
+        md = (("authorization", f"Bearer {token}"),) if token else ()
+        return stub.UploadBlob(messages(), timeout=10, metadata=md)
+    return call
+
+
+def _blob(data: bytes, sha: str | None = None, header: bool = True) -> Callable[[], Iterator[pb.UploadBlobRequest]]:
+    def gen() -> Iterator[pb.UploadBlobRequest]:
+        if header:
+            yield pb.UploadBlobRequest(header=pb.BlobHeader(sha256=sha or hashlib.sha256(data).hexdigest()))
+        for i in range(0, len(data), 1 << 18):
+            yield pb.UploadBlobRequest(chunk=data[i:i + (1 << 18)])
+    return gen
+
+
+def _raw(method: str, request: Any, token: str | None = TOKEN, stream: bool = False):
+    def call(client: Client) -> Any:
+        stub = pb_grpc.CompressionServiceStub(client._channel)
+        md = (("authorization", f"Bearer {token}"),) if token else ()
+        out = getattr(stub, method)(request, timeout=10, metadata=md)
+        return list(out) if stream else out
+    return call
+
+
+CASES: list[tuple[str, Callable[[Client], Any], Code, str | None]] = [
+    ("missing model", _clear("model"), Code.INVALID_ARGUMENT, "model.arch"),
+    ("arch without kind", _create(model__arch="resnet20"), Code.INVALID_ARGUMENT, "model.arch"),
+    ("unknown zoo arch", _create(model__arch="zoo:resnet9000"), Code.INVALID_ARGUMENT, "model.arch"),
+    ("weights not uploaded", _create(model__weights_blob_id="ab" * 32), Code.INVALID_ARGUMENT,
+     "model.weights_blob_id"),
+    ("weights id not a digest", _create(model__weights_blob_id="w.pt"), Code.INVALID_ARGUMENT,
+     "model.weights_blob_id"),
+    ("missing input shape", _clear("input_shape"), Code.INVALID_ARGUMENT, "input_shape"),
+    ("zero in input shape", _clear("input_shape", input_shape=[1, 3, 0, 32]), Code.INVALID_ARGUMENT, "input_shape"),
+    ("one-dim input shape", _clear("input_shape", input_shape=[3]), Code.INVALID_ARGUMENT, "input_shape"),
+    ("negative latency budget", _create(budget__latency_ms=-1.0), Code.INVALID_ARGUMENT, "budget.latency_ms"),
+    ("budget not yet supported", _create(budget__speedup=2.0), Code.INVALID_ARGUMENT, "budget.speedup"),
+    ("unknown runtime", _create(target__runtime="tpu-v9"), Code.INVALID_ARGUMENT, "target.runtime"),
+    ("runtime not yet supported", _create(target__runtime="tensorrt"), Code.INVALID_ARGUMENT, "target.runtime"),
+    ("precision not yet supported", _create(target__precision="int8"), Code.INVALID_ARGUMENT, "target.precision"),
+    ("odd percentile", _create(target__percentile=42.0), Code.INVALID_ARGUMENT, "target.percentile"),
+    ("remote probe", _create(target__probe_address="10.0.0.1:7000"), Code.INVALID_ARGUMENT,
+     "target.probe_address"),
+    ("recovery not yet supported", _create(recovery__epochs=3), Code.INVALID_ARGUMENT, "recovery.epochs"),
+    ("data not yet supported", _create(data__train_uri="s3://b/train"), Code.INVALID_ARGUMENT, "data.train_uri"),
+    ("ratio out of range", _create(pruning__ratio=1.5), Code.INVALID_ARGUMENT, "pruning.ratio"),
+    ("no ratio", _clear("pruning__ratio"), Code.INVALID_ARGUMENT, "pruning.ratio"),
+    ("ratio and group ratios", _create(pruning__group_ratios={"layer1.0.conv1": 0.5}), Code.INVALID_ARGUMENT,
+     "pruning.ratio"),
+    ("unknown importance", _create(pruning__importance="vibes"), Code.INVALID_ARGUMENT, "pruning.importance"),
+    ("unknown export", _create(exports=["tflite"]), Code.INVALID_ARGUMENT, "exports"),
+    ("bad label key", _create(labels={"Bad Key!": "x"}), Code.INVALID_ARGUMENT, "labels[Bad Key!]"),
+    ("unknown job", _raw("GetJob", pb.GetJobRequest(job_id="nope")), Code.NOT_FOUND, None),
+    ("empty job id", _raw("GetJob", pb.GetJobRequest()), Code.INVALID_ARGUMENT, "job_id"),
+    ("watch unknown job", _raw("WatchJob", pb.WatchJobRequest(job_id="nope"), stream=True), Code.NOT_FOUND, None),
+    ("cancel unknown job", _raw("CancelJob", pb.CancelJobRequest(job_id="nope")), Code.NOT_FOUND, None),
+    ("download unknown job", _raw("DownloadArtifact", pb.DownloadArtifactRequest(job_id="nope", name="onnx"),
+                                  stream=True), Code.NOT_FOUND, None),
+    ("bad page token", _raw("ListJobs", pb.ListJobsRequest(page_token="garbage!")), Code.INVALID_ARGUMENT,
+     "page_token"),
+    ("page too large", _raw("ListJobs", pb.ListJobsRequest(page_size=10_000)), Code.INVALID_ARGUMENT, "page_size"),
+    ("sha256 mismatch", _upload(_blob(b"abc" * 1000, sha="0" * 64)), Code.INVALID_ARGUMENT, "header.sha256"),
+    ("sha256 malformed", _upload(_blob(b"abc", sha="not-a-digest")), Code.INVALID_ARGUMENT, "header.sha256"),
+    ("upload without header", _upload(_blob(b"abc", header=False)), Code.INVALID_ARGUMENT, "header"),
+    ("upload over the limit", _upload(_blob(b"x" * (LIMIT + 1))), Code.RESOURCE_EXHAUSTED, None),
+    ("no token", _raw("GetJob", pb.GetJobRequest(job_id="x"), token=None), Code.UNAUTHENTICATED, None),
+    ("wrong token", _raw("GetJob", pb.GetJobRequest(job_id="x"), token="guess"), Code.UNAUTHENTICATED, None),
+    ("wrong token on a stream", _upload(_blob(b"abc"), token="guess"), Code.UNAUTHENTICATED, None),
+]
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from secateurs.api.server import ServerConfig
+
+    server = Server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path_factory.mktemp("data"), token=TOKEN,
+                                 max_upload_bytes=LIMIT, runner=FAKE_RUNNER))
+    server.start()
+    yield server
+    server.stop(grace=2)
+
+
+@pytest.mark.parametrize(("name", "call", "code", "field"), CASES, ids=[c[0] for c in CASES])
+def test_bad_request(strict_server: Server, name: str, call: Callable[[Client], Any], code: Code,
+                     field: str | None) -> None:
+    with Client(strict_server.address, token=TOKEN, timeout=10) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            call(client)
+    assert err.value.code() == code, err.value.details()
+    if field is not None:
+        assert [f for f, _ in field_violations(err.value)] == [field]
+        assert field in err.value.details()
+
+
+def test_health_needs_no_token(strict_server: Server) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(strict_server.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_draining_server_refuses_new_work(make_server) -> None:  # type: ignore[no-untyped-def]
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = make_server(runner=FAKE_RUNNER)
+    with Client(server.address, timeout=10) as client:
+        done = client.wait(client.create_job(fake_request()).id)
+        server.drain()
+        with pytest.raises(grpc.RpcError) as err:
+            client.create_job(fake_request())
+        assert err.value.code() == Code.UNAVAILABLE
+        assert client.get_job(done.id).state == pb.SUCCEEDED  # reads still served
+        reply = health_pb2_grpc.HealthStub(client._channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_unexpected_error_is_internal_and_generic(fake_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(job_id: str) -> None:
+        raise KeyError("secret internals")
+
+    monkeypatch.setattr(fake_server.jobs, "get_job", boom)
+    with Client(fake_server.address) as client, pytest.raises(grpc.RpcError) as err:
+        client.get_job("x")
+    assert err.value.code() == Code.INTERNAL
+    assert "secret" not in err.value.details()
