@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from secateurs.engine.attention import convert_attention
-from secateurs.engine.size import layer_macs
+from secateurs.engine.size import forward_with_hooks, layer_macs
 from secateurs.errors import UnsupportedModel
 
 
@@ -71,17 +71,11 @@ class GraphContext:
 def find_classifier(model: nn.Module, example: torch.Tensor) -> str:
     """The last Conv/Linear to run: its outputs are the model's outputs and are never pruned."""
     order: list[str] = []
-    hooks = [
+    forward_with_hooks(model, example, [
         module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Conv1d, nn.Linear))
-    ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    ])
     if not order:
         raise UnsupportedModel("the model has no Conv or Linear layer: nothing to prune")
     return order[-1]

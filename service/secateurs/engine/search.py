@@ -229,14 +229,30 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         scores = sensitivity(ctx, groups, widths, calib, cache=cache, model_id=model_id,
                              on_progress=lambda d, t: progress(0.35 + 0.3 * d / max(t, 1), f"sensitivity {d}/{t}"))
 
+        trace: list[Candidate] = []
+        models: dict[int, nn.Module] = {}
+        scale = 1.0
+        if latency_model is not None:
+            # One end-to-end point turns the isolated-layer sum into the model's latency: the
+            # uniform plan at ratio 0.5, measured interleaved with the baseline.
+            progress(0.35, "calibrating the layer model end to end")
+            probe = _uniform_plan(groups, 0.5, spec)
+            isolated = latency_model.delta(members.layer_widths(probe))
+            candidate, pruned = _verify(model, example, probe, groups, {}, spec, target, base_backend, baseline,
+                                        calib, reference, None, 0, "calibration", cancel)
+            measured = baseline.latency_ms / candidate.measured["speedup"] - baseline.latency_ms
+            if isolated < 0 and measured < 0:
+                scale = min(5.0, max(0.05, measured / isolated))
+            candidate.predicted = {"latency_ms": baseline.latency_ms + scale * isolated}
+            trace.append(candidate)
+
         def predict(plan: dict[str, int]) -> dict[str, float]:
             params, macs = members.params_macs(plan)
             base_params, base_macs = members.params_macs(full)
             out = {"params": baseline.params + params - base_params, "macs": baseline.macs + macs - base_macs}
             out["size_bytes"] = baseline.size_bytes + 4 * (params - base_params)
             if latency_model is not None:
-                out["latency_ms"] = baseline.latency_ms + latency_model.delta(members.layer_widths(plan),
-                                                                              baseline.latency_ms)
+                out["latency_ms"] = baseline.latency_ms + scale * latency_model.delta(members.layer_widths(plan))
             return out
 
         def options(reference: dict[str, int], aims: dict[str, float]) -> tuple[dict, list[float]]:
@@ -275,8 +291,6 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                 plan = new
             return plan, feasible
 
-        trace: list[Candidate] = []
-        models: dict[int, nn.Module] = {}
         aims = {n: c * spec.aim for n, c in ceilings.items()}
         parent = None
         reason = ""
@@ -317,13 +331,17 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                                       reference, predict, len(trace), cancel)
         if uniform is not None:
             trace.append(uniform)
-        errors = [abs(c.predicted["latency_ms"] - c.measured["latency_ms"]) / c.measured["latency_ms"]
-                  for c in trace if "latency_ms" in c.predicted]
+        def error(c: Candidate) -> float:  # against the interleaved ratio, robust to drift between runs
+            measured = baseline.latency_ms / c.measured["speedup"]
+            return abs(c.predicted["latency_ms"] - measured) / measured
+
+        errors = [error(c) for c in trace if "latency_ms" in c.predicted and c.stage != "calibration"]
         latency_summary = {
-            "kind": "isolated layers, rank-1 width interaction, anchored on the measured baseline",
+            "kind": "isolated layers, rank-1 width interaction, scaled by one end-to-end calibration point",
+            "scale": scale,
             "layers": len(layers), "prediction_errors": errors,
             "mean_abs_error": sum(errors) / len(errors) if errors else None,
-            "steps": _steps(latency_model, members, groups, widths, baseline.latency_ms) if latency_model else {},
+            "steps": _steps(latency_model, members, groups, widths, scale) if latency_model else {},
         }
         group_rows = [{"name": g.name, "unit": g.unit, "channels": g.channels, "chosen": best.widths[g.name],
                        "ratio": 1 - best.widths[g.name] / g.channels,
@@ -340,6 +358,7 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
 def _choose(trace: list[Candidate], precision: float) -> Candidate:
     """Best candidate: within the budget and within `precision` of it, least quality loss; else
     within the budget, least loss; else the smallest miss."""
+    trace = [c for c in trace if c.stage in ("search", "infeasible-check")]
     in_band = [c for c in trace if c.shortfall == 0 and c.slack <= precision]
     met = [c for c in trace if c.shortfall == 0]
     if in_band or met:
@@ -387,12 +406,12 @@ def _pareto(options: list[Option]) -> list[Option]:
 
 
 def _steps(model: LayerLatencyModel, members: _Members, groups: list[GroupInfo],
-           widths: dict[str, list[int]], baseline_ms: float) -> dict[str, list[list[float]]]:
+           widths: dict[str, list[int]], scale: float) -> dict[str, list[list[float]]]:
     """Per group: [width, predicted saving in ms] over its grid (where the staircase steps)."""
     full = {g.name: g.channels for g in groups}
     out = {}
     for g in groups:
-        out[g.name] = [[w, -model.delta(members.layer_widths(dict(full, **{g.name: w})), baseline_ms)]
+        out[g.name] = [[w, -scale * model.delta(members.layer_widths(dict(full, **{g.name: w})))]
                        for w in widths[g.name]]
     return out
 
@@ -432,26 +451,45 @@ def _verify(model, example, plan, groups, predicted, spec, target, base_backend,
                      slack=budget_slack(final, spec.budget), start=start, end=time.time()), pruned
 
 
+def _uniform_plan(groups: list[GroupInfo], ratio: float, spec: SearchSpec) -> dict[str, int]:
+    return {g.name: (kept_count(g.channels, ratio, round_to=spec.round_to, min_channels=spec.min_channels)
+                     if g.unit == "channels" else max(1, round(g.channels * (1 - ratio)))) for g in groups}
+
+
 def _uniform_comparison(model, example, best, groups, spec, target, base_backend, baseline, calib, reference,
                         predict, index, cancel) -> Candidate | None:
-    """The classical baseline: one L1 ratio everywhere, at the chosen plan's measured latency."""
+    """The classical baseline: one L1 ratio everywhere, at the chosen plan's measured speedup.
+
+    The ratio is found on the calibrated prediction, then corrected by up to two secant
+    steps on measured speedup, so both plans are compared at the same measured latency.
+    """
     if "latency_ms" not in best.predicted or not groups:
         return None
-    want = best.predicted["latency_ms"]
-
-    def uniform_plan(r: float) -> dict[str, int]:
-        return {g.name: (kept_count(g.channels, r, round_to=spec.round_to, min_channels=spec.min_channels)
-                         if g.unit == "channels" else max(1, round(g.channels * (1 - r)))) for g in groups}
-
+    want = baseline.latency_ms / best.measured["speedup"]
     lo, hi = 0.0, 0.95
     for _ in range(20):  # predicted latency falls as the ratio grows
         mid = (lo + hi) / 2
-        if predict(uniform_plan(mid))["latency_ms"] > want:
+        if predict(_uniform_plan(groups, mid, spec))["latency_ms"] > want:
             lo = mid
         else:
             hi = mid
-    plan = uniform_plan(hi)
-    candidate, _ = _verify(model, example, plan, groups, predict(plan), spec, target, base_backend, baseline, calib,
-                           reference, None, index, "uniform", cancel)
-    candidate.measured["uniform_ratio"] = hi
-    return candidate
+    tried: list[tuple[float, Candidate]] = []
+    ratio = hi
+    for _ in range(3):
+        plan = _uniform_plan(groups, ratio, spec)
+        if any(c.widths == plan for _, c in tried):
+            break
+        candidate, _ = _verify(model, example, plan, groups, predict(plan), spec, target, base_backend, baseline,
+                               calib, reference, None, index, "uniform", cancel)
+        candidate.measured["uniform_ratio"] = ratio
+        tried.append((ratio, candidate))
+        got = candidate.measured["speedup"]
+        if abs(got / best.measured["speedup"] - 1) <= 0.03 or len(tried) == 3:
+            break
+        if len(tried) == 1:  # first correction: assume speedup proportional to ratio locally
+            ratio = min(0.95, max(0.0, ratio * (best.measured["speedup"] - 1) / max(got - 1, 1e-3)))
+        else:  # secant through the two measured points
+            (r0, c0), (r1, c1) = tried[-2], tried[-1]
+            s0, s1 = c0.measured["speedup"], c1.measured["speedup"]
+            ratio = r1 if s1 == s0 else min(0.95, max(0.0, r1 + (best.measured["speedup"] - s1) * (r1 - r0) / (s1 - s0)))
+    return min((c for _, c in tried), key=lambda c: abs(c.measured["speedup"] - best.measured["speedup"]))

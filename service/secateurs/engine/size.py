@@ -8,6 +8,16 @@ import torch
 from torch import nn
 
 
+def forward_with_hooks(model: nn.Module, example: torch.Tensor, handles: list) -> None:
+    """Run one forward pass with hooks that observe it, then remove them whatever happens."""
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -25,16 +35,10 @@ def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
                 macs[name] = macs.get(name, 0) + output.numel() * per_output
         return record
 
-    hooks = [
+    forward_with_hooks(model, example, [
         m.register_forward_hook(hook(n)) for n, m in model.named_modules()
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-    ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    ])
     return macs
 
 

@@ -26,6 +26,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from secateurs.engine.size import forward_with_hooks
+
 LAYER_OPSET = 18
 
 
@@ -76,14 +78,8 @@ def collect_layers(model: nn.Module, example: torch.Tensor) -> dict[str, LayerSh
                                           input_shape=tuple(x.shape), bias=module.bias is not None)
         return record
 
-    hooks = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example, [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
+                                        if isinstance(m, (nn.Conv2d, nn.Linear))])
     return shapes
 
 
@@ -185,17 +181,16 @@ class LayerLatencyModel:
             return 0.0
         return self.in_curves[name](cin) * self.out_curves[name](cout) / full
 
-    def delta(self, widths: dict[str, tuple[float, float]], baseline_ms: float) -> float:
-        """Predicted change of the model's latency (ms) when layers take the given (in, out) widths.
+    def delta(self, widths: dict[str, tuple[float, float]]) -> float:
+        """Change of the summed isolated-layer latency (ms) when layers take the given (in, out) widths.
 
-        Alone, a layer pays for a session call and layout conversions it shares with its
-        neighbours in the full graph, so the isolated sum can exceed the whole model; the
-        changes are then scaled by baseline / sum, which keeps predictions positive.
+        Alone, a layer pays for layout conversions and memory traffic it shares with its
+        neighbours in the full graph, so this sum is only proportional to the model's
+        change; the search calibrates the proportion with one end-to-end measurement.
         """
         total = 0.0
         for name, (cin, cout) in widths.items():
             shape = self.layers[name]
             if (cin, cout) != (shape.cin, shape.cout):
                 total += self.layer_latency(name, cin, cout) - self.full[name]
-        isolated = sum(self.full.values())
-        return total * min(1.0, baseline_ms / isolated) if isolated > 0 else total
+        return total

@@ -1,0 +1,193 @@
+"""The latency-budget search, measured: budget precision, search cost, quality against uniform L1.
+
+    .venv/bin/python benchmarks/search.py precision   # 3 models x speedups 1.5/2/3 on ONNX Runtime CPU
+    .venv/bin/python benchmarks/search.py cost        # resnet50 search time, cold cache then warm cache
+    .venv/bin/python benchmarks/search.py quality     # CIFAR-10 ResNet-20: searched vs uniform L1 vs
+                                                      # Torch-Pruning global, same measured speedup, same fine-tune
+
+`quality` needs weights from `benchmarks/train_cifar.py` (benchmarks/.cache/resnet20.safetensors)
+and the CIFAR-10 zip ($SECATEURS_CIFAR10_ZIP or ../shared/datasets/cifar10-jpeg.zip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from secateurs.engine.budget import Budget
+from secateurs.engine.export import export_onnx
+from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, measure_interleaved
+from secateurs.engine.models import build_architecture
+from secateurs.engine.search import SearchSpec, search
+from secateurs.engine.sensitivity import Calibration
+from secateurs.engine.spec import ProtocolSpec
+
+HERE = Path(__file__).resolve().parent
+PROTOCOL = ProtocolSpec(warmup_runs=10, warmup_seconds=0.5, window=50, min_samples=200, max_seconds=20.0)
+FP = device_fingerprint(runtime="onnxruntime-cpu", provider="CPUExecutionProvider", threads=2)
+MODELS = [("torchvision:resnet50", (1, 3, 224, 224)), ("torchvision:mobilenet_v2", (1, 3, 224, 224)),
+          ("zoo:resnet56", (1, 3, 32, 32))]
+
+
+def _prepare(arch: str, shape: tuple[int, ...], tmp: Path):
+    torch.manual_seed(0)
+    model = build_architecture(arch).eval()
+    x = torch.randn(shape)
+    path = tmp / "baseline.onnx"
+    export_onnx(model, x, path)
+    g = torch.Generator().manual_seed(1)
+    calib = Calibration(inputs=[torch.randn((8,) + shape[1:], generator=g)])
+    return model, x, path, calib
+
+
+def precision() -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, shape in MODELS:
+            model, x, path, calib = _prepare(arch, shape, Path(tmp))
+            for speedup in (1.5, 2.0, 3.0):
+                start = time.perf_counter()
+                r = search(model, x, path, SearchSpec(budget=Budget(speedup=speedup), protocol=PROTOCOL,
+                                                      cache_dir=HERE / ".cache" / "search", arch=arch), calib,
+                           fingerprint=FP)
+                seconds = time.perf_counter() - start
+                within = r.budget_met and r.final.speedup <= speedup / 0.9
+                rows.append(f"| {arch} | {speedup}x | {r.final.speedup:.2f}x | {'yes' if r.budget_met else 'NO'} | "
+                            f"{'yes' if within else 'no'} | {len([c for c in r.trace if c.stage != 'uniform'])} | "
+                            f"{100 * (r.latency_model['mean_abs_error'] or 0):.1f}% | {seconds:.0f} s | {r.reason} |")
+                print(rows[-1], flush=True)
+    print("\n| model | budget | measured speedup | met | within 10% | rounds | latency model error | time | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    hits = sum("| yes | yes |" in r for r in rows)
+    print(f"\nmet and within 10%: {hits} of {len(rows)}")
+
+
+def cost() -> None:
+    arch, shape = MODELS[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        model, x, path, calib = _prepare(arch, shape, Path(tmp))
+        cache = Path(tmp) / "cache"
+        times = []
+        for label in ("cold cache", "warm cache"):
+            start = time.perf_counter()
+            r = search(model, x, path, SearchSpec(budget=Budget(speedup=2.0), protocol=PROTOCOL, cache_dir=cache,
+                                                  arch=arch), calib, fingerprint=FP)
+            times.append(time.perf_counter() - start)
+            print(f"{label}: {times[-1]:.0f} s, measured speedup {r.final.speedup:.2f}x, cache {r.cache}", flush=True)
+    print(f"\n{arch} search for 2x (no recovery): cold {times[0]:.0f} s, warm {times[1]:.0f} s, "
+          f"warm is {times[0] / times[1]:.1f}x faster")
+
+
+def quality(speedup: float, epochs: float) -> None:
+    sys.path.insert(0, str(HERE))
+    import torch_pruning as tp
+    from cifar_common import CACHE_DIR, cifar_zip_path, evaluate, load_cifar_tensors, normalize, subset, train
+    from safetensors.torch import load_file
+
+    from secateurs.engine.prune import PruneSpec, prune
+    from secateurs.engine.sensitivity import recalibrate_batchnorm
+
+    weights = CACHE_DIR / "resnet20.safetensors"
+    if not weights.exists():
+        raise SystemExit(f"{weights} missing: run benchmarks/train_cifar.py first")
+    model = build_architecture("zoo:resnet20").eval()
+    model.load_state_dict(load_file(str(weights)))
+    train_x, train_y = load_cifar_tensors(cifar_zip_path(), "train")
+    test_x, test_y = load_cifar_tensors(cifar_zip_path(), "test")
+    val_x, val_y = subset(train_x, train_y, 512, seed=1)  # calibration comes from training data
+    recal_x, _ = subset(train_x, train_y, 512, seed=2)
+    calib = Calibration(inputs=list(normalize(val_x).split(128)), labels=list(val_y.split(128)), real=True,
+                        recalibration=list(normalize(recal_x).split(128)))
+    x = torch.randn(1, 3, 32, 32)
+    base_acc = evaluate(model, test_x, test_y)
+    print(f"baseline ResNet-20 test accuracy {base_acc:.2%}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        export_onnx(model, x, tmp / "baseline.onnx")
+        r = search(model, x, tmp / "baseline.onnx", SearchSpec(budget=Budget(speedup=speedup), protocol=PROTOCOL,
+                                                               cache_dir=tmp / "cache", arch="zoo:resnet20"),
+                   calib, fingerprint=FP)
+        print(f"search: {r.final.speedup:.2f}x ({r.reason or 'met'})", flush=True)
+        candidates = {"searched (secateurs)": r.model}
+        uniform_ratio = r.uniform["measured"]["uniform_ratio"]
+        candidates["uniform L1"] = prune(model, x, PruneSpec(ratio=uniform_ratio)).model
+
+        # Torch-Pruning's global magnitude pruning, its ratio chosen so the measured speedup matches.
+        base_backend = OnnxRuntimeBackend(tmp / "baseline.onnx", (1, 3, 32, 32), threads=2)
+
+        def global_pruned(ratio: float):
+            m = copy.deepcopy(model)
+            pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                          global_pruning=True, pruning_ratio=ratio, ignored_layers=[m.fc],
+                                          round_to=8)
+            pruner.step()
+            return m
+
+        def measured_speedup(m) -> float:
+            export_onnx(m, x, tmp / "c.onnx")
+            b, c = measure_interleaved([base_backend, OnnxRuntimeBackend(tmp / "c.onnx", (1, 3, 32, 32), threads=2)],
+                                       PROTOCOL)
+            return b.p50_ms / c.p50_ms
+
+        target = r.final.speedup
+        lo, hi, best = 0.05, 0.9, None
+        for _ in range(7):  # bisection on the measured speedup
+            mid = (lo + hi) / 2
+            try:
+                s = measured_speedup(global_pruned(mid))
+            except Exception as exc:  # a global ratio can empty a layer: go lower
+                print(f"  global ratio {mid:.3f}: {type(exc).__name__}", flush=True)
+                hi = mid
+                continue
+            print(f"  global ratio {mid:.3f}: {s:.2f}x", flush=True)
+            if s >= target:
+                best, hi = mid, mid
+            else:
+                lo = mid
+        if best is not None:
+            candidates[f"Torch-Pruning global L1 (ratio {best:.2f})"] = global_pruned(best)
+
+        rows = []
+        for name, m in candidates.items():
+            speed = measured_speedup(m)
+            recalibrate_batchnorm(m, calib.recalibration)
+            pruned_acc = evaluate(m, test_x, test_y)
+            start = time.perf_counter()
+            sub_x, sub_y = subset(train_x, train_y, int(len(train_x) * epochs) if epochs < 1 else len(train_x))
+            train(m, sub_x, sub_y, epochs=max(1, int(epochs)), lr=0.01, warmup_epochs=0.1, seed=0, threads=2)
+            tuned = evaluate(m, test_x, test_y)
+            rows.append(f"| {name} | {speed:.2f}x | {sum(p.numel() for p in m.parameters()):,} | {pruned_acc:.2%} | "
+                        f"**{tuned:.2%}** | {time.perf_counter() - start:.0f} s |")
+            print(rows[-1], flush=True)
+    print(f"\nResNet-20 CIFAR-10 (baseline {base_acc:.2%}), speedup budget {speedup}x at batch 1, ONNX Runtime CPU "
+          f"2 threads; fine-tune: {epochs} epoch(s), SGD lr 0.01 cosine, same for all")
+    print("| plan | measured speedup | params | accuracy after pruning (BN recal.) | after fine-tune | tune time |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=["precision", "cost", "quality"])
+    parser.add_argument("--speedup", type=float, default=1.5)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    args = parser.parse_args()
+    if args.part == "precision":
+        precision()
+    elif args.part == "cost":
+        cost()
+    else:
+        quality(args.speedup, args.epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
