@@ -23,7 +23,7 @@ from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, mea
 from secateurs.engine.models import check_runs, load_model, parse_input_shape
 from secateurs.engine.prune import PruneSpec, prune, validate_prune_spec, write_plan
 from secateurs.engine.search import SearchSpec, search
-from secateurs.engine.sensitivity import Calibration, recalibrate_batchnorm
+from secateurs.engine.sensitivity import Calibration, measure_quality, recalibrate_batchnorm, reference_outputs
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.spec import EXPORTS, RUNTIMES, CompressSpec
 from secateurs.errors import InvalidRequest, ParityError
@@ -164,6 +164,9 @@ def compress(
             recalibrate_batchnorm(pruned, calib.recalibration)  # statistics of the narrower layers
             st.progress(0.8, "BatchNorm recalibrated")
         plan_path = write_plan(result.plan, out / "plan.json")
+        reference = reference_outputs(model, calib)
+        quality = {"before": measure_quality(model, calib, reference).to_dict(),
+                   "after": measure_quality(pruned, calib, reference).to_dict()}
         st.progress(1.0, f"{sum(1 for g in result.plan.groups if g['after'] < g['before'])} groups pruned")
 
     artifacts: dict[str, Path] = {"plan": plan_path}
@@ -228,6 +231,8 @@ def compress(
                      "macs_reduction": baseline_size["macs"] / max(pruned_size["macs"], 1),
                      "params_reduction": baseline_size["params"] / max(pruned_size["params"], 1)},
             "parity": parity.to_dict(),
+            # accuracy needs labelled data; agreement and KL are fidelity to the unpruned model
+            "quality": quality,
             "data": {"source": spec.data.source if spec.data else "synthetic", "labelled": calib.labels is not None,
                      "samples": sum(x.shape[0] for x in calib.inputs),
                      "note": None if calib.real else "no data: quality is fidelity to the original model on "
@@ -258,7 +263,9 @@ def build_calibration(spec: CompressSpec, shape: tuple[int, ...]) -> Calibration
     if len(dataset) < 2:
         raise InvalidRequest("data has fewer than 2 samples", field="data")
     take = min(2 * n, len(dataset))
-    xs, ys = zip(*(dataset[i] for i in range(take)))
+    # a seeded random subset: folder order would give a few classes only
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(spec.seed))[:take].tolist()
+    xs, ys = zip(*(dataset[i] for i in order))
     if tuple(xs[0].shape) != tuple(shape[1:]):
         raise InvalidRequest(f"data samples have shape {tuple(xs[0].shape)}, the model input is {tuple(shape[1:])}; "
                              f"set the data transform (resize/crop)", field="data")
