@@ -111,17 +111,23 @@ def recalibrated(model: nn.Module, batches: Sequence[torch.Tensor] | None) -> It
 
 
 def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
-    """Cumulative-average BatchNorm statistics over `batches`; everything else in eval mode."""
+    """Cumulative-average BatchNorm statistics over `batches`; everything else in eval mode.
+    Each layer's momentum is restored, so later training behaves as before."""
     norms = [m for m in model.modules() if isinstance(m, _NORMS)]
+    momenta = [m.momentum for m in norms]
     model.eval()
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None
+        m.momentum = None  # None: an exact average over the batches, not an exponential one
         m.train()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    model.eval()
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
 
 
 def _channel_dim(module: nn.Module) -> int:

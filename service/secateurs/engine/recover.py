@@ -1,0 +1,509 @@
+"""Accuracy recovery after pruning: fine-tuning with distillation, checkpoints, progressive schedule.
+
+    result = recover(pruned, original, make_loader(train, 128, shuffle=True), RecoverySpec(epochs=10), val=val)
+
+The student trains in place; the teacher (the unpruned model) stays frozen in eval mode.
+Loss = ce_weight * CE (labelled samples only; label -1 means unlabelled)
+     + kd_weight * T^2 * KL(teacher/T || student/T)
+     + feature_weight * relative MSE of adapted feature maps + attention_weight * attention transfer.
+With no labels at all, recovery is distillation alone and the result reports fidelity
+(top-1 agreement and KL with the teacher), since accuracy cannot be measured.
+
+Checkpoints hold plain tensors and numbers only (loaded with weights_only=True), one per
+epoch; a run resumes from the latest and continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from secateurs.engine.distill import (Distiller, FeatureTaps, LossWeights, evaluate, find_feature_points, loss_parts,
+                                      split_batch)
+from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
+from secateurs.engine.prune import Plan, PruneSpec, kept_count, kept_heads, prune
+from secateurs.engine.sensitivity import recalibrate_batchnorm
+from secateurs.errors import BackendUnavailable, InvalidRequest
+
+OPTIMIZERS = ("sgd", "adamw")
+CHECKPOINT_VERSION = 1
+_CHECKPOINT = re.compile(r"^recover-epoch(\d{4,})\.pt$")
+_DEFAULTS = {"sgd": (0.01, 5e-4), "adamw": (1e-3, 0.05)}  # (lr, weight decay) per optimizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoverySpec:
+    """How to recover. lr and weight_decay default per optimizer (SGD 0.01 / 5e-4, AdamW 1e-3 / 0.05).
+
+    Fine-tuning starts from trained weights, so the lr is a tenth of a from-scratch one and a short
+    warm-up keeps the first large gradients of a freshly pruned net from undoing what it kept.
+    """
+
+    epochs: int = 10
+    optimizer: str = "sgd"  # SGD with Nesterov momentum 0.9, or AdamW
+    lr: float | None = None
+    weight_decay: float | None = None  # never applied to BatchNorm or bias parameters
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine annealing to 0, per step
+    label_smoothing: float = 0.0  # off: smoothing blurs the class similarities distillation transfers
+    batch_size: int = 128  # for the caller's loader; recover() uses the loader it is given
+    seed: int = 0
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    kd_temperature: float = 4.0
+    feature_weight: float = 0.0  # opt-in: adds adapters and a hook per stage
+    attention_weight: float = 0.0  # opt-in: cheap and channel-agnostic
+    feature_points: tuple[str, ...] | None = None  # None: the end of each resolution stage
+    progressive_steps: int = 1
+    max_steps_per_epoch: int | None = None
+    recalibration_batches: int = 8
+    amp: bool = True  # mixed precision on CUDA only; ignored on CPU
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else _DEFAULTS.get(self.optimizer, (0.01, 0.0))[0]
+
+    @property
+    def decay(self) -> float:
+        return self.weight_decay if self.weight_decay is not None else _DEFAULTS.get(self.optimizer, (0, 5e-4))[1]
+
+
+def validate_recovery_spec(spec: RecoverySpec) -> None:
+    """Every check that needs no model; raises InvalidRequest(field="recovery.<name>")."""
+
+    def bad(name: str, message: str) -> InvalidRequest:
+        return InvalidRequest(message, field=f"recovery.{name}")
+
+    if not isinstance(spec.epochs, int) or not 1 <= spec.epochs <= 10_000:
+        raise bad("epochs", f"epochs must be an integer in [1, 10000], got {spec.epochs!r}")
+    if spec.optimizer not in OPTIMIZERS:
+        raise bad("optimizer", f"optimizer {spec.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if spec.lr is not None and not 0 < spec.lr <= 10:
+        raise bad("lr", f"lr must be in (0, 10], got {spec.lr}")
+    if spec.weight_decay is not None and not 0 <= spec.weight_decay < 1:
+        raise bad("weight_decay", f"weight_decay must be in [0, 1), got {spec.weight_decay}")
+    if not 0 <= spec.warmup_epochs <= spec.epochs:
+        raise bad("warmup_epochs", f"warmup_epochs must be in [0, epochs={spec.epochs}], got {spec.warmup_epochs}")
+    if not 0 <= spec.label_smoothing < 1:
+        raise bad("label_smoothing", f"label_smoothing must be in [0, 1), got {spec.label_smoothing}")
+    if spec.batch_size < 1:
+        raise bad("batch_size", f"batch_size must be >= 1, got {spec.batch_size}")
+    if spec.seed < 0:
+        raise bad("seed", f"seed must be >= 0, got {spec.seed}")
+    for name in ("ce_weight", "kd_weight", "feature_weight", "attention_weight"):
+        value = getattr(spec, name)
+        if not 0 <= value < math.inf:
+            raise bad(name, f"{name} must be finite and >= 0, got {value}")
+    if spec.ce_weight + spec.kd_weight + spec.feature_weight + spec.attention_weight == 0:
+        raise bad("ce_weight", "all loss weights are 0: nothing to train on")
+    if not 0 < spec.kd_temperature <= 100:
+        raise bad("kd_temperature", f"kd_temperature must be in (0, 100], got {spec.kd_temperature}")
+    if spec.feature_points is not None and (not spec.feature_points or not all(spec.feature_points)):
+        raise bad("feature_points", "feature_points must name at least one module, without empty names")
+    if not 1 <= spec.progressive_steps <= spec.epochs:
+        raise bad("progressive_steps", f"progressive_steps must be in [1, epochs={spec.epochs}] (each step "
+                                       f"needs an epoch of recovery), got {spec.progressive_steps}")
+    if spec.max_steps_per_epoch is not None and spec.max_steps_per_epoch < 1:
+        raise bad("max_steps_per_epoch", f"max_steps_per_epoch must be >= 1, got {spec.max_steps_per_epoch}")
+    if spec.recalibration_batches < 0:
+        raise bad("recalibration_batches", f"recalibration_batches must be >= 0, got {spec.recalibration_batches}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec.device):
+        raise bad("device", f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec.device!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveryResult:
+    """history: one dict per epoch (the event data). metrics: accuracy (None without labels),
+    agreement and kl with the teacher, on `val` when given, else the last training epoch."""
+
+    history: list[dict[str, Any]]
+    metrics: dict[str, float | None]
+    label_free: bool
+    note: str
+    seconds: float
+    resumed_from_epoch: int | None = None
+    feature_points: tuple[str, ...] = ()
+    adapted_points: tuple[str, ...] = ()
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float) -> float:
+    """Linear warm-up from lr/warmup_steps to lr, then cosine annealing to 0 at total_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    return 0.5 * lr * (1.0 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable(f"recovery device {name!r} asked for, but no CUDA GPU is present")
+    return torch.device(name)
+
+
+def _is_unlabelled(loader: Iterable[Any], first: Any) -> bool:
+    labelled = getattr(getattr(loader, "dataset", None), "labelled", None)
+    if labelled is not None:
+        return not labelled
+    _, y = split_batch(first)
+    return y is None or bool((y < 0).all())
+
+
+def _optimizer(spec: RecoverySpec, student: nn.Module, distiller: Distiller | None) -> torch.optim.Optimizer:
+    params = [p for p in student.parameters() if p.requires_grad]
+    extra = list(distiller.parameters()) if distiller is not None else []
+    groups = [{"params": [p for p in params if p.ndim > 1] + extra, "weight_decay": spec.decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]  # BN and bias: no decay
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=spec.learning_rate)
+    return torch.optim.SGD(groups, lr=spec.learning_rate, momentum=0.9, nesterov=True)
+
+
+def _recipe(spec: RecoverySpec) -> dict[str, Any]:
+    """The fields a checkpoint must agree with to be resumed (device and amp may change)."""
+    d = asdict(spec)
+    for k in ("device", "amp", "batch_size", "progressive_steps"):
+        d.pop(k)
+    d["feature_points"] = list(d["feature_points"]) if d["feature_points"] is not None else None
+    return d
+
+
+def latest_checkpoint(directory: Path | str | None) -> Path | None:
+    """The checkpoint of the highest epoch in `directory`, or None."""
+    if directory is None or not Path(directory).is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in Path(directory).iterdir() if (m := _CHECKPOINT.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def _save(directory: Path, epoch: int, state: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"recover-epoch{epoch:04d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written latest checkpoint
+    for old in directory.iterdir():  # keep the last two
+        m = _CHECKPOINT.match(old.name)
+        if m and int(m.group(1)) < epoch - 1:
+            old.unlink()
+
+
+def _load(path: Path, device: torch.device, spec: RecoverySpec) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a corrupt file or one holding objects: never unpickle it
+        raise InvalidRequest(f"checkpoint {path.name} cannot be read safely: {type(exc).__name__}",
+                             field="checkpoint_dir") from None
+    if state.get("version") != CHECKPOINT_VERSION or state.get("recipe") != _recipe(spec):
+        raise InvalidRequest(f"checkpoint {path.name} was written by a different recovery recipe or version; "
+                             f"use an empty checkpoint_dir", field="checkpoint_dir")
+    return state
+
+
+@dataclass
+class _Run:
+    """What one recovery run trains with; its state is what a checkpoint holds."""
+
+    spec: RecoverySpec
+    student: nn.Module
+    teacher: nn.Module | None
+    distiller: Distiller | None
+    weights: LossWeights
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None  # None: full precision
+    generator: torch.Generator | None
+    steps_per_epoch: int
+    step: int = 0
+
+    def state(self, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"version": CHECKPOINT_VERSION, "recipe": _recipe(self.spec), "epoch": epoch, "step": self.step,
+                "student": self.student.state_dict(),
+                "distiller": self.distiller.state_dict() if self.distiller is not None else {},
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "history": history,
+                "rng": {"torch": torch.get_rng_state(), "cuda": cuda,
+                        "loader": self.generator.get_state() if self.generator is not None else None}}
+
+    def restore(self, state: dict[str, Any], name: str) -> None:
+        try:
+            self.student.load_state_dict(state["student"])
+            if self.distiller is not None:
+                self.distiller.load_state_dict(state["distiller"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise InvalidRequest(f"checkpoint {name} does not fit this model: {str(exc)[:200]}",
+                                 field="checkpoint_dir") from None
+        self.step = int(state["step"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())  # dropout and augmentation draw from it
+        if self.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        if self.generator is not None and rng.get("loader") is not None:
+            self.generator.set_state(rng["loader"].cpu())  # the shuffling order of the next epochs
+
+    def train_epoch(self, loader: Iterable[Any], cancel: CancelCheck | None) -> dict[str, Any]:
+        """One epoch (at most steps_per_epoch steps); returns the training part of the history row."""
+        spec, student, teacher = self.spec, self.student, self.teacher
+        total = spec.epochs * self.steps_per_epoch
+        warmup = round(spec.warmup_epochs * self.steps_per_epoch)
+        points = self.distiller.points if self.distiller is not None else []
+        sums: dict[str, float] = dict.fromkeys(("loss", "ce", "kd", "feature", "attention"), 0.0)
+        correct = labelled = agree = seen = steps = 0
+        lr = spec.learning_rate
+        student.train()
+        t_points = points if teacher is not None else []
+        with FeatureTaps(student, points) as s_taps, FeatureTaps(teacher or student, t_points) as t_taps:
+            for i, batch in enumerate(loader):
+                if i >= self.steps_per_epoch:
+                    break
+                check_cancel(cancel)
+                x, y = split_batch(batch)
+                x, y = x.to(self.device, non_blocking=True), None if y is None else y.to(self.device)
+                lr = lr_at(self.step, total, warmup, spec.learning_rate)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                amp = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+                with amp:
+                    logits = student(x)
+                    ref = None
+                    if teacher is not None and self.weights.needs_teacher:
+                        with torch.no_grad():
+                            ref = teacher(x)
+                    parts = loss_parts(logits, ref, y, self.weights, self.distiller, s_taps.outputs, t_taps.outputs)
+                loss = sum(parts.values(), torch.zeros((), device=self.device))
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.step += 1
+                steps += 1
+                seen += x.shape[0]
+                sums["loss"] += float(loss.detach()) * x.shape[0]
+                for k, v in parts.items():
+                    sums[k] += float(v.detach()) * x.shape[0]
+                pred = logits.detach().argmax(-1)
+                if y is not None:
+                    labelled += int((y >= 0).sum())
+                    correct += int((pred[y >= 0] == y[y >= 0]).sum())
+                if ref is not None:
+                    agree += int((pred == ref.argmax(-1)).sum())
+        return {**{k: v / max(seen, 1) for k, v in sums.items()}, "lr": lr, "steps": steps,
+                "train_accuracy": correct / labelled if labelled else None,
+                "train_agreement": agree / seen if teacher is not None and seen and self.weights.needs_teacher
+                else None}
+
+
+def _steps_per_epoch(loader: Iterable[Any], spec: RecoverySpec) -> int:
+    try:
+        steps: int | None = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        steps = None
+    if spec.max_steps_per_epoch is not None:
+        steps = min(steps or spec.max_steps_per_epoch, spec.max_steps_per_epoch)
+    if not steps:
+        raise InvalidRequest("a loader without a length needs recovery.max_steps_per_epoch",
+                             field="recovery.max_steps_per_epoch")
+    return steps
+
+
+def recover(student: nn.Module, teacher: nn.Module | None, train_loader: Iterable[Any],
+            spec: RecoverySpec = RecoverySpec(), *, val: Iterable[Any] | None = None,
+            on_event: EventSink = ignore_events, cancel: CancelCheck | None = None,
+            checkpoint_dir: Path | str | None = None) -> RecoveryResult:
+    """Fine-tune the pruned `student` in place, distilling from the frozen `teacher`.
+
+    BatchNorm is recalibrated first (forward passes on `recalibration_batches` training
+    batches). Emits one Event(stage="recover", kind="progress") per epoch, checks `cancel`
+    before every step, and resumes from the latest checkpoint in `checkpoint_dir`.
+    Raises InvalidRequest for a bad spec or checkpoint, Cancelled when cancelled.
+    """
+    validate_recovery_spec(spec)
+    start = time.perf_counter()
+    check_cancel(cancel)
+    device = _resolve_device(spec.device)
+    torch.manual_seed(spec.seed)
+    try:
+        first = next(iter(train_loader))
+    except StopIteration:
+        raise InvalidRequest("the training data is empty", field="data") from None
+    label_free = _is_unlabelled(train_loader, first)
+    if label_free and teacher is None:
+        raise InvalidRequest("unlabelled data needs the original model to distil from", field="data")
+    t = teacher is not None
+    weights = LossWeights(ce=0.0 if label_free else spec.ce_weight,
+                          kd=(max(spec.kd_weight, 1.0) if label_free else spec.kd_weight) if t else 0.0,
+                          feature=spec.feature_weight if t else 0.0, attention=spec.attention_weight if t else 0.0,
+                          temperature=spec.kd_temperature, label_smoothing=spec.label_smoothing)
+    steps_per_epoch = _steps_per_epoch(train_loader, spec)
+    teacher_mode = teacher.training if teacher is not None else False
+    teacher_device = next(teacher.parameters()).device if teacher is not None else device
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    try:
+        checkpoint = latest_checkpoint(checkpoint_dir)
+        probe = split_batch(first)[0][:2].to(device)
+        distiller: Distiller | None = None
+        if teacher is not None and (weights.feature > 0 or weights.attention > 0):
+            points = list(spec.feature_points or find_feature_points(teacher, probe))
+            distiller = Distiller.build(student, teacher, points, probe).to(device)
+            if not distiller.points:
+                on_event(Event(stage="recover", kind="log", message="no feature points: map distillation is off"))
+        if checkpoint is None and spec.recalibration_batches:
+            batches = [split_batch(b)[0].to(device) for _, b in zip(range(spec.recalibration_batches), train_loader)]
+            recalibrate_batchnorm(student, batches)  # the pruned layers' statistics changed
+            if distiller is not None and weights.feature > 0:
+                distiller.fit_adapters(student, teacher, batches[:4])
+            on_event(Event(stage="recover", kind="log", message=f"BatchNorm recalibrated on {len(batches)} batches"))
+
+        use_amp = spec.amp and device.type == "cuda"
+        amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+        run = _Run(spec=spec, student=student, teacher=teacher, distiller=distiller, weights=weights, device=device,
+                   optimizer=_optimizer(spec, student, distiller),
+                   scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+                   amp_dtype=amp_dtype, generator=getattr(train_loader, "generator", None),
+                   steps_per_epoch=steps_per_epoch)
+        history: list[dict[str, Any]] = []
+        resumed_from = None
+        if checkpoint is not None:
+            state = _load(checkpoint, device, spec)
+            run.restore(state, checkpoint.name)
+            resumed_from, history = int(state["epoch"]), list(state["history"])
+            on_event(Event(stage="recover", kind="log", message=f"resumed after epoch {resumed_from}"))
+
+        for epoch in range(len(history) + 1, spec.epochs + 1):
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch, **run.train_epoch(train_loader, cancel)}
+            v = evaluate(student, val, teacher) if val is not None else {}
+            row.update(val_accuracy=v.get("accuracy"), val_agreement=v.get("agreement"), val_kl=v.get("kl"),
+                       seconds=round(time.perf_counter() - t0, 3))
+            history.append(row)
+            if checkpoint_dir is not None:
+                _save(Path(checkpoint_dir), epoch, run.state(epoch, history))
+            on_event(Event(stage="recover", kind="progress", progress=epoch / spec.epochs,
+                           message=f"epoch {epoch}/{spec.epochs}", data=dict(row)))
+    finally:
+        student.eval()
+        if teacher is not None:
+            teacher.to(teacher_device).train(teacher_mode)
+    return _result(history, val, label_free, resumed_from, distiller, start)
+
+
+def _result(history: list[dict[str, Any]], val: Iterable[Any] | None, label_free: bool, resumed_from: int | None,
+            distiller: Distiller | None, start: float) -> RecoveryResult:
+    last = history[-1] if history else {}
+    if val is not None:
+        metrics = {k: last.get(f"val_{k}") for k in ("accuracy", "agreement", "kl")}
+        where = "on the validation data"
+    else:
+        metrics = {"accuracy": last.get("train_accuracy"), "agreement": last.get("train_agreement"),
+                   "kl": None}
+        where = "on the last training epoch (no validation data)"
+    if label_free:
+        note = ("the data has no labels: recovery was distillation only and accuracy could not be measured; "
+                f"fidelity to the original model (top-1 agreement, KL) is reported {where}")
+    else:
+        note = f"accuracy {where}"
+    return RecoveryResult(history=history, metrics=metrics, label_free=label_free, note=note,
+                          seconds=round(time.perf_counter() - start, 3), resumed_from_epoch=resumed_from,
+                          feature_points=tuple(distiller.points) if distiller else (),
+                          adapted_points=tuple(distiller.adapted_points()) if distiller else ())
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProgressiveResult:
+    """The final model, one plan replayable on the original (every step's history in order),
+    the widths after each step, and each step's recovery."""
+
+    model: nn.Module
+    plan: Plan
+    widths: list[dict[str, int]]
+    steps: list[RecoveryResult] = field(default_factory=list)
+
+
+def progressive(model: nn.Module, example: torch.Tensor, target_ratios: Mapping[str, float] | float,
+                train_loader: Iterable[Any], spec: RecoverySpec = RecoverySpec(), *,
+                steps: int | None = None, prune_spec: PruneSpec | None = None, val: Iterable[Any] | None = None,
+                on_event: EventSink = ignore_events, cancel: CancelCheck | None = None,
+                checkpoint_dir: Path | str | None = None) -> ProgressiveResult:
+    """Reach the target ratios in `steps` (default spec.progressive_steps) prune+recover rounds.
+
+    Step i's width of each group is what a one-shot prune at ratio r*i/k gives on the original
+    (so the last step lands exactly on the one-shot widths); each step prunes the previous
+    step's model to that width, then recovers with the original `model` as the teacher.
+    Epochs are split across the steps, the remainder going to the last. `prune_spec` gives
+    importance, round_to and min_channels (its ratios are ignored).
+    """
+    validate_recovery_spec(spec)
+    k = steps if steps is not None else spec.progressive_steps
+    if not 1 <= k <= spec.epochs:
+        raise InvalidRequest(f"progressive_steps must be in [1, epochs={spec.epochs}], got {k}",
+                             field="recovery.progressive_steps")
+    base = prune_spec or PruneSpec(ratio=0.0)
+    uniform = isinstance(target_ratios, (int, float))
+
+    def step_spec(i: int) -> PruneSpec:
+        f = i / k
+        if uniform:
+            return replace(base, ratio=float(target_ratios) * f, group_ratios=None)
+        return replace(base, ratio=None, group_ratios={n: r * f for n, r in target_ratios.items()})
+
+    current, plan = model, None
+    histories: list[tuple[str, bool, list[int]]] = []
+    widths: list[dict[str, int]] = []
+    results: list[RecoveryResult] = []
+    originals: dict[str, tuple[int, str]] = {}
+    for i in range(1, k + 1):
+        check_cancel(cancel)
+        if i == 1:
+            pruned = prune(model, example, step_spec(1))
+            originals = {g.name: (g.channels, g.unit) for g in pruned.groups}
+        else:
+            # width the one-shot ratio r*i/k gives on the original, reached from the current width
+            one_shot = step_spec(i)
+            ratios = one_shot.group_ratios or {n: one_shot.ratio or 0.0 for n in originals}
+            now = widths[-1]
+            exact: dict[str, float] = {}
+            for name, r in ratios.items():
+                channels, unit = originals.get(name, (0, "channels"))
+                if name not in now:
+                    continue
+                want = (kept_heads(channels, r) if unit == "heads" else
+                        kept_count(channels, r, round_to=base.round_to, min_channels=base.min_channels))
+                if want < now[name]:
+                    exact[name] = 1 - want / now[name]
+            # round_to=1, min_channels=1: the widths above are already rounded; keep them exact
+            pruned = prune(current, example, replace(base, ratio=None, group_ratios=exact, round_to=1, min_channels=1))
+        histories.extend(pruned.plan.history)
+        plan = pruned.plan
+        widths.append({g["name"]: int(g["after"]) for g in pruned.plan.groups})
+        epochs = spec.epochs // k + (spec.epochs % k if i == k else 0)
+        step = replace(spec, epochs=epochs, warmup_epochs=min(spec.warmup_epochs, epochs), progressive_steps=1)
+
+        def relay(event: Event, i: int = i) -> None:
+            progress = None if event.progress is None else (i - 1 + event.progress) / k
+            on_event(replace(event, progress=progress, message=f"step {i}/{k}: {event.message}",
+                             data={**event.data, "step": i, "steps": k}))
+
+        results.append(recover(pruned.model, model, train_loader, step, val=val, on_event=relay, cancel=cancel,
+                               checkpoint_dir=Path(checkpoint_dir) / f"step{i}" if checkpoint_dir else None))
+        current = pruned.model
+    if plan is None:  # unreachable: k >= 1
+        raise InvalidRequest("no progressive step ran", field="recovery.progressive_steps")
+    groups = [{**g, "before": originals.get(g["name"], (g["before"], ""))[0],
+               "ratio_requested": (float(target_ratios) if uniform else float(target_ratios.get(g["name"], 0.0)))}
+              for g in plan.groups]
+    combined = Plan(groups=groups, history=histories, heads=plan.heads)
+    return ProgressiveResult(model=current, plan=combined, widths=widths, steps=results)
