@@ -37,7 +37,10 @@ def fake_compress(spec, on_event, cancel) -> CompressResult:  # type: ignore[no-
     if mode == "ignore-cancel":
         time.sleep(60)
     out = Path(spec.out_dir)
-    report = {"ratio": spec.ratio, "input_shape": list(spec.input_shape)}
+    report = {"ratio": spec.ratio, "input_shape": list(spec.input_shape),  # what reached the worker
+              "budget": spec.budget.to_dict() if spec.budget is not None else None,
+              "percentile": spec.target.percentile,
+              "cache_dir": str(spec.cache_dir) if spec.cache_dir is not None else None}
     (out / "report.json").write_text(json.dumps(report))
     (out / "model.onnx").write_bytes(b"onnx" * 1000)
     return CompressResult(report=report, artifacts={"report": out / "report.json", "onnx": out / "model.onnx"})

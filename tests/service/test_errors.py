@@ -18,37 +18,39 @@ LIMIT = 1 << 20
 Code = grpc.StatusCode
 
 
+def _apply(req: pb.CreateJobRequest, changes: dict[str, Any]) -> pb.CreateJobRequest:
+    """Set fields given as parent__child=value on a request."""
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        msg = req
+        for p in parents:
+            msg = getattr(msg, p)
+        if isinstance(value, (list, dict)):
+            getattr(msg, leaf).extend(value) if isinstance(value, list) else getattr(msg, leaf).update(value)
+        else:
+            setattr(msg, leaf, value)
+    return req
+
+
 def _create(**changes: Any) -> Callable[[Client], Any]:
     def call(client: Client) -> Any:
-        req = fake_request()
-        for path, value in changes.items():
-            *parents, leaf = path.split("__")
-            msg = req
-            for p in parents:
-                msg = getattr(msg, p)
-            if isinstance(value, (list, dict)):
-                getattr(msg, leaf).extend(value) if isinstance(value, list) else getattr(msg, leaf).update(value)
-            else:
-                setattr(msg, leaf, value)
-        return client.create_job(req)
+        return client.create_job(_apply(fake_request(), changes))
     return call
 
 
 def _clear(field: str, **changes: Any) -> Callable[[Client], Any]:
+    """Clear `field` (parent__child), then apply `changes`."""
     def call(client: Client) -> Any:
         req = fake_request()
         parent, _, leaf = field.rpartition("__")
         (getattr(req, parent) if parent else req).ClearField(leaf)
-        return _create(**changes)(_Fixed(client, req)) if changes else client.create_job(req)
+        return client.create_job(_apply(req, changes))
     return call
 
 
-class _Fixed:  # passes a prepared request through _create's changes
-    def __init__(self, client: Client, req: pb.CreateJobRequest) -> None:
-        self.client, self.req = client, req
-
-    def create_job(self, _: pb.CreateJobRequest) -> Any:
-        return self.client.create_job(self.req)
+def _budget(**changes: Any) -> Callable[[Client], Any]:
+    """A budget request: the fake request without its pruning ratio, plus `changes`."""
+    return _clear("pruning__ratio", **changes)
 
 
 def _upload(messages: Callable[[], Iterator[pb.UploadBlobRequest]], token: str | None = TOKEN):
@@ -88,8 +90,24 @@ CASES: list[tuple[str, Callable[[Client], Any], Code, str | None]] = [
     ("missing input shape", _clear("input_shape"), Code.INVALID_ARGUMENT, "input_shape"),
     ("zero in input shape", _clear("input_shape", input_shape=[1, 3, 0, 32]), Code.INVALID_ARGUMENT, "input_shape"),
     ("one-dim input shape", _clear("input_shape", input_shape=[3]), Code.INVALID_ARGUMENT, "input_shape"),
-    ("negative latency budget", _create(budget__latency_ms=-1.0), Code.INVALID_ARGUMENT, "budget.latency_ms"),
-    ("budget not yet supported", _create(budget__speedup=2.0), Code.INVALID_ARGUMENT, "budget.speedup"),
+    ("negative latency budget", _budget(budget__latency_ms=-1.0), Code.INVALID_ARGUMENT, "budget.latency_ms"),
+    ("latency budget not a number", _budget(budget__latency_ms=float("nan")), Code.INVALID_ARGUMENT,
+     "budget.latency_ms"),
+    ("zero size budget", _budget(budget__size_bytes=0), Code.INVALID_ARGUMENT, "budget.size_bytes"),
+    ("zero params budget", _budget(budget__params=0), Code.INVALID_ARGUMENT, "budget.params"),
+    ("speedup of 1", _budget(budget__speedup=1.0), Code.INVALID_ARGUMENT, "budget.speedup"),
+    ("speedup below 1", _budget(budget__speedup=0.5), Code.INVALID_ARGUMENT, "budget.speedup"),
+    ("budget at an odd percentile", _budget(budget__speedup=2.0, target__percentile=75.0), Code.INVALID_ARGUMENT,
+     "target.percentile"),
+    ("ratio and budget", _create(budget__speedup=2.0), Code.INVALID_ARGUMENT, "pruning.ratio"),
+    ("group ratios and budget", _budget(budget__macs=10**7, pruning__group_ratios={"layer1.0.conv1": 0.5}),
+     Code.INVALID_ARGUMENT, "pruning.group_ratios"),
+    ("accuracy drop alone", _budget(budget__max_accuracy_drop=0.01), Code.INVALID_ARGUMENT,
+     "budget.max_accuracy_drop"),
+    ("accuracy drop alone beside a ratio", _create(budget__max_accuracy_drop=0.01), Code.INVALID_ARGUMENT,
+     "budget.max_accuracy_drop"),
+    ("accuracy drop out of range", _budget(budget__speedup=2.0, budget__max_accuracy_drop=1.5),
+     Code.INVALID_ARGUMENT, "budget.max_accuracy_drop"),
     ("unknown runtime", _create(target__runtime="tpu-v9"), Code.INVALID_ARGUMENT, "target.runtime"),
     ("runtime not yet supported", _create(target__runtime="tensorrt"), Code.INVALID_ARGUMENT, "target.runtime"),
     ("precision not yet supported", _create(target__precision="int8"), Code.INVALID_ARGUMENT, "target.precision"),

@@ -38,9 +38,16 @@ def build_request(
     group_ratios: Mapping[str, float] | None = None, importance: str = "", round_to: int = 0,
     exports: Sequence[str] = (), labels: Mapping[str, str] | None = None, runtime: str = "",
     threads: int = 0, percentile: float = 0.0, protocol: Mapping[str, float] | None = None,
-    request_id: str = "",
+    request_id: str = "", latency_ms: float | None = None, speedup: float | None = None,
+    size_bytes: int | None = None, params: int | None = None, macs: int | None = None,
+    max_accuracy_drop: float | None = None,
 ) -> pb.CreateJobRequest:
-    """A CreateJobRequest from plain values (the message can also be built directly)."""
+    """A CreateJobRequest from plain values (the message can also be built directly).
+
+    Give `ratio`, `group_ratios` or a budget (any of latency_ms, speedup, size_bytes,
+    params, macs; max_accuracy_drop only with one of them). `percentile` (50, 90, 95,
+    99) is where latency is read, budgets included.
+    """
     req = pb.CreateJobRequest(
         request_id=request_id, input_shape=list(input_shape), exports=list(exports), labels=dict(labels or {}),
         model=pb.ModelSource(arch=arch, weights_blob_id=weights_blob_id),
@@ -52,6 +59,14 @@ def build_request(
         req.model.arch_kwargs.update(dict(arch_kwargs))
     if ratio is not None:
         req.pruning.ratio = ratio
+    limits = dict(latency_ms=latency_ms, speedup=speedup, size_bytes=size_bytes, params=params, macs=macs,
+                  max_accuracy_drop=max_accuracy_drop)
+    for name, value in limits.items():
+        if value is None:
+            continue
+        if name in ("size_bytes", "params", "macs") and value < 0:  # unsigned on the wire
+            raise ValueError(f"budget.{name} must be a positive number, got {value}")
+        setattr(req.budget, name, value)  # optional fields: set means "limit this", even to 0
     return req
 
 

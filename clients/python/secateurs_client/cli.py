@@ -7,10 +7,11 @@ Exit status: 0 done (job SUCCEEDED for compress/watch), 1 job FAILED or CANCELLE
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Any, Mapping, Sequence, TextIO
 
 import grpc
 from google.protobuf import json_format
@@ -50,7 +51,10 @@ def cmd_compress(client: Client, args: argparse.Namespace) -> int:
         arch=args.arch, input_shape=_shape(args.input_shape), weights_blob_id=weights, ratio=args.ratio,
         group_ratios=dict(_pair(p, float) for p in args.group_ratio), importance=args.importance,
         round_to=args.round_to, exports=args.export, labels=dict(_pair(p, str) for p in args.label),
-        runtime=args.runtime, threads=args.threads, request_id=args.request_id or "",
+        runtime=args.runtime, threads=args.threads, percentile=args.percentile or 0.0,
+        request_id=args.request_id or "", latency_ms=args.latency_ms, speedup=args.speedup,
+        size_bytes=None if args.size_mb is None else round(args.size_mb * 1e6), params=args.params,
+        macs=args.macs, max_accuracy_drop=args.max_accuracy_drop,
     )
     job = client.create_job(req)
     print(f"job {job.id} queued", file=sys.stderr)
@@ -70,8 +74,64 @@ def _finish(client: Client, job: pb.Job, out: Path | None) -> int:
         for art in job.artifacts:
             path = client.download_artifact(job.id, art.name, out / art.filename)
             print(f"{path}  {art.size_bytes} bytes", file=sys.stderr)
+    report = _report(job, out)
+    if report:
+        print("\n".join(summary(report)), file=sys.stderr)
     print(job.id)
     return 0
+
+
+def _report(job: pb.Job, out: Path | None) -> dict[str, Any]:
+    """The job's report: inline when small, else the downloaded report.json."""
+    if job.HasField("report"):
+        return json_format.MessageToDict(job.report)
+    path = out / "report.json" if out is not None else None
+    return json.loads(path.read_text()) if path is not None and path.exists() else {}
+
+
+def summary(report: Mapping[str, Any]) -> list[str]:
+    """A few lines a person reads first; whatever the report lacks is left out."""
+    lines: list[str] = []
+    lat, size = report.get("latency") or {}, report.get("size") or {}
+    q = _g((report.get("target") or {}).get("percentile", 50))
+    base, comp = lat.get("baseline") or {}, lat.get("compressed") or {}
+    if f"p{q}_ms" in base and f"p{q}_ms" in comp:
+        lines.append(f"  p{q} latency  {base[f'p{q}_ms']:.3f} ms -> {comp[f'p{q}_ms']:.3f} ms   "
+                     f"speedup {lat['speedup']:.2f}x")
+    if size.get("baseline") and size.get("compressed"):
+        b, c = size["baseline"], size["compressed"]
+        lines.append(f"  ONNX bytes   {int(b['onnx_bytes']):,} -> {int(c['onnx_bytes']):,}   "
+                     f"params {int(b['params']):,} -> {int(c['params']):,}   "
+                     f"MACs {b['macs'] / 1e6:,.1f} M -> {c['macs'] / 1e6:,.1f} M")
+    budget = report.get("budget")
+    if budget:
+        search = report.get("search") or {}
+        verdict = "MET" if report.get("budget_met") else "NOT MET"
+        miss = report.get("budget_shortfall") or 0.0  # relative excess over the tightest-missed limit
+        if not report.get("budget_met") and miss:
+            verdict += f", short by {miss:.0%}" if miss < 1 else f", {miss + 1:.1f}x off"
+        reason = f" ({search['reason']})" if search.get("reason") else ""
+        if search.get("budget_met") and not report.get("budget_met"):
+            reason = " (the search's own measurements met it; the final benchmark did not)"
+        lines.append(f"  budget       {_limits(budget)}: {verdict}{reason}")
+    return lines
+
+
+def _limits(budget: Mapping[str, Any]) -> str:
+    q = _g(budget.get("percentile", 50))
+    words = {
+        "latency_ms": lambda v: f"p{q} latency <= {_g(v)} ms",
+        "speedup": lambda v: f"speedup >= {_g(v)}x at p{q}",
+        "size_bytes": lambda v: f"ONNX bytes <= {int(v):,}",
+        "params": lambda v: f"params <= {int(v):,}",
+        "macs": lambda v: f"MACs <= {int(v):,}",
+        "max_accuracy_drop": lambda v: f"accuracy drop <= {_g(v * 100)} points",
+    }
+    return ", ".join(fmt(budget[k]) for k, fmt in words.items() if budget.get(k) is not None)
+
+
+def _g(value: float) -> str:
+    return f"{value:g}"
 
 
 def cmd_get(client: Client, args: argparse.Namespace) -> int:
@@ -148,6 +208,14 @@ def _shape(text: str) -> list[int]:
         raise ValueError(f"--input-shape {text!r}: expected e.g. 1x3x32x32") from None
 
 
+def _count(text: str) -> int:
+    """An integer, also written as 1.5e5."""
+    value = float(text)
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
+
+
 def _pair(text: str, cast: type) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep:
@@ -173,6 +241,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", required=True, help="e.g. 1x3x32x32")
     c.add_argument("--ratio", type=float, help="uniform channel pruning ratio in [0, 1)")
     c.add_argument("--group-ratio", action="append", default=[], metavar="GROUP=RATIO")
+    b = c.add_argument_group("budget", "instead of --ratio: a search picks each group's ratio so that every "
+                                       "limit given holds")
+    b.add_argument("--latency-ms", type=float, help="latency at --percentile on the target, milliseconds")
+    b.add_argument("--speedup", type=float, help="baseline / compressed latency, > 1")
+    b.add_argument("--size-mb", type=float, help="ONNX file size, MB (10^6 bytes)")
+    b.add_argument("--params", type=_count, help="parameter count (e.g. 150000 or 1.5e5)")
+    b.add_argument("--macs", type=_count, help="multiply-accumulates per input (e.g. 2e7)")
+    b.add_argument("--max-accuracy-drop", type=float,
+                   help="with another limit: accuracy lost, 0.01 = one point (fidelity without labelled data)")
+    c.add_argument("--percentile", type=float, help="where latency is read: 50 (default), 90, 95, 99")
     c.add_argument("--importance", default="", help="l1 (default), l2, bn_scale, taylor")
     c.add_argument("--round-to", type=int, default=0)
     c.add_argument("--export", action="append", default=[], help="onnx, pt2, plan (default: all)")

@@ -77,8 +77,10 @@ class Server:
                                                             thread_name_prefix="rpc"),
                                  interceptors=interceptors,
                                  options=[("grpc.so_reuseport", 0)])  # a taken port is an error
+        # Absolute, because the path is stored in each job's spec and read by its worker.
+        cache_dir = data.resolve() / "cache"
         pb_grpc.add_CompressionServiceServicer_to_server(
-            CompressionServicer(self.jobs, trust_pickle=config.trust_pickle), self._grpc)
+            CompressionServicer(self.jobs, trust_pickle=config.trust_pickle, cache_dir=cache_dir), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -164,7 +166,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerConfig()
     parser.add_argument("--listen", default=d.listen, help="host:port to listen on (default %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=d.data_dir,
-                        help="job store, blobs and artifacts (default %(default)s)")
+                        help="job store, blobs, artifacts and the measurement cache (default %(default)s)")
     parser.add_argument("--workers", type=int, default=d.workers, help="jobs run at once (default %(default)s)")
     parser.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes,
                         help="largest blob accepted (default %(default)s)")

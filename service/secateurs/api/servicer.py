@@ -4,6 +4,7 @@ secateurs.errors and mapped by api/errors.py."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Iterator
 
 import grpc
@@ -20,10 +21,13 @@ MAX_PAGE = 200
 
 
 class CompressionServicer(pb_grpc.CompressionServiceServicer):
-    def __init__(self, jobs: JobService, *, trust_pickle: bool = False, cancel_wait: float = 4.0) -> None:
+    def __init__(self, jobs: JobService, *, trust_pickle: bool = False, cancel_wait: float = 4.0,
+                 cache_dir: Path | None = None) -> None:
+        """cache_dir: measurements shared by every job of this server (see ServerConfig.data_dir)."""
         self._jobs = jobs
         self._trust_pickle = trust_pickle
         self._cancel_wait = cancel_wait
+        self._cache_dir = cache_dir
 
     def UploadBlob(self, request_iterator: Iterator[pb.UploadBlobRequest], context: grpc.ServicerContext) -> pb.Blob:
         first = next(request_iterator, None)
@@ -41,7 +45,8 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
         return pb.Blob(id=blob.sha256, size_bytes=blob.size_bytes, existed=blob.existed)
 
     def CreateJob(self, request: pb.CreateJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        spec = spec_from_request(request, self._jobs.blobs, trust_pickle=self._trust_pickle)
+        spec = spec_from_request(request, self._jobs.blobs, trust_pickle=self._trust_pickle,
+                                 cache_dir=self._cache_dir)
         same = pb.CreateJobRequest()
         same.CopyFrom(request)
         same.ClearField("request_id")

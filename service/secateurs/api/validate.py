@@ -1,20 +1,23 @@
 """CreateJobRequest -> CompressSpec: every check of a request, in one place.
 
 Each refusal is an InvalidRequest naming the request field (proto path), so the
-client sees INVALID_ARGUMENT with a BadRequest field violation. Parts of the API
-that exist for later (budgets, recovery, data, other runtimes, remote probes)
-are refused here by name until the engine supports them.
+client sees INVALID_ARGUMENT with a BadRequest field violation. A job asks for
+exactly one of pruning.ratio, pruning.group_ratios or a budget (the search picks
+the ratios). Parts of the API that exist for later (recovery, data, other
+runtimes, remote probes) are refused here by name until the engine supports them.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from google.protobuf import json_format
 
+from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
 from secateurs.engine.pipeline import validate_spec
 from secateurs.engine.spec import EXPORTS, IMPORTANCES, RUNTIMES, CompressSpec, ModelSpec, ProtocolSpec, TargetSpec
 from secateurs.engine.zoo import ZOO
@@ -29,14 +32,22 @@ _LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9_.\-/]{0,61}[a-z0-9])?$")
 _PLACEHOLDER_OUT = Path("/nonexistent")  # the scheduler sets the real one at start
 
 
-def spec_from_request(req: pb.CreateJobRequest, blobs: BlobStore, *, trust_pickle: bool) -> CompressSpec:
-    """Validate a request and build the job it asks for (raises InvalidRequest)."""
+def spec_from_request(
+    req: pb.CreateJobRequest, blobs: BlobStore, *, trust_pickle: bool, cache_dir: Path | None = None,
+) -> CompressSpec:
+    """Validate a request and build the job it asks for (raises InvalidRequest).
+
+    cache_dir: where the server keeps latency and sensitivity measurements, shared
+    by every job it runs (None: each job measures afresh).
+    """
     _check_request_id(req.request_id)
     _check_labels(dict(req.labels))
     shape = _input_shape(list(req.input_shape))
     _refuse_later(req)
     model = _model(req.model, blobs, trust_pickle=trust_pickle)
-    ratio, group_ratios = _ratios(req.pruning)
+    target = _target(req.target, shape)
+    budget = _budget(req.budget, percentile=target.percentile)
+    ratio, group_ratios = _ratios(req.pruning, budget=budget)
     importance = req.pruning.importance or "l1"
     if importance not in IMPORTANCES:
         raise _bad("pruning.importance", f"unknown importance {importance!r} (one of {', '.join(IMPORTANCES)})")
@@ -50,22 +61,20 @@ def spec_from_request(req: pb.CreateJobRequest, blobs: BlobStore, *, trust_pickl
         raise _bad("exports", "exports repeat a name")
     spec = CompressSpec(
         model=model, input_shape=shape, out_dir=_PLACEHOLDER_OUT, ratio=ratio, group_ratios=group_ratios,
-        importance=importance, round_to=round_to, min_channels=min_channels,
-        target=_target(req.target, shape), protocol=_protocol(req.target.protocol), exports=exports,
+        budget=budget, importance=importance, round_to=round_to, min_channels=min_channels,
+        target=target, protocol=_protocol(req.target.protocol), exports=exports,
+        cache_dir=cache_dir,
     )
-    try:  # the engine's own checks, so a job never fails for what a request could show
+    with _engine_fields():  # the engine's own checks, so a job never fails for what a request could show
         validate_spec(spec)
-    except InvalidRequest as exc:
-        field = wire_field(exc.field)
-        message = str(exc) if not field or str(exc).startswith(field) else f"{field}: {exc}"
-        raise InvalidRequest(message, field=field) from None
     return spec
 
 
 _ENGINE_TO_WIRE = {"protocol": "target.protocol", "model.kwargs": "model.arch_kwargs",
                    "model.weights": "model.weights_blob_id", "ratio": "pruning.ratio",
                    "importance": "pruning.importance", "round_to": "pruning.round_to",
-                   "min_channels": "pruning.min_channels", "group_ratios": "pruning.group_ratios"}
+                   "min_channels": "pruning.min_channels", "group_ratios": "pruning.group_ratios",
+                   "budget.percentile": "target.percentile"}  # the request has one percentile, on the target
 
 
 def wire_field(field: str | None) -> str | None:
@@ -75,6 +84,17 @@ def wire_field(field: str | None) -> str | None:
     if field.startswith("group_ratios["):
         return "pruning." + field
     return _ENGINE_TO_WIRE.get(field, field)
+
+
+@contextmanager
+def _engine_fields() -> Iterator[None]:
+    """Re-raise the engine's InvalidRequest under the request's field name."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        field = wire_field(exc.field)
+        message = str(exc) if not field or str(exc).startswith(field) else f"{field}: {exc}"
+        raise InvalidRequest(message, field=field) from None
 
 
 def _bad(field: str, message: str) -> InvalidRequest:
@@ -108,12 +128,6 @@ def _input_shape(shape: list[int]) -> tuple[int, ...]:
 
 def _refuse_later(req: pb.CreateJobRequest) -> None:
     """Fields the API has but the engine does not use yet."""
-    for name in ("latency_ms", "speedup", "size_bytes", "params", "macs", "max_accuracy_drop"):
-        if req.budget.HasField(name):
-            value = getattr(req.budget, name)
-            if not value > 0 and not (name == "max_accuracy_drop" and value == 0):
-                raise _bad(f"budget.{name}", f"must be positive (got {value})")
-            raise _bad(f"budget.{name}", "budgets are not supported yet; give pruning.ratio or pruning.group_ratios")
     for fd, value in req.recovery.ListFields():
         raise _bad(f"recovery.{fd.name}", "recovery (fine-tuning, distillation) is not supported yet")
     for fd, value in req.data.ListFields():
@@ -146,15 +160,40 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def _ratios(p: pb.Pruning) -> tuple[float | None, dict[str, float] | None]:
+_BUDGET_LIMITS = ("latency_ms", "speedup", "size_bytes", "params", "macs", "max_accuracy_drop")
+
+
+def _budget(b: pb.Budget, *, percentile: float) -> Budget | None:
+    """The budget the request sets (None when it sets none), checked field by field.
+
+    The percentile is the target's: a latency or speedup budget holds at the
+    percentile the job measures.
+    """
+    values = {name: getattr(b, name) for name in _BUDGET_LIMITS if b.HasField(name)}
+    if not values:
+        return None
+    budget = Budget(**values, percentile=percentile)
+    with _engine_fields():  # max_accuracy_drop alone is refused here, with the engine's message
+        validate_budget(budget)
+    return budget
+
+
+def _ratios(p: pb.Pruning, *, budget: Budget | None) -> tuple[float | None, dict[str, float] | None]:
+    """Exactly one of pruning.ratio, pruning.group_ratios or a budget; the pruning field is named."""
     if p.HasField("ratio") and p.group_ratios:
         raise _bad("pruning.ratio", "give pruning.ratio or pruning.group_ratios, not both")
+    if budget is not None:
+        given = "pruning.ratio" if p.HasField("ratio") else "pruning.group_ratios" if p.group_ratios else None
+        if given is not None:
+            raise _bad(given, f"give a budget or {given}, not both (with a budget the search chooses the ratios)")
+        return None, None
     if p.HasField("ratio"):
         if not 0.0 <= p.ratio < 1.0:
             raise _bad("pruning.ratio", f"must be in [0, 1) (got {p.ratio})")
         return p.ratio, None
     if not p.group_ratios:
-        raise _bad("pruning.ratio", "required: pruning.ratio or pruning.group_ratios")
+        raise _bad("pruning.ratio", "required: pruning.ratio, pruning.group_ratios or a budget "
+                                    "(budget.latency_ms, speedup, size_bytes, params or macs)")
     for group, r in p.group_ratios.items():
         if not group or not 0.0 <= r < 1.0:
             raise _bad(f"pruning.group_ratios[{group}]", f"ratios must be in [0, 1) (got {r})")
@@ -179,8 +218,9 @@ def _target(t: pb.Target, shape: tuple[int, ...]) -> TargetSpec:
         raise _bad("target.precision", f"precision {t.precision!r} is not supported yet (only fp32)")
     if t.batch and t.batch != shape[0]:
         raise _bad("target.batch", f"must equal input_shape[0] ({shape[0]}) for now")
-    if t.percentile and not 0.0 < t.percentile <= 100.0:
-        raise _bad("target.percentile", f"must be in (0, 100] (got {t.percentile})")
+    if t.percentile and t.percentile not in PERCENTILES:
+        raise _bad("target.percentile", f"must be one of {', '.join(f'{q:g}' for q in PERCENTILES)} "
+                                        f"(got {t.percentile:g})")
     threads = _bounded("target.threads", t.threads, 1, 256, default=TargetSpec().threads)
     return TargetSpec(runtime=runtime, threads=threads, percentile=t.percentile or TargetSpec().percentile)
 
