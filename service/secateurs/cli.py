@@ -50,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--data", type=Path, help="ImageFolder directory or .zip for calibration and accuracy")
     compress.add_argument("--data-split", default="test", help="split of --data to calibrate on (default test)")
     compress.add_argument("--data-preset", default=None, help="transform preset: cifar10 or imagenet")
+    recovery = compress.add_argument_group("recovery (fine-tuning and distillation after pruning)")
+    recovery.add_argument("--epochs", type=int, help="recover for this many epochs (off when not given)")
+    recovery.add_argument("--lr", type=float, help="peak learning rate (default: SGD 0.01, AdamW 1e-3)")
+    recovery.add_argument("--optimizer", default="sgd", help="sgd (Nesterov) or adamw")
+    recovery.add_argument("--batch-size", type=int, default=128)
+    recovery.add_argument("--kd-weight", type=float, default=1.0, help="output distillation (KL, T=4)")
+    recovery.add_argument("--feature-weight", type=float, default=0.0, help="feature-map distillation")
+    recovery.add_argument("--attention-weight", type=float, default=0.0, help="attention transfer")
+    recovery.add_argument("--progressive-steps", type=int, default=1, help="reach the plan in k prune+recover steps")
+    recovery.add_argument("--train-data", type=Path,
+                          help="ImageFolder directory or .zip to recover on (split train, --data-preset "
+                               "augmentation); without it recovery distils on generated inputs")
     compress.add_argument("--cache-dir", type=Path, default=Path(".secateurs/cache"),
                           help="measurement cache shared across jobs (default .secateurs/cache)")
     compress.add_argument("--importance", default="l1", help="l1 (default), l2, bn_scale or taylor")
@@ -157,9 +169,23 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
         data = DataSpec(source="imagefolder", path=args.data, split=args.data_split,
                         transform=TransformSpec.preset(args.data_preset) if args.data_preset else None, seed=args.seed)
+    recovery = train_data = None
+    if args.epochs is not None:
+        from secateurs.engine.data import DataSpec, TransformSpec
+        from secateurs.engine.recover import RecoverySpec
+
+        recovery = RecoverySpec(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
+                                kd_weight=args.kd_weight, feature_weight=args.feature_weight,
+                                attention_weight=args.attention_weight, progressive_steps=args.progressive_steps,
+                                seed=args.seed)
+        if args.train_data is not None:
+            preset = TransformSpec.preset(args.data_preset, train=True) if args.data_preset else None
+            train_data = DataSpec(source="imagefolder", path=args.train_data, split="train", transform=preset,
+                                  seed=args.seed)
     spec = CompressSpec(
         model=_model_spec(args), input_shape=parse_input_shape(args.input), out_dir=args.out,
         ratio=args.ratio, group_ratios=ratios, budget=budget, data=data, cache_dir=args.cache_dir,
+        recovery=recovery, train_data=train_data,
         importance=args.importance, round_to=args.round_to,
         min_channels=args.min_channels, target=TargetSpec(threads=args.threads), protocol=_protocol(args),
         dynamic_batch=args.dynamic_batch, seed=args.seed,
@@ -186,6 +212,19 @@ def summary(report: dict) -> str:
             u = search["uniform"]
             lines.append(f"  vs uniform  L1 ratio {u['measured']['uniform_ratio']:.2f} at {u['measured']['speedup']:.2f}x: "
                          f"quality loss {u['quality']['loss']:.4f} vs searched {search['quality_after']['loss']:.4f}")
+    if report.get("recovery"):
+        rec = report["recovery"]
+        before, after = report["quality"]["before"], report["quality"]["after"]
+        if after.get("accuracy") is not None:
+            lines.append(f"  accuracy    {before['accuracy']:.2%} -> {after['accuracy']:.2%} after "
+                         f"{len(rec['history'])} epoch(s) of recovery")
+        else:
+            lines.append(f"  fidelity    top-1 agreement {after['agreement']:.2%} after {len(rec['history'])} "
+                         f"epoch(s) of label-free distillation")
+    if report.get("accuracy_floor"):
+        floor = report["accuracy_floor"]
+        lines.append(f"  floor       max drop {floor['max_drop']:.2%}, measured {floor['drop']:.2%}: "
+                     f"{'met' if floor['met'] else 'MISSED by ' + format(floor['missed_by'], '.2%')}")
     return "\n".join([
         f"{report['model']['arch']} {'x'.join(map(str, report['model']['input_shape']))} "
         f"on {report['target']['runtime']} ({report['target']['threads']} threads)",

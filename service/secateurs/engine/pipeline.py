@@ -28,7 +28,7 @@ from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.spec import EXPORTS, RUNTIMES, CompressSpec
 from secateurs.errors import InvalidRequest, ParityError
 
-STAGES = ("load", "profile", "search", "prune", "export", "benchmark", "report")
+STAGES = ("load", "profile", "search", "prune", "recover", "export", "benchmark", "report")
 REPORT_VERSION = 1
 
 
@@ -58,10 +58,15 @@ def validate_spec(spec: CompressSpec) -> None:
                                       min_channels=spec.min_channels))
     else:
         validate_prune_spec(_prune_spec(spec))
-    if spec.data is not None:
-        from secateurs.engine.data import validate_data_spec
+    from secateurs.engine.data import validate_data_spec
 
-        validate_data_spec(spec.data)
+    for data in (spec.data, spec.train_data):
+        if data is not None:
+            validate_data_spec(data)
+    if spec.recovery is not None:
+        from secateurs.engine.recover import validate_recovery_spec
+
+        validate_recovery_spec(spec.recovery)
     if not 1 <= spec.calibration_samples <= 100_000:
         raise InvalidRequest(f"calibration_samples must be in [1, 100000], got {spec.calibration_samples}",
                              field="calibration_samples")
@@ -169,6 +174,14 @@ def compress(
                    "after": measure_quality(pruned, calib, reference).to_dict()}
         st.progress(1.0, f"{sum(1 for g in result.plan.groups if g['after'] < g['before'])} groups pruned")
 
+    recovery = None
+    if spec.recovery is not None:
+        with stage("recover") as st:
+            pruned, recovery, plan_path = _recover(spec, model, pruned, example, calib, group_ratios, prune_spec,
+                                                   out, on_event, cancel)
+            quality["after"] = measure_quality(pruned, calib, reference).to_dict()
+            st.progress(1.0, "recovered")
+
     artifacts: dict[str, Path] = {"plan": plan_path}
     exports: dict[str, Any] = {}
     with stage("export") as st:
@@ -233,6 +246,8 @@ def compress(
             "parity": parity.to_dict(),
             # accuracy needs labelled data; agreement and KL are fidelity to the unpruned model
             "quality": quality,
+            "accuracy_floor": _accuracy_floor(spec, quality),
+            "recovery": recovery,
             "data": {"source": spec.data.source if spec.data else "synthetic", "labelled": calib.labels is not None,
                      "samples": sum(x.shape[0] for x in calib.inputs),
                      "note": None if calib.real else "no data: quality is fidelity to the original model on "
@@ -247,6 +262,59 @@ def compress(
     report_path.write_text(json.dumps(report, indent=2))
     artifacts["report"] = report_path
     return CompressResult(report=report, artifacts=artifacts)
+
+
+def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor, calib: Calibration,
+             group_ratios: Any, prune_spec: PruneSpec, out: Path, on_event: EventSink,
+             cancel: CancelCheck | None) -> tuple[Any, dict[str, Any], Path]:
+    """Fine-tune and distil the pruned model (progressively when asked); the original is the teacher."""
+    from dataclasses import asdict
+
+    from secateurs.engine.data import DataSpec, load_dataset, make_loader
+    from secateurs.engine.recover import progressive, recover
+
+    recipe = spec.recovery
+    if spec.train_data is not None:
+        train_set = load_dataset(spec.train_data)
+    else:  # label-free: distillation alone, on generated inputs
+        train_set = load_dataset(DataSpec(source="synthetic", shape=tuple(example.shape[1:]),
+                                          limit=max(512, recipe.batch_size * 8), seed=spec.seed))
+    loader = make_loader(train_set, recipe.batch_size, shuffle=True, seed=spec.seed,
+                         drop_last=len(train_set) > recipe.batch_size)
+    labels = calib.labels or [torch.full((x.shape[0],), -1, dtype=torch.long) for x in calib.inputs]
+    val = list(zip(calib.inputs, labels))
+    checkpoints = out / "checkpoints"
+    plan_path = out / "plan.json"
+    if recipe.progressive_steps > 1:
+        target = spec.ratio if group_ratios is None else dict(group_ratios)
+        result = progressive(model, example, target, loader, recipe, prune_spec=prune_spec, val=val,
+                             on_event=on_event, cancel=cancel, checkpoint_dir=checkpoints)
+        pruned, steps = result.model, result.steps
+        write_plan(result.plan, plan_path)
+    else:
+        steps = [recover(pruned, model, loader, recipe, val=val, on_event=on_event, cancel=cancel,
+                         checkpoint_dir=checkpoints)]
+    last = steps[-1]
+    history = [dict(row, step=i + 1) for i, r in enumerate(steps) for row in r.history]
+    return pruned, {
+        "recipe": asdict(recipe), "history": history, "metrics": last.metrics, "label_free": last.label_free,
+        "note": last.note, "seconds": sum(r.seconds for r in steps), "resumed_from_epoch": last.resumed_from_epoch,
+        "train_samples": len(train_set),
+    }, plan_path
+
+
+def _accuracy_floor(spec: CompressSpec, quality: dict[str, Any]) -> dict[str, Any] | None:
+    """max_accuracy_drop against what was measured: accuracy with labels, else top-1 agreement."""
+    if spec.budget is None or spec.budget.max_accuracy_drop is None:
+        return None
+    before, after = quality["before"], quality["after"]
+    if after.get("accuracy") is not None:
+        drop, measure = before["accuracy"] - after["accuracy"], "accuracy"
+    else:
+        drop, measure = 1.0 - after["agreement"], "top-1 agreement with the original (no labels)"
+    limit = spec.budget.max_accuracy_drop
+    return {"max_drop": limit, "drop": drop, "measured_as": measure, "met": drop <= limit,
+            "missed_by": max(0.0, drop - limit)}
 
 
 def build_calibration(spec: CompressSpec, shape: tuple[int, ...]) -> Calibration:

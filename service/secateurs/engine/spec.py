@@ -15,6 +15,7 @@ from secateurs.engine.budget import Budget
 
 if TYPE_CHECKING:
     from secateurs.engine.data import DataSpec
+    from secateurs.engine.recover import RecoverySpec
 
 RUNTIMES = ("onnxruntime-cpu",)
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
@@ -68,7 +69,10 @@ class CompressSpec:
     chooses per-group ratios that meet it, measured on the target).
 
     data: calibration/validation data (labelled: accuracy; none: fidelity on
-    generated inputs). cache_dir: where measurements are cached across jobs.
+    generated inputs). train_data: what recovery trains on (none: label-free
+    distillation on generated inputs). recovery: fine-tuning and distillation
+    after pruning (none: the pruned model is returned as pruned, BatchNorm
+    recalibrated when there is data). cache_dir: measurements cached across jobs.
     """
 
     model: ModelSpec
@@ -84,6 +88,8 @@ class CompressSpec:
     exports: tuple[str, ...] = EXPORTS
     budget: Budget | None = None
     data: DataSpec | None = None
+    train_data: DataSpec | None = None
+    recovery: RecoverySpec | None = None
     calibration_samples: int = 64
     cache_dir: Path | None = None
     dynamic_batch: bool = False

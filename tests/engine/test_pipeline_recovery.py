@@ -1,0 +1,63 @@
+"""Recovery as a pipeline stage: labelled data, label-free, progressive, the accuracy floor."""
+
+from __future__ import annotations
+
+import pytest
+
+from secateurs.engine.budget import Budget
+from secateurs.engine.data import DataSpec, TransformSpec
+from secateurs.engine.pipeline import compress
+from secateurs.engine.recover import RecoverySpec
+from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
+
+QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=40, max_seconds=2.0)
+DIGITS = TransformSpec(resize=32)
+
+
+def _spec(tmp_path, **kw):
+    base = dict(model=ModelSpec(arch="zoo:resnet20", arch_kwargs={"width": 8}), input_shape=(1, 3, 32, 32),
+                out_dir=tmp_path, protocol=QUICK, exports=("onnx", "plan"), calibration_samples=64,
+                cache_dir=tmp_path / "cache")
+    base.update(kw)
+    return CompressSpec(**base)
+
+
+def test_recovery_with_labels_reports_accuracy_and_epoch_events(tmp_path):
+    events = []
+    spec = _spec(tmp_path, ratio=0.5,
+                 data=DataSpec(source="digits", split="test", channels=3, transform=DIGITS),
+                 train_data=DataSpec(source="digits", split="train", channels=3, transform=DIGITS),
+                 recovery=RecoverySpec(epochs=2, batch_size=64, lr=0.05, warmup_epochs=0.0))
+    report = compress(spec, on_event=events.append).report
+    rec = report["recovery"]
+    assert not rec["label_free"] and len(rec["history"]) == 2
+    epochs = [e for e in events if e.stage == "recover" and e.kind == "progress" and "epoch" in e.data]
+    assert [e.data["epoch"] for e in epochs] == [1, 2] and all("lr" in e.data for e in epochs)
+    assert report["quality"]["after"]["accuracy"] is not None
+    assert "recover" in report["stage_seconds"]
+
+
+def test_label_free_recovery_reports_fidelity(tmp_path):
+    spec = _spec(tmp_path, ratio=0.5, recovery=RecoverySpec(epochs=1, batch_size=64))
+    report = compress(spec).report
+    assert report["recovery"]["label_free"] and report["quality"]["after"]["accuracy"] is None
+    assert "accuracy could not be measured" in report["recovery"]["note"]
+
+
+def test_progressive_recovery_lands_on_the_one_shot_widths(tmp_path):
+    spec = _spec(tmp_path, ratio=0.5, recovery=RecoverySpec(epochs=2, batch_size=64, progressive_steps=2))
+    report = compress(spec).report
+    assert {row["step"] for row in report["recovery"]["history"]} == {1, 2}
+    oneshot = {g["name"]: g["after"] for g in report["pruning"]["groups"]}
+    assert report["size"]["compressed"]["params"] < report["size"]["baseline"]["params"]
+    assert all(v <= 16 for v in oneshot.values())
+
+
+def test_missed_accuracy_floor_is_reported_not_fatal(tmp_path):
+    spec = _spec(tmp_path, budget=Budget(params=20_000, max_accuracy_drop=0.0),
+                 data=DataSpec(source="digits", split="test", channels=3, transform=DIGITS))
+    report = compress(spec).report
+    floor = report["accuracy_floor"]
+    assert floor["max_drop"] == 0.0 and floor["measured_as"] == "accuracy"
+    assert floor["met"] == (floor["drop"] <= 0.0)
+    assert floor["missed_by"] == pytest.approx(max(0.0, floor["drop"]))
