@@ -213,14 +213,21 @@ def remove_heads(graph: tp.DependencyGraph, attention: SelfAttention, keep: int,
     """
     heads = attention.num_heads
     head_dim = attention.proj.in_features // heads
+    drop = weakest_heads(attention, heads - keep, p=p)
+    idxs = [h * head_dim + i for h in drop for i in range(head_dim)]
+    graph.get_pruning_group(attention.proj, tp.prune_linear_in_channels, idxs).prune()
+    attention.num_heads = keep
+
+
+def weakest_heads(attention: SelfAttention, count: int, p: int = 1) -> list[int]:
+    """The `count` heads with the smallest mean |w|^p over their q, k, v rows and output columns."""
+    heads = attention.num_heads
+    head_dim = attention.proj.in_features // heads
     with torch.no_grad():
         qkv = attention.qkv.weight.abs().pow(p).reshape(3, heads, head_dim, -1).mean(dim=(0, 2, 3))
         out = attention.proj.weight.abs().pow(p).reshape(-1, heads, head_dim).mean(dim=(0, 2))
         score = qkv / qkv.mean() + out / out.mean()
-    drop = sorted(torch.argsort(score)[: heads - keep].tolist())
-    idxs = [h * head_dim + i for h in drop for i in range(head_dim)]
-    graph.get_pruning_group(attention.proj, tp.prune_linear_in_channels, idxs).prune()
-    attention.num_heads = keep
+    return sorted(torch.argsort(score)[:count].tolist())
 
 
 def _sync_attributes(model: nn.Module) -> dict[str, int]:

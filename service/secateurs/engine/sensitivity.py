@@ -25,10 +25,9 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from secateurs.engine.attention import SelfAttention
 from secateurs.engine.groups import GraphContext, GroupInfo
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
-from secateurs.engine.prune import kept_count, kept_heads
+from secateurs.engine.prune import kept_count, kept_heads, weakest_heads
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -140,9 +139,8 @@ def masked(ctx: GraphContext, group_name: str, info: GroupInfo, keep: int) -> It
     hooks = []
     module = ctx.model.get_submodule(group_name)
     if info.unit == "heads":
-        attention = ctx.model.get_submodule(group_name.rsplit(".", 1)[0])
-        assert isinstance(attention, SelfAttention)
-        drop = _weakest_heads(attention, info.channels - keep)
+        attention = ctx.model.get_submodule(group_name.rsplit(".", 1)[0])  # heads groups are SelfAttention.qkv
+        drop = weakest_heads(attention, info.channels - keep)
         head_dim = attention.proj.in_features // attention.num_heads
         idx = torch.tensor([h * head_dim + i for h in drop for i in range(head_dim)], dtype=torch.long)
         hooks.append(attention.proj.register_forward_pre_hook(
@@ -167,16 +165,6 @@ def masked(ctx: GraphContext, group_name: str, info: GroupInfo, keep: int) -> It
     finally:
         for h in hooks:
             h.remove()
-
-
-def _weakest_heads(attention: SelfAttention, count: int) -> list[int]:
-    heads = attention.num_heads
-    head_dim = attention.proj.in_features // heads
-    with torch.no_grad():
-        qkv = attention.qkv.weight.abs().reshape(3, heads, head_dim, -1).mean(dim=(0, 2, 3))
-        out = attention.proj.weight.abs().reshape(-1, heads, head_dim).mean(dim=(0, 2))
-        score = qkv / qkv.mean() + out / out.mean()
-    return sorted(torch.argsort(score)[:count].tolist())
 
 
 def group_widths(info: GroupInfo, ratios: Sequence[float], *, round_to: int, min_channels: int) -> list[int]:
