@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import onnx
-import pytest
 import torch
 
 from secateurs.engine.export import check_parity, export_onnx, export_pt2

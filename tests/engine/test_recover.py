@@ -13,7 +13,8 @@ from secateurs.engine.data import DataSpec, TransformSpec, load_dataset, make_lo
 from secateurs.engine.distill import Distiller, attention_loss, find_feature_points
 from secateurs.engine.events import CancelToken
 from secateurs.engine.prune import PruneSpec, prune
-from secateurs.engine.recover import (RecoverySpec, evaluate, latest_checkpoint, lr_at, progressive, recover,
+from secateurs.engine.progressive import progressive
+from secateurs.engine.recover import (RecoverySpec, evaluate, latest_checkpoint, lr_at, recover,
                                       validate_recovery_spec)
 from secateurs.errors import Cancelled, InvalidRequest
 

@@ -271,7 +271,8 @@ def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor,
     from dataclasses import asdict
 
     from secateurs.engine.data import DataSpec, load_dataset, make_loader
-    from secateurs.engine.recover import progressive, recover
+    from secateurs.engine.progressive import progressive
+    from secateurs.engine.recover import recover
 
     recipe = spec.recovery
     if spec.train_data is not None:

@@ -28,13 +28,13 @@ from torch import nn
 from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack, latency_ceiling
 from secateurs.engine.events import CancelCheck, check_cancel
 from secateurs.engine.export import export_onnx
-from secateurs.engine.groups import GraphContext, GroupInfo, describe_groups, prepare
+from secateurs.engine.groups import GroupInfo, describe_groups, prepare
 from secateurs.engine.latency import OnnxRuntimeBackend, measure, measure_interleaved
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.costmodel import GroupLayers
 from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers, layer_onnx
 from secateurs.engine.prune import PruneSpec, kept_count, prune
-from secateurs.engine.sensitivity import (Calibration, Quality, group_widths, measure_quality, model_identity,
+from secateurs.engine.sensitivity import (Calibration, group_widths, measure_quality, model_identity,
                                           recalibrated, reference_outputs, sensitivity)
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.solver import Option, solve

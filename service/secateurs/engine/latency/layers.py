@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
-import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
