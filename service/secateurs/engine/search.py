@@ -233,11 +233,21 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         aims = {n: c * spec.aim for n, c in ceilings.items()}
         parent = None
         reason = ""
+        # Bracket of aims: an aim that gave a too-slow plan is an upper bound, one that gave a plan
+        # wasting the budget a lower bound; once both exist the next aim is bisected between them,
+        # which cannot oscillate the way a pure measured/predicted rescaling can.
+        too_slow: dict[str, float] = {}
+        too_fast: dict[str, float] = {}
         for round_ in range(spec.max_rounds):
             progress(0.65 + 0.3 * round_ / spec.max_rounds, f"verification round {round_ + 1}")
             plan, feasible = solve_for(aims)
             if any(c.widths == plan for c in trace):
-                break  # the aim moved but the answer did not: the next step of widths is out of reach
+                if not _bisect(aims, too_slow, too_fast):
+                    break  # no aim left between the bounds gives a new plan
+                plan, feasible = solve_for(aims)
+                if any(c.widths == plan for c in trace):
+                    break
+            used = dict(aims)
             candidate, pruned = _verify(model, example, plan, groups, predict(plan), spec, target, base_backend,
                                         baseline, calib, reference, parent, len(trace),
                                         "search" if feasible else "infeasible-check", cancel)
@@ -250,12 +260,19 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                 break
             if candidate.shortfall == 0 and candidate.slack <= spec.precision:
                 break
-            # rescale each aim by measured/predicted so the next prediction lands where we want
             for n in aims:
+                if candidate.shortfall > 0:
+                    too_slow[n] = min(too_slow.get(n, float("inf")), used[n])
+                else:
+                    too_fast[n] = max(too_fast.get(n, 0.0), used[n])
+                # rescale by measured/predicted so the next prediction lands where we want...
                 if n in candidate.measured and candidate.predicted.get(n, 0) > 0:
                     wanted = ceilings[n] * (1 - spec.precision / 2)
                     aims[n] = candidate.predicted[n] * wanted / _as_ceiling_quantity(candidate, n, spec.budget,
                                                                                     baseline)
+            # ...unless that leaves the bracket the measurements have established
+            if any(not too_fast.get(n, 0.0) < aims[n] < too_slow.get(n, float("inf")) for n in aims):
+                _bisect(aims, too_slow, too_fast)
         best = _choose(trace, spec.precision)
         best_model = models[best.id]
         met = best.shortfall == 0
@@ -263,7 +280,11 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             reason = (f"no plan within {spec.max_rounds} verification rounds met every budget; closest misses by "
                       f"{best.shortfall:.1%}")
         elif met and best.slack > spec.precision:
-            reason = f"budget met with {best.slack:.0%} to spare (the next step of widths misses it)"
+            missed = [c for c in trace if c.stage == "search" and c.shortfall > 0]
+            reason = (f"budget met with {best.slack:.0%} to spare: "
+                      + ("the closest less-pruned plan measured missed it by "
+                         f"{min(c.shortfall for c in missed):.1%}" if missed else
+                         f"no plan closer to the budget was found in {len(trace)} verification rounds"))
 
         final = _measurement(best.measured)
         uniform = _uniform_comparison(model, example, best, groups, spec, target, base_backend, baseline, calib,
@@ -292,6 +313,22 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             latency_model=latency_summary, groups=group_rows, cache={"hits": cache.hits, "misses": cache.misses})
     finally:
         cache.close()
+
+
+def _bisect(aims: dict[str, float], too_slow: dict[str, float], too_fast: dict[str, float]) -> bool:
+    """Move each bracketed aim to the middle of its bracket; False when no aim is bracketed."""
+    moved = False
+    for n in aims:
+        if n in too_slow and n in too_fast and too_fast[n] < too_slow[n]:
+            aims[n] = (too_slow[n] + too_fast[n]) / 2
+            moved = True
+        elif n in too_slow and aims[n] >= too_slow[n]:
+            aims[n] = too_slow[n] * 0.97
+            moved = True
+        elif n in too_fast and aims[n] <= too_fast[n]:
+            aims[n] = too_fast[n] * 1.03
+            moved = True
+    return moved
 
 
 def _choose(trace: list[Candidate], precision: float) -> Candidate:
