@@ -105,6 +105,13 @@ class _Target:
     def __init__(self, spec: SearchSpec, input_shape: tuple[int, ...], cache: MeasurementCache,
                  fingerprint: dict[str, Any]) -> None:
         self.spec, self.shape, self.cache, self.fingerprint = spec, input_shape, cache, fingerprint
+        self.model_id = ""  # set once the weights are hashed; keys end-to-end measurements
+
+    def key(self, *parts: Any) -> str:
+        """Cache key of an end-to-end measurement: device, runtime settings, protocol, model, plan."""
+        t, p = self.spec.target, self.spec.protocol
+        return cache_key("e2e", self.fingerprint["id"], t.runtime, t.threads, vars(p), self.spec.budget.percentile,
+                         self.model_id, *parts)
 
     def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None) -> OnnxRuntimeBackend:
         return OnnxRuntimeBackend(path, shape or self.shape, runtime=self.spec.target.runtime,
@@ -143,10 +150,16 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         full = {g.name: g.channels for g in groups}
 
         # baseline, end to end
+        model_id = model_identity(model, spec.arch, shape)
+        target.model_id = model_id
         progress(0.02, "measuring the baseline")
         base_backend = target.backend(baseline_onnx)
-        base_stats = measure(base_backend, spec.protocol, should_stop=lambda: check_cancel(cancel))
-        baseline = Measurement(latency_ms=base_stats.percentile(q), speedup=1.0,
+        base_key = target.key("baseline")
+        base_ms = cache.get(base_key)
+        if base_ms is None:
+            base_ms = measure(base_backend, spec.protocol, should_stop=lambda: check_cancel(cancel)).percentile(q)
+            cache.put(base_key, "e2e", base_ms)
+        baseline = Measurement(latency_ms=base_ms, speedup=1.0,
                                size_bytes=file_bytes(baseline_onnx), params=count_params(model),
                                macs=count_macs(model, example))
         ceilings = _ceilings(spec.budget, baseline)
@@ -164,7 +177,6 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         # quality loss of each group at each width
         widths = {g.name: group_widths(g, RATIO_GRID, round_to=spec.round_to, min_channels=spec.min_channels)
                   for g in groups}
-        model_id = model_identity(model, spec.arch, shape)
         scores = sensitivity(ctx, groups, widths, calib, cache=cache, model_id=model_id,
                              on_progress=lambda d, t: progress(0.35 + 0.3 * d / max(t, 1), f"sensitivity {d}/{t}"))
 
@@ -392,9 +404,15 @@ def _steps(model: LayerLatencyModel, members: GroupLayers, groups: list[GroupInf
     return out
 
 
-def _measure_candidate(model: nn.Module, example: torch.Tensor, spec: SearchSpec, target: _Target,
-                       base_backend: OnnxRuntimeBackend, baseline: Measurement,
+def _measure_candidate(model: nn.Module, example: torch.Tensor, plan: dict[str, int], spec: SearchSpec,
+                       target: _Target, base_backend: OnnxRuntimeBackend, baseline: Measurement,
                        cancel: CancelCheck | None) -> dict[str, float]:
+    """Export and measure interleaved with the baseline; the same plan on the same model and
+    target is the same measurement, so it is cached (and marked cached in the report)."""
+    key = target.key("plan", sorted(plan.items()))
+    cached = target.cache.get(key)
+    if cached is not None:
+        return dict(cached, cached=1.0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "candidate.onnx"
         export_onnx(model, example, path)
@@ -402,10 +420,12 @@ def _measure_candidate(model: nn.Module, example: torch.Tensor, spec: SearchSpec
         base, cand = measure_interleaved([base_backend, backend], spec.protocol,
                                          should_stop=lambda: check_cancel(cancel))
         q = spec.budget.percentile
-        return {"latency_ms": cand.percentile(q), "speedup": base.percentile(q) / cand.percentile(q),
-                "baseline_latency_ms": base.percentile(q), "stable": float(base.stable and cand.stable),
-                "size_bytes": float(file_bytes(path)), "params": float(count_params(model)),
-                "macs": float(count_macs(model, example))}
+        measured = {"latency_ms": cand.percentile(q), "speedup": base.percentile(q) / cand.percentile(q),
+                    "baseline_latency_ms": base.percentile(q), "stable": float(base.stable and cand.stable),
+                    "size_bytes": float(file_bytes(path)), "params": float(count_params(model)),
+                    "macs": float(count_macs(model, example))}
+    target.cache.put(key, "e2e", measured)
+    return dict(measured, cached=0.0)
 
 
 def _verify(model, example, plan, groups, predicted, spec, target, base_backend, baseline, calib, reference,
@@ -415,7 +435,7 @@ def _verify(model, example, plan, groups, predicted, spec, target, base_backend,
     ratios = {n: 1 - w / full[n] for n, w in plan.items() if w < full[n]}
     pruned = prune(model, example, PruneSpec(group_ratios=ratios, importance=spec.importance,
                                              round_to=spec.round_to, min_channels=spec.min_channels)).model
-    measured = _measure_candidate(pruned, example, spec, target, base_backend, baseline, cancel)
+    measured = _measure_candidate(pruned, example, plan, spec, target, base_backend, baseline, cancel)
     final = _measurement(measured)
     with recalibrated(pruned, calib.recalibration if calib.real else None):
         quality = measure_quality(pruned, calib, reference).to_dict()

@@ -5,8 +5,12 @@ and return each run's wall time in milliseconds. Everything else lives here:
 warm-up by count and by time, measurement in windows until the medians of the last
 three windows agree within a tolerance (or a time cap, then stable=False), at least
 `min_samples` samples, and one function that turns samples into statistics. Two
-models are compared interleaved (A B A B ...) in one process so that drift (thermal,
-frequency, a neighbour's load) hits both alike.
+models are compared interleaved in one process so that drift (thermal, frequency, a
+neighbour's load) hits both alike: window by window (A's window, B's window, A's ...),
+not run by run, because alternating single runs evicts each model's weights from the
+cache between runs, which a serving process never does (measured: the run-by-run
+ratio differed from the ratio of separate runs by 10%; see benchmarks/RESULTS.md).
+The first runs after each switch are dropped, as the cache refills.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Protocol
 
 from secateurs.engine.spec import ProtocolSpec
+
+
+SWITCH_WARMUP = 2  # runs dropped after switching models within an interleaved measurement
 
 
 class LatencyBackend(Protocol):
@@ -92,7 +99,7 @@ def measure(backend: LatencyBackend, protocol: ProtocolSpec,
 
 def measure_interleaved(backends: list[LatencyBackend], protocol: ProtocolSpec,
                         should_stop: Callable[[], None] | None = None) -> list[LatencyStats]:
-    """Measure several models in alternation (A B A B ...), one run each per turn.
+    """Measure several models in alternation, one window of runs each per turn.
 
     Stops when every model has at least min_samples and the last three window
     medians of each agree within the tolerance, or when max_seconds has passed
@@ -104,9 +111,10 @@ def measure_interleaved(backends: list[LatencyBackend], protocol: ProtocolSpec,
     start = time.perf_counter()
     while True:
         window: list[list[float]] = [[] for _ in backends]
-        for _ in range(protocol.window):
-            for i, backend in enumerate(backends):
-                window[i].extend(backend.samples(1))
+        for i, backend in enumerate(backends):
+            if len(backends) > 1:
+                backend.samples(SWITCH_WARMUP)  # refill caches after the other model ran
+            window[i].extend(backend.samples(protocol.window))
         for i in range(len(backends)):
             samples[i].extend(window[i])
             medians[i].append(statistics.median(window[i]))
