@@ -88,6 +88,9 @@ def validate_spec(spec: CompressSpec) -> None:
     p = spec.protocol
     if p.min_samples < 1 or p.window < 1 or p.max_seconds <= 0 or p.tolerance <= 0:
         raise InvalidRequest("latency protocol values must be positive", field="protocol")
+    if p.interleave not in ("window", "run"):
+        raise InvalidRequest(f"protocol.interleave must be 'window' or 'run', got {p.interleave!r}",
+                             field="protocol.interleave")
 
 
 def _prune_spec(spec: CompressSpec) -> PruneSpec:

@@ -49,6 +49,7 @@ class ProtocolSpec:
     min_samples: int = 300
     max_seconds: float = 30.0
     tolerance: float = 0.03
+    interleave: str = "window"  # "window": A's window, B's window, ...; "run": A B A B run by run
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,11 +6,11 @@ warm-up by count and by time, measurement in windows until the medians of the la
 three windows agree within a tolerance (or a time cap, then stable=False), at least
 `min_samples` samples, and one function that turns samples into statistics. Two
 models are compared interleaved in one process so that drift (thermal, frequency, a
-neighbour's load) hits both alike: window by window (A's window, B's window, A's ...),
-not run by run, because alternating single runs evicts each model's weights from the
-cache between runs, which a serving process never does (measured: the run-by-run
-ratio differed from the ratio of separate runs by 10%; see benchmarks/RESULTS.md).
-The first runs after each switch are dropped, as the cache refills.
+neighbour's load) hits both alike. By default window by window (A's window, B's
+window, A's ...), dropping the first runs after each switch while caches refill, so
+each model runs warm as it would in a serving process; `interleave="run"` alternates
+single runs (A B A B ...). benchmarks/latency_protocol.py compares both with separate
+runs on the same machine in the same run.
 """
 
 from __future__ import annotations
@@ -111,10 +111,15 @@ def measure_interleaved(backends: list[LatencyBackend], protocol: ProtocolSpec,
     start = time.perf_counter()
     while True:
         window: list[list[float]] = [[] for _ in backends]
-        for i, backend in enumerate(backends):
-            if len(backends) > 1:
-                backend.samples(SWITCH_WARMUP)  # refill caches after the other model ran
-            window[i].extend(backend.samples(protocol.window))
+        if protocol.interleave == "run":
+            for _ in range(protocol.window):
+                for i, backend in enumerate(backends):
+                    window[i].extend(backend.samples(1))
+        else:
+            for i, backend in enumerate(backends):
+                if len(backends) > 1:
+                    backend.samples(SWITCH_WARMUP)  # refill caches after the other model ran
+                window[i].extend(backend.samples(protocol.window))
         for i in range(len(backends)):
             samples[i].extend(window[i])
             medians[i].append(statistics.median(window[i]))
