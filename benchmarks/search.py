@@ -46,10 +46,14 @@ def _prepare(arch: str, shape: tuple[int, ...], tmp: Path):
     return model, x, path, calib
 
 
-def precision() -> None:
+def precision(only: str, batch: int | None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch, shape in MODELS:
+            if only and arch.split(":")[1] not in only.split(","):
+                continue
+            if batch is not None:
+                shape = (batch,) + shape[1:]
             model, x, path, calib = _prepare(arch, shape, Path(tmp))
             for speedup in (1.5, 2.0, 3.0):
                 start = time.perf_counter()
@@ -58,12 +62,12 @@ def precision() -> None:
                            fingerprint=FP)
                 seconds = time.perf_counter() - start
                 within = r.budget_met and r.final.speedup <= speedup / 0.9
-                rows.append(f"| {arch} | {speedup}x | {r.final.speedup:.2f}x | {'yes' if r.budget_met else 'NO'} | "
+                rows.append(f"| {arch} | {shape[0]} | {speedup}x | {r.final.speedup:.2f}x | {'yes' if r.budget_met else 'NO'} | "
                             f"{'yes' if within else 'no'} | {len([c for c in r.trace if c.stage != 'uniform'])} | "
                             f"{100 * (r.latency_model['mean_abs_error'] or 0):.1f}% | {seconds:.0f} s | {r.reason} |")
                 print(rows[-1], flush=True)
-    print("\n| model | budget | measured speedup | met | within 10% | rounds | latency model error | time | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | batch | budget | measured speedup | met | within 10% | rounds | latency model error | time | note |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     hits = sum("| yes | yes |" in r for r in rows)
     print(f"\nmet and within 10%: {hits} of {len(rows)}")
@@ -182,14 +186,16 @@ def main() -> int:
     parser.add_argument("part", choices=["precision", "cost", "quality"])
     parser.add_argument("--speedup", type=float, default=2.0)
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--batch", type=int, default=32, help="batch of the measured input (quality part)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch of the measured input (precision: default each model's 1; quality: 32)")
+    parser.add_argument("--only", default="", help="precision: comma-separated model names")
     args = parser.parse_args()
     if args.part == "precision":
-        precision()
+        precision(args.only, args.batch)
     elif args.part == "cost":
         cost()
     else:
-        quality(args.speedup, args.epochs, args.batch)
+        quality(args.speedup, args.epochs, args.batch or 32)
     return 0
 
 
