@@ -6,6 +6,7 @@ cancel), "ignore-cancel" (sleeps without checking), "fail", "crash".
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -40,7 +41,15 @@ def fake_compress(spec, on_event, cancel) -> CompressResult:  # type: ignore[no-
     report = {"ratio": spec.ratio, "input_shape": list(spec.input_shape),  # what reached the worker
               "budget": spec.budget.to_dict() if spec.budget is not None else None,
               "percentile": spec.target.percentile,
-              "cache_dir": str(spec.cache_dir) if spec.cache_dir is not None else None}
+              "cache_dir": str(spec.cache_dir) if spec.cache_dir is not None else None,
+              "recovery": _plain(spec.recovery), "data": _plain(spec.data), "train_data": _plain(spec.train_data)}
     (out / "report.json").write_text(json.dumps(report))
     (out / "model.onnx").write_bytes(b"onnx" * 1000)
     return CompressResult(report=report, artifacts={"report": out / "report.json", "onnx": out / "model.onnx"})
+
+
+def _plain(value: object) -> object:
+    """A spec dataclass as JSON values (paths as strings), None for None."""
+    if value is None:
+        return None
+    return json.loads(json.dumps(dataclasses.asdict(value), default=str))  # type: ignore[call-overload]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -51,6 +52,12 @@ def _clear(field: str, **changes: Any) -> Callable[[Client], Any]:
 def _budget(**changes: Any) -> Callable[[Client], Any]:
     """A budget request: the fake request without its pruning ratio, plus `changes`."""
     return _clear("pruning__ratio", **changes)
+
+
+def _no_data_root(call: Callable[[Client], Any]) -> Callable[[Client], Any]:
+    """The same call, sent to a server started without --data-root."""
+    call.server = "rootless_server"  # type: ignore[attr-defined]
+    return call
 
 
 def _upload(messages: Callable[[], Iterator[pb.UploadBlobRequest]], token: str | None = TOKEN):
@@ -114,8 +121,40 @@ CASES: list[tuple[str, Callable[[Client], Any], Code, str | None]] = [
     ("odd percentile", _create(target__percentile=42.0), Code.INVALID_ARGUMENT, "target.percentile"),
     ("remote probe", _create(target__probe_address="10.0.0.1:7000"), Code.INVALID_ARGUMENT,
      "target.probe_address"),
-    ("recovery not yet supported", _create(recovery__epochs=3), Code.INVALID_ARGUMENT, "recovery.epochs"),
-    ("data not yet supported", _create(data__train_uri="s3://b/train"), Code.INVALID_ARGUMENT, "data.train_uri"),
+    ("recovery with 0 epochs", _create(recovery__epochs=0), Code.INVALID_ARGUMENT, "recovery.epochs"),
+    ("recovery without epochs", _create(recovery__lr=0.01), Code.INVALID_ARGUMENT, "recovery.epochs"),
+    ("negative lr", _create(recovery__epochs=2, recovery__lr=-0.1), Code.INVALID_ARGUMENT, "recovery.lr"),
+    ("zero lr", _create(recovery__epochs=2, recovery__lr=0.0), Code.INVALID_ARGUMENT, "recovery.lr"),
+    ("negative distillation weight", _create(recovery__epochs=2, recovery__distill_kl_weight=-1.0),
+     Code.INVALID_ARGUMENT, "recovery.distill_kl_weight"),
+    ("feature weight not a number", _create(recovery__epochs=2, recovery__distill_feature_weight=float("nan")),
+     Code.INVALID_ARGUMENT, "recovery.distill_feature_weight"),
+    ("progressive steps beyond epochs", _create(recovery__epochs=2, recovery__progressive_steps=3),
+     Code.INVALID_ARGUMENT, "recovery.progressive_steps"),
+    ("unknown optimizer", _create(recovery__epochs=2, recovery__optimizer="lion"), Code.INVALID_ARGUMENT,
+     "recovery.optimizer"),
+    ("unknown data preset", _create(data__preset="cifar100"), Code.INVALID_ARGUMENT, "data.preset"),
+    ("preset without data", _create(data__preset="cifar10"), Code.INVALID_ARGUMENT, "data.preset"),
+    ("val uri without a data root", _no_data_root(_create(data__val_uri="cifar10")), Code.INVALID_ARGUMENT,
+     "data.val_uri"),
+    ("train uri without a data root", _no_data_root(_create(recovery__epochs=1, data__train_uri="/srv/cifar10")),
+     Code.INVALID_ARGUMENT, "data.train_uri"),
+    ("uri escaping the root by ..", _create(recovery__epochs=1, data__train_uri="../outside"),
+     Code.INVALID_ARGUMENT, "data.train_uri"),
+    ("uri escaping the root by a symlink", _create(data__val_uri="escape"), Code.INVALID_ARGUMENT, "data.val_uri"),
+    ("absolute uri outside the root", _create(data__val_uri="file:///etc"), Code.INVALID_ARGUMENT, "data.val_uri"),
+    ("remote uri", _create(data__val_uri="s3://bucket/val"), Code.INVALID_ARGUMENT, "data.val_uri"),
+    ("uri not in the root", _create(data__val_uri="imagenet"), Code.INVALID_ARGUMENT, "data.val_uri"),
+    ("blob id and uri both", _create(data__val_uri="cifar10", data__val_blob_id="ab" * 32), Code.INVALID_ARGUMENT,
+     "data.val_uri"),
+    ("train data without recovery", _create(data__train_uri="cifar10"), Code.INVALID_ARGUMENT, "data.train_uri"),
+    ("unknown val split", _create(data__val_uri="cifar10", data__val_split="dev"), Code.INVALID_ARGUMENT,
+     "data.val_split"),
+    ("val data not uploaded", _create(data__val_blob_id="ab" * 32), Code.INVALID_ARGUMENT, "data.val_blob_id"),
+    ("train data not uploaded", _create(recovery__epochs=1, data__train_blob_id="cd" * 32), Code.INVALID_ARGUMENT,
+     "data.train_blob_id"),
+    ("data blob id not a digest", _create(data__val_blob_id="cifar10.zip"), Code.INVALID_ARGUMENT,
+     "data.val_blob_id"),
     ("ratio out of range", _create(pruning__ratio=1.5), Code.INVALID_ARGUMENT, "pruning.ratio"),
     ("no ratio", _clear("pruning__ratio"), Code.INVALID_ARGUMENT, "pruning.ratio"),
     ("ratio and group ratios", _create(pruning__group_ratios={"layer1.0.conv1": 0.5}), Code.INVALID_ARGUMENT,
@@ -142,21 +181,39 @@ CASES: list[tuple[str, Callable[[Client], Any], Code, str | None]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def _strict(tmp_path_factory: pytest.TempPathFactory, data_root: Path | None) -> Server:
     from secateurs.api.server import ServerConfig
 
     server = Server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path_factory.mktemp("data"), token=TOKEN,
-                                 max_upload_bytes=LIMIT, runner=FAKE_RUNNER))
+                                 max_upload_bytes=LIMIT, runner=FAKE_RUNNER, data_root=data_root))
     server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """With a data root holding cifar10/, and a symlink `escape` to a directory outside it."""
+    base = tmp_path_factory.mktemp("uris")
+    (base / "root" / "cifar10").mkdir(parents=True)
+    (base / "outside").mkdir()
+    (base / "root" / "escape").symlink_to(base / "outside")
+    server = _strict(tmp_path_factory, base / "root")
+    yield server
+    server.stop(grace=2)
+
+
+@pytest.fixture(scope="module")
+def rootless_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = _strict(tmp_path_factory, None)
     yield server
     server.stop(grace=2)
 
 
 @pytest.mark.parametrize(("name", "call", "code", "field"), CASES, ids=[c[0] for c in CASES])
-def test_bad_request(strict_server: Server, name: str, call: Callable[[Client], Any], code: Code,
+def test_bad_request(request: pytest.FixtureRequest, name: str, call: Callable[[Client], Any], code: Code,
                      field: str | None) -> None:
-    with Client(strict_server.address, token=TOKEN, timeout=10) as client:
+    server: Server = request.getfixturevalue(getattr(call, "server", "strict_server"))
+    with Client(server.address, token=TOKEN, timeout=10) as client:
         with pytest.raises(grpc.RpcError) as err:
             call(client)
     assert err.value.code() == code, err.value.details()

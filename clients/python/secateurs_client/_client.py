@@ -40,13 +40,22 @@ def build_request(
     threads: int = 0, percentile: float = 0.0, protocol: Mapping[str, float] | None = None,
     request_id: str = "", latency_ms: float | None = None, speedup: float | None = None,
     size_bytes: int | None = None, params: int | None = None, macs: int | None = None,
-    max_accuracy_drop: float | None = None,
+    max_accuracy_drop: float | None = None, epochs: int | None = None, lr: float | None = None,
+    kd_weight: float | None = None, feature_weight: float = 0.0, attention_weight: float = 0.0,
+    progressive_steps: int = 0, optimizer: str = "", batch_size: int = 0, train_blob_id: str = "",
+    val_blob_id: str = "", train_uri: str = "", val_uri: str = "", data_preset: str = "", val_split: str = "",
 ) -> pb.CreateJobRequest:
     """A CreateJobRequest from plain values (the message can also be built directly).
 
     Give `ratio`, `group_ratios` or a budget (any of latency_ms, speedup, size_bytes,
     params, macs; max_accuracy_drop only with one of them). `percentile` (50, 90, 95,
     99) is where latency is read, budgets included.
+
+    Recovery (fine-tuning with distillation after pruning) is asked for by `epochs`;
+    lr, kd_weight, feature_weight, attention_weight, progressive_steps, optimizer and
+    batch_size tune it (unset: the server's defaults). Data: an ImageFolder .zip
+    uploaded as a blob (train_blob_id, val_blob_id) or a path under the server's
+    --data-root (train_uri, val_uri); data_preset "cifar10" or "imagenet".
     """
     req = pb.CreateJobRequest(
         request_id=request_id, input_shape=list(input_shape), exports=list(exports), labels=dict(labels or {}),
@@ -67,6 +76,21 @@ def build_request(
         if name in ("size_bytes", "params", "macs") and value < 0:  # unsigned on the wire
             raise ValueError(f"budget.{name} must be a positive number, got {value}")
         setattr(req.budget, name, value)  # optional fields: set means "limit this", even to 0
+    tuning = (feature_weight, attention_weight, progressive_steps, optimizer, batch_size)
+    if epochs is not None or lr is not None or kd_weight is not None or any(tuning):
+        # a set recovery message turns recovery on; the server names recovery.epochs when it is missing
+        req.recovery.epochs = epochs or 0
+        req.recovery.distill_feature_weight, req.recovery.distill_attention_weight = feature_weight, attention_weight
+        req.recovery.progressive_steps, req.recovery.optimizer = progressive_steps, optimizer
+        req.recovery.batch_size = batch_size
+        if lr is not None:
+            req.recovery.lr = lr
+        if kd_weight is not None:
+            req.recovery.distill_kl_weight = kd_weight
+    req.data.CopyFrom(pb.DataSource(train_blob_id=train_blob_id, val_blob_id=val_blob_id, train_uri=train_uri,
+                                    val_uri=val_uri, preset=data_preset, val_split=val_split))
+    if not req.data.ListFields():
+        req.ClearField("data")
     return req
 
 

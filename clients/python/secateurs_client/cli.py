@@ -42,11 +42,8 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def cmd_compress(client: Client, args: argparse.Namespace) -> int:
-    weights = ""
-    if args.weights:
-        blob = client.upload_blob(args.weights)
-        weights = blob.id
-        print(f"uploaded {args.weights} ({blob.size_bytes} bytes, sha256 {blob.id[:12]}...)", file=sys.stderr)
+    uploaded: dict[Path, str] = {}  # one zip for train and val is sent once
+    weights, train, val = (_upload(client, path, uploaded) for path in (args.weights, args.train_data, args.val_data))
     req = build_request(
         arch=args.arch, input_shape=_shape(args.input_shape), weights_blob_id=weights, ratio=args.ratio,
         group_ratios=dict(_pair(p, float) for p in args.group_ratio), importance=args.importance,
@@ -54,7 +51,11 @@ def cmd_compress(client: Client, args: argparse.Namespace) -> int:
         runtime=args.runtime, threads=args.threads, percentile=args.percentile or 0.0,
         request_id=args.request_id or "", latency_ms=args.latency_ms, speedup=args.speedup,
         size_bytes=None if args.size_mb is None else round(args.size_mb * 1e6), params=args.params,
-        macs=args.macs, max_accuracy_drop=args.max_accuracy_drop,
+        macs=args.macs, max_accuracy_drop=args.max_accuracy_drop, epochs=args.epochs, lr=args.lr,
+        kd_weight=args.kd_weight, feature_weight=args.feature_weight, attention_weight=args.attention_weight,
+        progressive_steps=args.progressive_steps, optimizer=args.optimizer, batch_size=args.batch_size,
+        train_blob_id=train, val_blob_id=val, train_uri=args.train_uri, val_uri=args.val_uri,
+        data_preset=args.data_preset, val_split=args.val_split,
     )
     job = client.create_job(req)
     print(f"job {job.id} queued", file=sys.stderr)
@@ -63,6 +64,17 @@ def cmd_compress(client: Client, args: argparse.Namespace) -> int:
         return 0
     job = client.wait(job.id, on_event=Progress(sys.stderr))
     return _finish(client, job, args.out)
+
+
+def _upload(client: Client, path: Path | None, uploaded: dict[Path, str]) -> str:
+    """Upload a file as a blob (once per path) and return its id ("" for no file)."""
+    if path is None:
+        return ""
+    if path.resolve() not in uploaded:
+        blob = client.upload_blob(path)
+        print(f"uploaded {path} ({blob.size_bytes} bytes, sha256 {blob.id[:12]}...)", file=sys.stderr)
+        uploaded[path.resolve()] = blob.id
+    return uploaded[path.resolve()]
 
 
 def _finish(client: Client, job: pb.Job, out: Path | None) -> int:
@@ -114,7 +126,28 @@ def summary(report: Mapping[str, Any]) -> list[str]:
         if search.get("budget_met") and not report.get("budget_met"):
             reason = " (the search's own measurements met it; the final benchmark did not)"
         lines.append(f"  budget       {_limits(budget)}: {verdict}{reason}")
+    lines.extend(_recovery_lines(report))
     return lines
+
+
+def _recovery_lines(report: Mapping[str, Any]) -> list[str]:
+    """Accuracy after recovery with labelled val data, else fidelity to the original model."""
+    rec = report.get("recovery")
+    if not rec:
+        return []
+    quality = report.get("quality") or {}
+    before, after = quality.get("before") or {}, quality.get("after") or {}
+    epochs = len(rec.get("history") or [])
+    how = "label-free distillation" if rec.get("label_free") else "recovery"
+    if after.get("accuracy") is not None:
+        was = f"{before['accuracy']:.2%} -> " if before.get("accuracy") is not None else ""
+        line = f"  accuracy     {was}{after['accuracy']:.2%} after {epochs} epoch(s) of {how}"
+    elif after.get("agreement") is not None:
+        line = f"  fidelity     top-1 agreement {after['agreement']:.2%} after {epochs} epoch(s) of {how}"
+    else:
+        line = f"  recovery     {epochs} epoch(s) of {how}"
+    # the note matters when accuracy could not be measured; otherwise it says what the line says
+    return [line] + ([f"  note         {rec['note']}"] if rec.get("label_free") and rec.get("note") else [])
 
 
 def _limits(budget: Mapping[str, Any]) -> str:
@@ -235,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, seconds")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compress", help="upload weights, run a job, download its artifacts")
+    c = sub.add_parser("compress", help="upload weights and data, run a job, download its artifacts")
     c.add_argument("--arch", required=True, help="e.g. zoo:resnet20, torchvision:resnet18")
     c.add_argument("--weights", type=Path, help=".safetensors or state-dict file")
     c.add_argument("--input-shape", required=True, help="e.g. 1x3x32x32")
@@ -250,6 +283,25 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--macs", type=_count, help="multiply-accumulates per input (e.g. 2e7)")
     b.add_argument("--max-accuracy-drop", type=float,
                    help="with another limit: accuracy lost, 0.01 = one point (fidelity without labelled data)")
+    r = c.add_argument_group("recovery", "fine-tuning with the unpruned model as teacher, after pruning; "
+                                         "on when --epochs is given")
+    r.add_argument("--epochs", type=int, help="epochs of recovery (required for recovery)")
+    r.add_argument("--lr", type=float, help="peak learning rate (default: SGD 0.01, AdamW 1e-3)")
+    r.add_argument("--optimizer", default="", help="sgd (Nesterov, default) or adamw")
+    r.add_argument("--batch-size", type=int, default=0, help="default 128")
+    r.add_argument("--kd-weight", type=float, help="output distillation (KL at T=4; default 1, 0: off)")
+    r.add_argument("--feature-weight", type=float, default=0.0, help="feature-map distillation (default off)")
+    r.add_argument("--attention-weight", type=float, default=0.0, help="attention transfer (default off)")
+    r.add_argument("--progressive-steps", type=int, default=0, help="reach the plan in k prune+recover steps")
+    dg = c.add_argument_group("data", "ImageFolder trees (<split>/<class>/<image>): a .zip uploaded first, or a "
+                                      "path under the server's --data-root")
+    dg.add_argument("--train-data", type=Path, metavar="FILE.zip", help="what recovery trains on (split train)")
+    dg.add_argument("--val-data", type=Path, metavar="FILE.zip",
+                    help="calibration and accuracy (split --val-split); without it: fidelity on generated inputs")
+    dg.add_argument("--train-uri", default="", help="server-side path instead of --train-data")
+    dg.add_argument("--val-uri", default="", help="server-side path instead of --val-data")
+    dg.add_argument("--val-split", default="", help="split folder of the val data (default test)")
+    dg.add_argument("--data-preset", default="", help="normalisation and augmentation: cifar10 or imagenet")
     c.add_argument("--percentile", type=float, help="where latency is read: 50 (default), 90, 95, 99")
     c.add_argument("--importance", default="", help="l1 (default), l2, bn_scale, taylor")
     c.add_argument("--round-to", type=int, default=0)

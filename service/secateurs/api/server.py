@@ -51,6 +51,7 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set: clients must present a certificate it signed
     trust_pickle: bool = False
+    data_root: Path | None = None  # data.*_uri must lie inside it; None: server-side paths are refused
     grace_seconds: float = 10.0
     rpc_threads: int = 64
     runner: str = DEFAULT_RUNNER  # "module:function" run in each worker (tests name a fake)
@@ -62,6 +63,7 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         data = config.data_dir
+        data_root = _data_root(config.data_root)  # before the lock: a bad option leaves nothing behind
         self._lock = _lock_data_dir(data)
         self.store = JobStore(data / "jobs.db")
         self.blobs = BlobStore(data / "blobs", self.store)
@@ -80,7 +82,8 @@ class Server:
         # Absolute, because the path is stored in each job's spec and read by its worker.
         cache_dir = data.resolve() / "cache"
         pb_grpc.add_CompressionServiceServicer_to_server(
-            CompressionServicer(self.jobs, trust_pickle=config.trust_pickle, cache_dir=cache_dir), self._grpc)
+            CompressionServicer(self.jobs, trust_pickle=config.trust_pickle, cache_dir=cache_dir,
+                                data_root=data_root), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -148,6 +151,16 @@ class Server:
                                            root_certificates=ca, require_client_auth=ca is not None)
 
 
+def _data_root(root: Path | None) -> Path | None:
+    """The data root with symlinks resolved, so uris are compared with the real directory."""
+    if root is None:
+        return None
+    resolved = root.resolve()
+    if not resolved.is_dir():
+        raise ValueError(f"--data-root {root} is not a directory")
+    return resolved
+
+
 def _lock_data_dir(data: Path) -> IO[bytes]:
     """One server per data dir: two writers would each think they own the RUNNING jobs.
     The kernel drops the lock when the process dies, even by kill -9."""
@@ -179,6 +192,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle; enables mutual TLS")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="accept pickled whole models (runs code from the file: trusted clients only)")
+    parser.add_argument("--data-root", type=Path, default=d.data_root,
+                        help="directory whose datasets jobs may name by path (data.train_uri, data.val_uri); "
+                             "default: none, such paths are refused")
     parser.add_argument("--grace", type=float, default=d.grace_seconds,
                         help="seconds to drain on SIGTERM before exiting (default %(default)s)")
     parser.add_argument("--runner", default=d.runner, help=argparse.SUPPRESS)
@@ -191,7 +207,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         listen=args.listen, data_dir=args.data_dir, workers=args.workers,
         max_upload_bytes=args.max_upload_bytes, max_queued_jobs=args.max_queued_jobs, token=args.token or None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-        trust_pickle=args.trust_pickle, grace_seconds=args.grace, runner=args.runner,
+        trust_pickle=args.trust_pickle, data_root=args.data_root, grace_seconds=args.grace, runner=args.runner,
     )
 
 

@@ -22,12 +22,14 @@ MAX_PAGE = 200
 
 class CompressionServicer(pb_grpc.CompressionServiceServicer):
     def __init__(self, jobs: JobService, *, trust_pickle: bool = False, cancel_wait: float = 4.0,
-                 cache_dir: Path | None = None) -> None:
-        """cache_dir: measurements shared by every job of this server (see ServerConfig.data_dir)."""
+                 cache_dir: Path | None = None, data_root: Path | None = None) -> None:
+        """cache_dir: measurements shared by every job of this server (see ServerConfig.data_dir).
+        data_root: the resolved directory data.*_uri paths must lie in (None: uris are refused)."""
         self._jobs = jobs
         self._trust_pickle = trust_pickle
         self._cancel_wait = cancel_wait
         self._cache_dir = cache_dir
+        self._data_root = data_root
 
     def UploadBlob(self, request_iterator: Iterator[pb.UploadBlobRequest], context: grpc.ServicerContext) -> pb.Blob:
         first = next(request_iterator, None)
@@ -46,7 +48,7 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
 
     def CreateJob(self, request: pb.CreateJobRequest, context: grpc.ServicerContext) -> pb.Job:
         spec = spec_from_request(request, self._jobs.blobs, trust_pickle=self._trust_pickle,
-                                 cache_dir=self._cache_dir)
+                                 cache_dir=self._cache_dir, data_root=self._data_root)
         same = pb.CreateJobRequest()
         same.CopyFrom(request)
         same.ClearField("request_id")

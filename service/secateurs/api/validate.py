@@ -3,8 +3,10 @@
 Each refusal is an InvalidRequest naming the request field (proto path), so the
 client sees INVALID_ARGUMENT with a BadRequest field violation. A job asks for
 exactly one of pruning.ratio, pruning.group_ratios or a budget (the search picks
-the ratios). Parts of the API that exist for later (recovery, data, other
-runtimes, remote probes) are refused here by name until the engine supports them.
+the ratios). recovery maps onto the engine's RecoverySpec and data onto DataSpecs
+(api/data_sources.py), both checked with the engine's own validators. Parts of the
+API that exist for later (other runtimes, remote probes) are refused here by name
+until the engine supports them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any, Iterator
 
 from google.protobuf import json_format
 
+from secateurs.api.data_sources import data_specs
 from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
 from secateurs.engine.pipeline import validate_spec
+from secateurs.engine.recover import RecoverySpec, validate_recovery_spec
 from secateurs.engine.spec import EXPORTS, IMPORTANCES, RUNTIMES, CompressSpec, ModelSpec, ProtocolSpec, TargetSpec
 from secateurs.engine.zoo import ZOO
 from secateurs.errors import InvalidRequest
@@ -30,15 +34,18 @@ LATER_RUNTIMES = ("onnxruntime-cuda", "tensorrt")
 MAX_INPUT_ELEMENTS = 1 << 26
 _LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9_.\-/]{0,61}[a-z0-9])?$")
 _PLACEHOLDER_OUT = Path("/nonexistent")  # the scheduler sets the real one at start
+_JOB_SEED = 0  # the request has no seed; data subsets and recovery use the job's
 
 
 def spec_from_request(
     req: pb.CreateJobRequest, blobs: BlobStore, *, trust_pickle: bool, cache_dir: Path | None = None,
+    data_root: Path | None = None,
 ) -> CompressSpec:
     """Validate a request and build the job it asks for (raises InvalidRequest).
 
     cache_dir: where the server keeps latency and sensitivity measurements, shared
-    by every job it runs (None: each job measures afresh).
+    by every job it runs (None: each job measures afresh). data_root: the resolved
+    directory data.*_uri paths must lie in (None: every uri is refused).
     """
     _check_request_id(req.request_id)
     _check_labels(dict(req.labels))
@@ -48,6 +55,9 @@ def spec_from_request(
     target = _target(req.target, shape)
     budget = _budget(req.budget, percentile=target.percentile)
     ratio, group_ratios = _ratios(req.pruning, budget=budget)
+    recovery = _recovery(req.recovery) if req.HasField("recovery") else None
+    data, train_data = data_specs(req.data, blobs, data_root=data_root, recovery=recovery is not None,
+                                  seed=_JOB_SEED)
     importance = req.pruning.importance or "l1"
     if importance not in IMPORTANCES:
         raise _bad("pruning.importance", f"unknown importance {importance!r} (one of {', '.join(IMPORTANCES)})")
@@ -63,7 +73,7 @@ def spec_from_request(
         model=model, input_shape=shape, out_dir=_PLACEHOLDER_OUT, ratio=ratio, group_ratios=group_ratios,
         budget=budget, importance=importance, round_to=round_to, min_channels=min_channels,
         target=target, protocol=_protocol(req.target.protocol), exports=exports,
-        cache_dir=cache_dir,
+        cache_dir=cache_dir, data=data, train_data=train_data, recovery=recovery, seed=_JOB_SEED,
     )
     with _engine_fields():  # the engine's own checks, so a job never fails for what a request could show
         validate_spec(spec)
@@ -74,7 +84,11 @@ _ENGINE_TO_WIRE = {"protocol": "target.protocol", "model.kwargs": "model.arch_kw
                    "model.weights": "model.weights_blob_id", "ratio": "pruning.ratio",
                    "importance": "pruning.importance", "round_to": "pruning.round_to",
                    "min_channels": "pruning.min_channels", "group_ratios": "pruning.group_ratios",
-                   "budget.percentile": "target.percentile"}  # the request has one percentile, on the target
+                   "budget.percentile": "target.percentile",  # the request has one percentile, on the target
+                   "recovery.kd_weight": "recovery.distill_kl_weight",
+                   "recovery.feature_weight": "recovery.distill_feature_weight",
+                   "recovery.attention_weight": "recovery.distill_attention_weight",
+                   "data.transform": "data.preset"}
 
 
 def wire_field(field: str | None) -> str | None:
@@ -93,7 +107,11 @@ def _engine_fields() -> Iterator[None]:
         yield
     except InvalidRequest as exc:
         field = wire_field(exc.field)
-        message = str(exc) if not field or str(exc).startswith(field) else f"{field}: {exc}"
+        message = str(exc)
+        engine_leaf, wire_leaf = (exc.field or "").rpartition(".")[2], (field or "").rpartition(".")[2]
+        if engine_leaf != wire_leaf and message.startswith(engine_leaf + " "):
+            message = wire_leaf + message[len(engine_leaf):]  # "kd_weight must be..." under distill_kl_weight
+        message = message if not field or message.startswith(field) else f"{field}: {message}"
         raise InvalidRequest(message, field=field) from None
 
 
@@ -128,12 +146,26 @@ def _input_shape(shape: list[int]) -> tuple[int, ...]:
 
 def _refuse_later(req: pb.CreateJobRequest) -> None:
     """Fields the API has but the engine does not use yet."""
-    for fd, value in req.recovery.ListFields():
-        raise _bad(f"recovery.{fd.name}", "recovery (fine-tuning, distillation) is not supported yet")
-    for fd, value in req.data.ListFields():
-        raise _bad(f"data.{fd.name}", "data sources are not supported yet; jobs use generated inputs")
     if req.target.probe_address:
         raise _bad("target.probe_address", "remote latency probes are not supported yet")
+
+
+def _recovery(r: pb.Recovery) -> RecoverySpec:
+    """The recipe a request's recovery asks for; fields it leaves unset keep the engine's defaults.
+
+    Setting the message turns recovery on, so epochs is required (0 is refused).
+    """
+    base = RecoverySpec()
+    spec = RecoverySpec(
+        epochs=r.epochs, optimizer=r.optimizer or base.optimizer, lr=r.lr if r.HasField("lr") else None,
+        batch_size=r.batch_size or base.batch_size, seed=_JOB_SEED,
+        kd_weight=r.distill_kl_weight if r.HasField("distill_kl_weight") else base.kd_weight,
+        feature_weight=r.distill_feature_weight, attention_weight=r.distill_attention_weight,
+        progressive_steps=r.progressive_steps or base.progressive_steps,
+    )
+    with _engine_fields():
+        validate_recovery_spec(spec)
+    return spec
 
 
 def _model(model: pb.ModelSource, blobs: BlobStore, *, trust_pickle: bool) -> ModelSpec:

@@ -1,7 +1,8 @@
 """A CompressSpec as JSON, so a queued job survives a restart and crosses to a worker.
 
 The output directory is not part of the stored form: the scheduler picks it
-when the job starts.
+when the job starts. JSON has no tuples or paths, so each nested dataclass is
+rebuilt with its tuples and paths restored (`again == spec`).
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secateurs.engine.budget import Budget
 from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec, TargetSpec
+
+if TYPE_CHECKING:
+    from secateurs.engine.data import DataSpec
+    from secateurs.engine.recover import RecoverySpec
 
 
 def spec_to_json(spec: CompressSpec) -> str:
@@ -30,8 +35,11 @@ def spec_from_json(text: str, out_dir: Path) -> CompressSpec:
         raw["budget"] = Budget(**raw["budget"])
     if raw.get("cache_dir") is not None:
         raw["cache_dir"] = Path(raw["cache_dir"])
-    if raw.get("data") is not None:  # the API refuses data sources for now
-        raise ValueError("stored job specs do not carry data sources yet")
+    for name in ("data", "train_data"):
+        if raw.get(name) is not None:
+            raw[name] = _data_spec(raw[name])
+    if raw.get("recovery") is not None:
+        raw["recovery"] = _recovery_spec(raw["recovery"])
     return CompressSpec(
         **{
             **raw,
@@ -43,6 +51,30 @@ def spec_from_json(text: str, out_dir: Path) -> CompressSpec:
         },
         out_dir=out_dir,
     )
+
+
+def _data_spec(raw: dict[str, Any]) -> DataSpec:
+    # imported here: engine.data loads torch, which a worker without data need not pay for
+    from secateurs.engine.data import DataSpec, TransformSpec
+
+    raw = dict(raw)
+    if raw.get("path") is not None:
+        raw["path"] = Path(raw["path"])
+    if raw.get("shape") is not None:
+        raw["shape"] = tuple(raw["shape"])
+    if raw.get("transform") is not None:
+        raw["transform"] = TransformSpec(**{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in raw["transform"].items()})
+    return DataSpec(**raw)
+
+
+def _recovery_spec(raw: dict[str, Any]) -> RecoverySpec:
+    from secateurs.engine.recover import RecoverySpec
+
+    raw = dict(raw)
+    if raw.get("feature_points") is not None:
+        raw["feature_points"] = tuple(raw["feature_points"])
+    return RecoverySpec(**raw)
 
 
 def _path(value: Any) -> str:

@@ -115,32 +115,40 @@ class Target(_message.Message):
     def __init__(self, runtime: _Optional[str] = ..., threads: _Optional[int] = ..., batch: _Optional[int] = ..., precision: _Optional[str] = ..., percentile: _Optional[float] = ..., probe_address: _Optional[str] = ..., protocol: _Optional[_Union[LatencyProtocol, _Mapping]] = ...) -> None: ...
 
 class DataSource(_message.Message):
-    __slots__ = ("train_blob_id", "train_uri", "val_blob_id", "val_uri")
+    __slots__ = ("train_blob_id", "train_uri", "val_blob_id", "val_uri", "preset", "val_split")
     TRAIN_BLOB_ID_FIELD_NUMBER: _ClassVar[int]
     TRAIN_URI_FIELD_NUMBER: _ClassVar[int]
     VAL_BLOB_ID_FIELD_NUMBER: _ClassVar[int]
     VAL_URI_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    VAL_SPLIT_FIELD_NUMBER: _ClassVar[int]
     train_blob_id: str
     train_uri: str
     val_blob_id: str
     val_uri: str
-    def __init__(self, train_blob_id: _Optional[str] = ..., train_uri: _Optional[str] = ..., val_blob_id: _Optional[str] = ..., val_uri: _Optional[str] = ...) -> None: ...
+    preset: str
+    val_split: str
+    def __init__(self, train_blob_id: _Optional[str] = ..., train_uri: _Optional[str] = ..., val_blob_id: _Optional[str] = ..., val_uri: _Optional[str] = ..., preset: _Optional[str] = ..., val_split: _Optional[str] = ...) -> None: ...
 
 class Recovery(_message.Message):
-    __slots__ = ("epochs", "lr", "distill_kl_weight", "distill_feature_weight", "distill_attention_weight", "progressive_steps")
+    __slots__ = ("epochs", "lr", "distill_kl_weight", "distill_feature_weight", "distill_attention_weight", "progressive_steps", "optimizer", "batch_size")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     DISTILL_KL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     DISTILL_FEATURE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     DISTILL_ATTENTION_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     PROGRESSIVE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     lr: float
     distill_kl_weight: float
     distill_feature_weight: float
     distill_attention_weight: float
     progressive_steps: int
-    def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., distill_kl_weight: _Optional[float] = ..., distill_feature_weight: _Optional[float] = ..., distill_attention_weight: _Optional[float] = ..., progressive_steps: _Optional[int] = ...) -> None: ...
+    optimizer: str
+    batch_size: int
+    def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., distill_kl_weight: _Optional[float] = ..., distill_feature_weight: _Optional[float] = ..., distill_attention_weight: _Optional[float] = ..., progressive_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Pruning(_message.Message):
     __slots__ = ("ratio", "group_ratios", "importance", "round_to", "min_channels")

@@ -1,0 +1,126 @@
+"""DataSource -> DataSpecs: uploaded zips and server-side paths, checked before a job is queued.
+
+A blob id names an uploaded .zip of an ImageFolder tree; it resolves to the blob's
+file in the blob store. A uri is a path on the server, accepted only when the
+server has a data root (`--data-root`) and the path, with `..` and symlinks
+resolved, lies inside it: a client must not make a job read arbitrary files of
+the server. Each refusal is an InvalidRequest naming the request field.
+
+What is checked here is what is cheap: the zip's trailer, the path's existence.
+The split and class folders are read when the job starts (the listing of a large
+dataset takes too long for a CreateJob call).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from secateurs.engine.data import DataSpec, TransformSpec, validate_data_spec
+from secateurs.errors import InvalidRequest
+from secateurs.jobs.blobs import BlobStore
+from secateurs_client.v1 import compression_pb2 as pb
+
+DEFAULT_VAL_SPLIT = "test"
+_FILE_SCHEME = "file://"
+
+
+def data_specs(
+    src: pb.DataSource, blobs: BlobStore, *, data_root: Path | None, recovery: bool, seed: int,
+) -> tuple[DataSpec | None, DataSpec | None]:
+    """(val, train) DataSpecs for a request's data field (None where not given).
+
+    data_root: the resolved --data-root, or None (then every *_uri is refused).
+    recovery: whether the request sets recovery; train data is only used by it.
+    """
+    val_transform, train_transform = _preset(src.preset, train=False), _preset(src.preset, train=True)
+    val_path, val_field = _location(src, "val", blobs, data_root)
+    train_path, train_field = _location(src, "train", blobs, data_root)
+    if train_path is not None and not recovery:
+        raise _bad(train_field, "training data is used by recovery only; set recovery (recovery.epochs) too")
+    if src.preset and val_path is None and train_path is None:
+        raise _bad("data.preset", "a preset applies to data; give data.val_* or data.train_* too")
+    if src.val_split and val_path is None:
+        raise _bad("data.val_split", "applies to val data; give data.val_blob_id or data.val_uri too")
+    val = train = None
+    if val_path is not None:
+        val = DataSpec(source="imagefolder", path=val_path, split=src.val_split or DEFAULT_VAL_SPLIT, seed=seed,
+                       transform=val_transform)
+        _check(val, path_field=val_field, split_field="data.val_split")
+    if train_path is not None:
+        train = DataSpec(source="imagefolder", path=train_path, split="train", seed=seed,
+                         transform=train_transform)
+        _check(train, path_field=train_field, split_field=train_field)
+    return val, train
+
+
+def resolve_uri(uri: str, data_root: Path | None, *, field: str) -> Path:
+    """The absolute path a uri names, inside `data_root` (already resolved); InvalidRequest otherwise.
+
+    Accepted: a path relative to the root, an absolute path, or file:///absolute/path.
+    """
+    if data_root is None:
+        raise _bad(field, "this server has no data root, so it accepts no server-side paths "
+                          "(start it with --data-root DIR, or upload the data as a .zip: data.*_blob_id)")
+    text = uri
+    if uri.startswith(_FILE_SCHEME):
+        text = uri[len(_FILE_SCHEME):]
+        if not text.startswith("/"):
+            raise _bad(field, f"a file uri needs an absolute path (file:///...), got {uri!r}")
+    elif "://" in uri:
+        raise _bad(field, f"only server-side paths are supported (a path or file:///...), got {uri!r}")
+    try:
+        path = Path(text)
+        # resolve() follows symlinks and folds `..` first, so the containment check sees the real target
+        resolved = (path if path.is_absolute() else data_root / path).resolve()
+    except (OSError, ValueError, RuntimeError):  # NUL bytes, symlink loops
+        raise _bad(field, f"{uri!r} is not a usable path") from None
+    if not resolved.is_relative_to(data_root):
+        raise _bad(field, f"{uri!r} is outside the server's data root")
+    if not resolved.exists():
+        raise _bad(field, f"{uri!r} does not exist under the server's data root")
+    if not (resolved.is_dir() or (resolved.is_file() and zipfile.is_zipfile(resolved))):  # never open a FIFO
+        raise _bad(field, f"{uri!r} is neither a directory nor a zip archive")
+    return resolved
+
+
+def _location(src: pb.DataSource, part: str, blobs: BlobStore,
+              data_root: Path | None) -> tuple[Path | None, str]:
+    """The file behind data.<part>_blob_id or data.<part>_uri, and the field that gave it."""
+    blob_field, uri_field = f"data.{part}_blob_id", f"data.{part}_uri"
+    blob_id, uri = getattr(src, f"{part}_blob_id"), getattr(src, f"{part}_uri")
+    if blob_id and uri:
+        raise _bad(uri_field, f"give {blob_field} or {uri_field}, not both")
+    if uri:
+        return resolve_uri(uri, data_root, field=uri_field), uri_field
+    if not blob_id:
+        return None, blob_field
+    # absolute, because the path is stored in the job's spec and read by its worker
+    path = blobs.require(blob_id, field=blob_field).resolve()
+    if not zipfile.is_zipfile(path):
+        raise _bad(blob_field, f"blob {blob_id} is not a zip archive (expected a .zip of <split>/<class>/<image>)")
+    return path, blob_field
+
+
+def _preset(name: str, *, train: bool) -> TransformSpec | None:
+    """The engine's preset (its message for an unknown name, under data.preset)."""
+    if not name:
+        return None
+    try:
+        return TransformSpec.preset(name, train=train)
+    except InvalidRequest as exc:
+        raise _bad("data.preset", str(exc)) from None
+
+
+def _check(spec: DataSpec, *, path_field: str, split_field: str) -> None:
+    """The engine's checks, re-raised under the request's field names."""
+    wire = {"data.transform": "data.preset", "data.split": split_field, "data.path": path_field}
+    try:
+        validate_data_spec(spec)
+    except InvalidRequest as exc:
+        field = wire.get(exc.field or "", path_field)
+        raise _bad(field, str(exc)) from None
+
+
+def _bad(field: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"{field}: {message}", field=field)
