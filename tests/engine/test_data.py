@@ -316,3 +316,20 @@ def test_cifar10_zip_subset() -> None:
     assert x.shape == (100, 3, 32, 32) and y.shape == (100,)
     assert abs(float(x.mean())) < 0.5  # normalised with the CIFAR-10 statistics
     assert [n for n, _ in load_dataset(spec).samples] == [n for n, _ in ds.samples]
+
+
+def test_symlinks_out_of_the_tree_are_not_followed(tmp_path):
+    from PIL import Image
+
+    from secateurs.engine.data import DataSpec, load_dataset
+
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(outside / "leak.jpg")
+    root = tmp_path / "ds"
+    (root / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (4, 4), (0, 255, 0)).save(root / "train" / "a" / "0.jpg")
+    (root / "train" / "a" / "1.jpg").symlink_to(outside / "leak.jpg")
+    (root / "train" / "b").symlink_to(outside, target_is_directory=True)
+    ds = load_dataset(DataSpec(source="imagefolder", path=root, split="train"))
+    assert len(ds) == 1  # the linked file and the linked folder's contents are skipped

@@ -213,18 +213,29 @@ class _DirReader:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._real_root = Path(root).resolve()
 
     def names(self, split: str) -> list[str]:
-        """Top-level folders (as 'name/') plus every folder and file under `split`."""
+        """Top-level folders (as 'name/') plus every folder and file under `split`.
+
+        Links are not followed out of the tree: a server that confines data to a root
+        directory must not be led outside it by a symlink inside a dataset.
+        """
         out = [f"{e.name}/" for e in os.scandir(self.root) if e.is_dir()]
-        for dirpath, _, files in os.walk(self.root / split, followlinks=True):
+        for dirpath, _, files in os.walk(self.root / split, followlinks=False):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             out.append(f"{rel}/")  # folders count even when empty
-            out.extend(f"{rel}/{f}" for f in files)
+            out.extend(f"{rel}/{f}" for f in files if self._inside(Path(dirpath) / f))
         return out
 
+    def _inside(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self._real_root)
+
     def read(self, name: str) -> bytes:
-        return (self.root / name).read_bytes()
+        path = self.root / name
+        if not self._inside(path):
+            raise _DataError(f"data file {name!r} points outside the dataset directory")
+        return path.read_bytes()
 
     def close(self) -> None:
         pass
