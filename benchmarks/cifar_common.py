@@ -29,6 +29,7 @@ from PIL import Image
 from torch import nn
 
 from secateurs.engine.data import DataSpec, TransformSpec, load_dataset
+from secateurs.engine.recover import lr_at  # the same schedule the service uses
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / "benchmarks" / ".cache"
@@ -141,14 +142,6 @@ class EpochStats:
     train_acc: float
     lr: float
     seconds: float
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float) -> float:
-    """Linear warm-up from lr/warmup_steps to lr, then cosine annealing to 0 at total_steps."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return 0.5 * lr * (1.0 + math.cos(math.pi * progress))
 
 
 def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
