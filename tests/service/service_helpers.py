@@ -22,6 +22,17 @@ FAKE_RUNNER = "service_fakes:fake_compress"
 QUICK_PROTOCOL = dict(warmup_runs=3, warmup_seconds=0.05, window=20, min_samples=40, max_seconds=2.0)
 
 
+def load_benchmark(name: str) -> Any:
+    """Import benchmarks/<name>.py (not a package) so a test can call the measurement it defines."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def resnet20_request(**kw: Any) -> pb.CreateJobRequest:
     """A small real job: ResNet-20 on 1x3x32x32, half the channels, quick latency protocol."""
     args: dict[str, Any] = dict(arch="zoo:resnet20", input_shape=(1, 3, 32, 32), ratio=0.5, protocol=QUICK_PROTOCOL)

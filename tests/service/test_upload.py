@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
+from service_helpers import load_benchmark
 
 
 def test_large_upload_has_bounded_server_memory() -> None:
-    spec = importlib.util.spec_from_file_location("bench_upload", REPO / "benchmarks/upload.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("upload")
     result = bench.measure_upload(512)
     print(f"\nupload: {result['mb_per_s']:.0f} MB/s, server RSS +{result['rss_growth_mb']:.1f} MB")
     assert result["rss_growth_mb"] < 100
