@@ -1,0 +1,46 @@
+"""Fixtures shared by every test directory: system programs some tests drive (Prometheus,
+promtool, Chromium), installed from Debian's packages when missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+
+def system_command(command: str, package: str) -> str:
+    """The path of `command`; when it is missing, install Debian's `package` (as root, the way
+    CI runs), or skip saying how to install it where that is not possible."""
+    found = shutil.which(command)
+    if found:
+        return found
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip(f"{command} not found: install Debian's {package} package (apt-get install {package})")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:  # a fresh machine may have no or stale package lists
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    found = shutil.which(command)
+    if done.returncode != 0 or not found:
+        pytest.fail(f"apt-get install {package} failed ({done.returncode}):\n{done.stdout[-2000:]}\n"
+                    f"{done.stderr[-2000:]}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> str:
+    return system_command("prometheus", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def promtool_bin(prometheus_bin: str) -> str:
+    return system_command("promtool", "prometheus")  # shipped in the same package
+
+
+@pytest.fixture(scope="session")
+def chromium_bin() -> str:
+    return system_command("chromium", "chromium")
