@@ -87,3 +87,15 @@ def test_fingerprint_names_the_device():
     fp = device_fingerprint(runtime="onnxruntime-cpu", provider="CPUExecutionProvider", threads=2)
     assert fp["cpu"] and fp["threads"] == 2 and len(fp["id"]) == 16
     assert fp["id"] != device_fingerprint(runtime="onnxruntime-cpu", provider="CPUExecutionProvider", threads=1)["id"]
+
+
+def test_summary_keeps_every_run_in_a_log_spaced_histogram():
+    from secateurs.engine.latency.protocol import histogram
+
+    samples = sorted([0.2] * 50 + [0.25] * 30 + [4.0] * 3)  # a fast body and a slow tail
+    stats = summarize(samples, batch=1, stable=True, duration_s=1.0)
+    edges, counts = stats.histogram["edges_ms"], stats.histogram["counts"]
+    assert sum(counts) == stats.n == 83 and len(edges) == len(counts) + 1
+    assert edges[0] == 0.2 and edges[-1] == 4.0 and all(a < b for a, b in zip(edges, edges[1:]))
+    assert counts[0] == 50 and counts[-1] == 3  # the tail keeps its own bin
+    assert histogram([1.0, 1.0]) == {"edges_ms": [1.0, 1.001 + 1e-9], "counts": [2]}

@@ -17,14 +17,32 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
 from secateurs.engine.spec import ProtocolSpec
 
 
 SWITCH_WARMUP = 2  # runs dropped after switching models within an interleaved measurement
+HISTOGRAM_BINS = 40
+
+# Models measured in this process; a job reads the difference over its run for its report
+# (the server turns it into a Prometheus counter: workers cannot export metrics themselves).
+_measured_lock = threading.Lock()
+_measured_total = 0
+
+
+def measurements_taken() -> int:
+    """Models measured with this protocol in this process so far (an interleaved pair counts 2)."""
+    return _measured_total
+
+
+def _count_measured(n: int) -> None:
+    global _measured_total
+    with _measured_lock:
+        _measured_total += n
 
 
 class LatencyBackend(Protocol):
@@ -49,6 +67,8 @@ class LatencyStats:
     throughput_per_s: float
     stable: bool
     duration_s: float
+    # every run, binned: {"edges_ms": [...], "counts": [...]} (see `histogram`)
+    histogram: dict[str, list] = field(default_factory=dict, compare=False)
 
     def percentile(self, q: float) -> float:
         return {50.0: self.p50_ms, 90.0: self.p90_ms, 95.0: self.p95_ms, 99.0: self.p99_ms}[float(q)]
@@ -74,7 +94,23 @@ def summarize(samples_ms: list[float], *, batch: int, stable: bool, duration_s: 
         n=len(s), mean_ms=mean, p50_ms=percentile(s, 50), p90_ms=percentile(s, 90), p95_ms=percentile(s, 95),
         p99_ms=percentile(s, 99), min_ms=s[0], max_ms=s[-1], std_ms=std, cov=std / mean if mean else 0.0,
         throughput_per_s=batch * 1000.0 / mean if mean else 0.0, stable=stable, duration_s=duration_s,
+        histogram=histogram(s),
     )
+
+
+def histogram(sorted_ms: list[float], bins: int = HISTOGRAM_BINS) -> dict[str, list]:
+    """Counts of runs in log-spaced bins from the fastest to the slowest run: the report keeps
+    the distribution's shape (tails included) without keeping every sample. Bin i holds
+    edges[i] <= x < edges[i+1]; the last bin also holds its upper edge."""
+    lo, hi = sorted_ms[0], sorted_ms[-1]
+    if hi <= lo or lo <= 0:
+        return {"edges_ms": [lo, hi if hi > lo else lo * 1.001 + 1e-9], "counts": [len(sorted_ms)]}
+    step = math.log(hi / lo) / bins
+    edges = [lo * math.exp(step * i) for i in range(bins)] + [hi]
+    counts = [0] * bins
+    for x in sorted_ms:
+        counts[min(bins - 1, int(math.log(x / lo) / step))] += 1
+    return {"edges_ms": edges, "counts": counts}
 
 
 def _agree(medians: list[float], tolerance: float) -> bool:
@@ -130,6 +166,7 @@ def measure_interleaved(backends: list[LatencyBackend], protocol: ProtocolSpec,
         elapsed = time.perf_counter() - start
         if (enough and all(settled)) or elapsed >= protocol.max_seconds:
             break
+    _count_measured(len(backends))
     return [
         summarize(s, batch=b.batch, stable=settled[i] and len(s) >= protocol.min_samples, duration_s=elapsed)
         for i, (s, b) in enumerate(zip(samples, backends))
