@@ -13,6 +13,7 @@ from secateurs.api.convert import PB_TO_STATE, event_to_pb, job_to_pb
 from secateurs.api.validate import spec_from_request
 from secateurs.errors import InvalidRequest
 from secateurs.jobs.service import JobService
+from secateurs.metrics import ServiceMetrics
 from secateurs_client.v1 import compression_pb2 as pb
 from secateurs_client.v1 import compression_pb2_grpc as pb_grpc
 
@@ -22,10 +23,13 @@ MAX_PAGE = 200
 
 class CompressionServicer(pb_grpc.CompressionServiceServicer):
     def __init__(self, jobs: JobService, *, trust_pickle: bool = False, cancel_wait: float = 4.0,
-                 cache_dir: Path | None = None, data_root: Path | None = None) -> None:
+                 cache_dir: Path | None = None, data_root: Path | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
         """cache_dir: measurements shared by every job of this server (see ServerConfig.data_dir).
-        data_root: the resolved directory data.*_uri paths must lie in (None: uris are refused)."""
+        data_root: the resolved directory data.*_uri paths must lie in (None: uris are refused).
+        metrics: where received upload bytes are counted."""
         self._jobs = jobs
+        self._metrics = metrics
         self._trust_pickle = trust_pickle
         self._cancel_wait = cancel_wait
         self._cache_dir = cache_dir
@@ -40,6 +44,8 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
             for msg in request_iterator:
                 if msg.WhichOneof("part") != "chunk":
                     raise InvalidRequest("only the first message may carry a header", field="header")
+                if self._metrics is not None:
+                    self._metrics.upload_received(len(msg.chunk))
                 yield msg.chunk
 
         h = first.header
