@@ -74,6 +74,7 @@ class CompressSpec:
     distillation on generated inputs). recovery: fine-tuning and distillation
     after pruning (none: the pruned model is returned as pruned, BatchNorm
     recalibrated when there is data). cache_dir: measurements cached across jobs.
+    job_id: the server's id of the job, copied into the report (None from the command line).
     """
 
     model: ModelSpec
@@ -96,3 +97,4 @@ class CompressSpec:
     dynamic_batch: bool = False
     parity_tolerance: float = 1e-3
     seed: int = 0
+    job_id: str | None = None

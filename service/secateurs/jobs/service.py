@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 import uuid
@@ -56,10 +57,12 @@ class JobService:
     ) -> tuple[JobRecord, bool]:
         """Queue a job (or return the one this request_id already made)."""
         self._accepting()
+        job_id = uuid.uuid4().hex
         job, created = self.store.create_job(
-            job_id=uuid.uuid4().hex, request_id=request_id,
+            job_id=job_id, request_id=request_id,
             fingerprint=hashlib.sha256(fingerprint_source).hexdigest(), request=request,
-            spec_json=spec_to_json(spec), labels=labels, max_queued=self.limits.max_queued_jobs,
+            spec_json=spec_to_json(dataclasses.replace(spec, job_id=job_id)), labels=labels,
+            max_queued=self.limits.max_queued_jobs,
         )
         if created:
             self.scheduler.wake()
