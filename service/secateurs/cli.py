@@ -193,6 +193,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = compress(spec, on_event=_print_progress)
     print(summary(result.report))
+    if "report_html" in result.artifacts:
+        print(f"report: {result.artifacts['report_html']}")
     print(f"artifacts in {args.out} ({time.perf_counter() - start:.0f} s)")
     return 0
 

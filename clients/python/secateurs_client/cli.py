@@ -335,7 +335,8 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("download", help="download a job's artifacts")
     d.add_argument("job_id")
-    d.add_argument("names", nargs="*", help="artifact names or filenames (default: all)")
+    d.add_argument("names", nargs="*",
+                   help="artifact names (onnx, pt2, plan, report, report_html) or filenames (default: all)")
     d.add_argument("--out", type=Path, default=Path("."))
     d.set_defaults(func=cmd_download)
     return p
