@@ -61,3 +61,19 @@ def test_missed_accuracy_floor_is_reported_not_fatal(tmp_path):
     assert floor["max_drop"] == 0.0 and floor["measured_as"] == "accuracy"
     assert floor["met"] == (floor["drop"] <= 0.0)
     assert floor["missed_by"] == pytest.approx(max(0.0, floor["drop"]))
+
+
+def test_an_interrupted_job_reuses_its_search_only_for_the_same_job(tmp_path):
+    def run(budget):
+        events = []
+        report = compress(_spec(tmp_path, budget=budget), on_event=events.append).report
+        reused = any(e.stage == "search" and "reusing the search result" in e.message for e in events)
+        return report, reused
+
+    first, reused = run(Budget(params=20_000))
+    assert not reused and (tmp_path / "search.json").exists()
+    again, reused = run(Budget(params=20_000))  # what a resumed attempt of the same job sees
+    assert reused and again["search"]["trace"] == first["search"]["trace"]
+    assert again["pruning"]["groups"] == first["pruning"]["groups"]
+    other, reused = run(Budget(params=30_000))  # another job in the same directory searches afresh
+    assert not reused and other["search"]["budget"]["params"] == 30_000

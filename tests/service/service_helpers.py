@@ -113,3 +113,24 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+def image_folder_zip(path: Path, *, classes: int = 2, per_class: int = 20, size: int = 32) -> Path:
+    """A tiny ImageFolder zip, train/<class>/*.jpg and test/<class>/*.jpg, of seeded random JPEGs."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as zf:
+        for split in ("train", "test"):
+            for c in range(classes):
+                for i in range(per_class):
+                    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                    pixels[..., c % 3] //= 4  # a little class signal: one channel darker
+                    buf = io.BytesIO()
+                    Image.fromarray(pixels).save(buf, format="JPEG")
+                    zf.writestr(f"{split}/class{c}/{i:03d}.jpg", buf.getvalue())
+    return path

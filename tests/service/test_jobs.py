@@ -98,17 +98,43 @@ def test_queue_limit(make_server) -> None:  # type: ignore[no-untyped-def]
             client.cancel_job(job.id)
 
 
-def test_store_fails_running_jobs_at_open(tmp_path: Path) -> None:
+def test_store_requeues_running_jobs_at_open_then_gives_up(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.db")
-    job, _ = store.create_job(job_id="j1", request_id=None, fingerprint="f", request=b"", spec_json="{}",
-                              labels={}, max_queued=10)
-    assert store.claim_next().id == "j1"
+    for job_id in ("j1", "j2"):
+        store.create_job(job_id=job_id, request_id=None, fingerprint=job_id, request=b"", spec_json="{}",
+                         labels={}, max_queued=10)
+    assert store.claim_next().id == "j1" and store.claim_next().id == "j2"
+    store.request_cancel("j2")
     store.close()
     reopened = JobStore(tmp_path / "jobs.db")
-    assert reopened.fail_running("interrupted", "server died") == ["j1"]
+    assert reopened.requeue_running("server died", max_attempts=2) == (["j1"], ["j2"])
+    assert reopened.get_job("j2").state == JobState.CANCELLED  # cancelled before the crash: not resumed
+    job = reopened.get_job("j1")
+    assert job.state == JobState.QUEUED and job.attempts == 1
+    assert reopened.events_after("j1", 0)[-1].message.startswith("queued again: server died")
+    assert reopened.claim_next().attempts == 2
+    assert reopened.requeue_running("server died again", max_attempts=2) == ([], ["j1"])
     job = reopened.get_job("j1")
     assert job.state == JobState.FAILED and job.error.reason == "interrupted"
-    assert reopened.events_after("j1", 0)[-1].state == JobState.FAILED
+    assert job.error.message == "server died again (attempt 2 of 2; not resumed again)"
+
+
+def test_store_adds_the_attempts_column_to_an_old_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    db.execute("CREATE TABLE jobs (rowid INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+               "request_id TEXT UNIQUE, fingerprint TEXT NOT NULL, request BLOB NOT NULL, spec_json TEXT NOT NULL, "
+               "labels TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL, started REAL, ended REAL, "
+               "stage TEXT NOT NULL DEFAULT '', progress REAL NOT NULL DEFAULT 0, error_reason TEXT, "
+               "error_message TEXT, error_field TEXT, error_code TEXT, report_json TEXT, "
+               "cancel_requested INTEGER NOT NULL DEFAULT 0, last_sequence INTEGER NOT NULL DEFAULT 0)")
+    db.execute("INSERT INTO jobs (id, fingerprint, request, spec_json, labels, state, created) "
+               "VALUES ('old', 'f', x'', '{}', '{}', 'SUCCEEDED', 0)")
+    db.commit()
+    db.close()
+    store = JobStore(tmp_path / "jobs.db")
+    assert store.get_job("old").attempts == 0
 
 
 def test_one_server_per_data_dir(fake_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

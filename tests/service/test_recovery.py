@@ -5,9 +5,7 @@ flags and summary, and one real recovery job on a tiny ImageFolder zip."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service_helpers import QUICK_PROTOCOL, fake_request, resnet20_request
+from service_helpers import QUICK_PROTOCOL, fake_request, image_folder_zip, resnet20_request
 from secateurs.api.server import Server, ServerConfig, add_serve_arguments, config_from_args
 from secateurs.engine.data import DataSpec, TransformSpec
 from secateurs.engine.recover import RecoverySpec
@@ -24,24 +22,6 @@ from secateurs.jobs.specs import spec_from_json, spec_to_json
 from secateurs_client import Client, field_violations, pb
 from secateurs_client.cli import main as client_main
 from secateurs_client.cli import summary
-
-
-def image_folder_zip(path: Path, *, classes: int = 2, per_class: int = 20, size: int = 32) -> Path:
-    """A tiny ImageFolder zip, train/<class>/*.jpg and test/<class>/*.jpg, of seeded random JPEGs."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    with zipfile.ZipFile(path, "w") as zf:
-        for split in ("train", "test"):
-            for c in range(classes):
-                for i in range(per_class):
-                    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                    pixels[..., c % 3] //= 4  # a little class signal: one channel darker
-                    buf = io.BytesIO()
-                    Image.fromarray(pixels).save(buf, format="JPEG")
-                    zf.writestr(f"{split}/class{c}/{i:03d}.jpg", buf.getvalue())
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -104,10 +104,13 @@ class Server:
             self.port = self._grpc.add_secure_port(self.config.listen, creds)
         if not self.port:
             raise OSError(f"cannot listen on {self.config.listen}")
-        failed = self.scheduler.start()
+        requeued, failed = self.scheduler.start()
+        if requeued:
+            log.warning("%d job(s) were running when the server last stopped; queued again to resume: %s",
+                        len(requeued), ", ".join(requeued))
         if failed:
-            log.warning("%d job(s) were running when the server last stopped; marked FAILED "
-                        "(interrupted): %s", len(failed), ", ".join(failed))
+            log.warning("%d job(s) were interrupted too often; marked FAILED (interrupted): %s",
+                        len(failed), ", ".join(failed))
         self._grpc.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -119,7 +122,8 @@ class Server:
         self.jobs.drain()
 
     def stop(self, grace: float | None = None) -> None:
-        """Drain, end running jobs as `interrupted`, then stop serving within `grace` seconds."""
+        """Drain, stop running jobs (queued again, to resume at the next start), then stop serving
+        within `grace` seconds."""
         if self._stopped.is_set():
             return
         grace = self.config.grace_seconds if grace is None else grace

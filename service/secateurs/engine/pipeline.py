@@ -7,6 +7,7 @@ units of work. The service only orchestrates this function in a worker process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -148,20 +149,28 @@ def compress(
                          "onnx_bytes": file_bytes(baseline_onnx)}
 
     calib = build_calibration(spec, shape)
-    searched = None
+    search_report = None
     group_ratios = spec.group_ratios
     if spec.budget is not None:
         with stage("search") as st:
-            fp = device_fingerprint(runtime=spec.target.runtime, provider=_provider(spec.target.runtime),
-                                    threads=spec.target.threads)
-            searched = search(
-                model, example, baseline_onnx,
-                SearchSpec(budget=spec.budget, target=spec.target, protocol=spec.protocol, importance=spec.importance,
-                           round_to=spec.round_to, min_channels=spec.min_channels, cache_dir=spec.cache_dir,
-                           arch=spec.model.arch, seed=spec.seed),
-                calib, fingerprint=fp, cancel=cancel,
-                on_progress=lambda f, message, data: st.progress(f, message, **data))
-            group_ratios = searched.ratios
+            job_key = _search_key(spec, model, shape)
+            saved = _load_search(out, job_key)
+            if saved is not None:  # an interrupted attempt of this job already searched
+                st.progress(1.0, "reusing the search result of the interrupted attempt")
+                search_report, group_ratios = saved
+            else:
+                fp = device_fingerprint(runtime=spec.target.runtime, provider=_provider(spec.target.runtime),
+                                        threads=spec.target.threads)
+                searched = search(
+                    model, example, baseline_onnx,
+                    SearchSpec(budget=spec.budget, target=spec.target, protocol=spec.protocol,
+                               importance=spec.importance, round_to=spec.round_to, min_channels=spec.min_channels,
+                               cache_dir=spec.cache_dir, arch=spec.model.arch, seed=spec.seed),
+                    calib, fingerprint=fp, cancel=cancel,
+                    on_progress=lambda f, message, data: st.progress(f, message, **data))
+                group_ratios = searched.ratios
+                search_report = _search_section(searched, spec)
+                _save_search(out, job_key, search_report, group_ratios)
 
     with stage("prune") as st:
         prune_spec = PruneSpec(ratio=spec.ratio if group_ratios is None else None, group_ratios=group_ratios,
@@ -255,7 +264,7 @@ def compress(
                      "samples": sum(x.shape[0] for x in calib.inputs),
                      "note": None if calib.real else "no data: quality is fidelity to the original model on "
                                                      "generated inputs, not accuracy"},
-            "search": _search_section(searched, spec) if searched is not None else None,
+            "search": search_report,
             "exports": {"baseline": baseline_export, **exports},
             "stage_seconds": timings,
             "versions": _versions(),
@@ -365,6 +374,42 @@ def _search_section(result: Any, spec: CompressSpec) -> dict[str, Any]:
         "groups": result.groups, "trace": [c.to_dict() for c in result.trace], "uniform": result.uniform,
         "latency_model": result.latency_model, "cache": result.cache,
     }
+
+
+_SEARCH_FILE = "search.json"
+
+
+def _search_key(spec: CompressSpec, model: torch.nn.Module, shape: tuple[int, ...]) -> str:
+    """What a saved search result must match to be reused: the whole spec but its out_dir, and the weights."""
+    from dataclasses import asdict
+
+    from secateurs.engine.sensitivity import model_identity
+
+    fields = {k: v for k, v in asdict(spec).items() if k != "out_dir"}
+    return hashlib.sha256(f"{sorted(fields.items())!r}|{model_identity(model, spec.model.arch, shape)}"
+                          .encode()).hexdigest()[:24]
+
+
+def _save_search(out: Path, key: str, section: dict[str, Any], ratios: dict[str, float]) -> None:
+    """Keep the search's outcome beside the job's checkpoints: a resumed job skips the search,
+    and its recovery checkpoints fit the same plan."""
+    tmp = out / (_SEARCH_FILE + ".tmp")
+    tmp.write_text(json.dumps({"version": REPORT_VERSION, "key": key, "ratios": ratios, "section": section},
+                              default=str))
+    tmp.replace(out / _SEARCH_FILE)  # atomic: an interruption never leaves half a file
+
+
+def _load_search(out: Path, key: str) -> tuple[dict[str, Any], dict[str, float]] | None:
+    path = out / _SEARCH_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("version") != REPORT_VERSION or saved.get("key") != key:
+            return None
+        return saved["section"], {str(k): float(v) for k, v in saved["ratios"].items()}
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None  # unreadable: search again
 
 
 def _versions() -> dict[str, str]:

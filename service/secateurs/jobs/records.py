@@ -63,6 +63,7 @@ class JobRecord:
     report_json: str | None = None
     cancel_requested: bool = False
     last_sequence: int = 0
+    attempts: int = 0  # times a worker started it; more than 1 after a server restart resumed it
     artifacts: tuple[ArtifactRecord, ...] = ()
 
 

@@ -26,27 +26,36 @@ _CTX = mp.get_context("spawn")  # fork would copy the server's threads and locks
 
 
 class Scheduler:
-    """Owns the worker processes. `start()` also fails jobs a dead server left RUNNING."""
+    """Owns the worker processes. `start()` also queues again the jobs a dead server left RUNNING.
+
+    A job stopped by its server (shutdown, crash) keeps its work directory, where the
+    pipeline left its search result and recovery checkpoints, and is queued again: the
+    next attempt resumes from there. After `max_attempts` it fails `interrupted`, so a job
+    that takes its server down cannot loop. A worker that dies on its own fails its job
+    (`worker_crashed`): that cause would repeat.
+    """
 
     def __init__(
         self, store: JobStore, blobs: BlobStore, *, work_dir: Path, workers: int = 1,
-        runner: str = DEFAULT_RUNNER, cancel_grace: float = 2.0,
+        runner: str = DEFAULT_RUNNER, cancel_grace: float = 2.0, max_attempts: int = 3,
     ) -> None:
         self._store, self._blobs = store, blobs
         self._work_dir, self._workers, self._runner = work_dir, workers, runner
-        self._cancel_grace = cancel_grace
+        self._cancel_grace, self.max_attempts = cancel_grace, max_attempts
         self._running: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
         self._dispatcher = threading.Thread(target=self._dispatch, name="job-dispatcher", daemon=True)
 
-    def start(self) -> list[str]:
-        failed = self._store.fail_running("interrupted", "the server stopped while the job was running")
+    def start(self) -> tuple[list[str], list[str]]:
+        """Start dispatching; returns (jobs queued again to resume, jobs failed `interrupted`)."""
+        requeued, failed = self._store.requeue_running("the server stopped while the job was running",
+                                                       max_attempts=self.max_attempts)
         for job_id in failed:
             shutil.rmtree(self._work_dir / job_id, ignore_errors=True)
         self._dispatcher.start()
-        return failed
+        return requeued, failed
 
     def wake(self) -> None:
         self._wake.set()
@@ -57,6 +66,8 @@ class Scheduler:
             run = self._running.get(job_id)
         if run is not None:
             run.cancel()
+        elif job.state.terminal:  # a queued job waiting to resume leaves a work directory
+            shutil.rmtree(self._work_dir / job_id, ignore_errors=True)
         return job
 
     def running(self) -> list[str]:
@@ -64,7 +75,7 @@ class Scheduler:
             return list(self._running)
 
     def shutdown(self, grace: float) -> None:
-        """Stop dispatching; running jobs end FAILED `interrupted` (within `grace`)."""
+        """Stop dispatching; running jobs are stopped (within `grace`) and queued again to resume."""
         self._stopping = True
         self._wake.set()
         if self._dispatcher.is_alive():  # no job may start after this point
@@ -102,6 +113,7 @@ class _Run:
 
     def __init__(self, scheduler: Scheduler, job: JobRecord) -> None:
         self._done = scheduler._done
+        self._max_attempts = scheduler.max_attempts
         self._store, self._blobs = scheduler._store, scheduler._blobs
         self._runner, self._cancel_grace = scheduler._runner, scheduler._cancel_grace
         self.job = job
@@ -130,8 +142,15 @@ class _Run:
             self._store.finish_job(self.job.id, JobState.FAILED, error=JobError(
                 reason="internal", message=f"server error while running the job: {type(exc).__name__}"))
         finally:
-            shutil.rmtree(self.out_dir, ignore_errors=True)
+            if self._ended():  # else kept for the attempt that resumes
+                shutil.rmtree(self.out_dir, ignore_errors=True)
             self._done(self.job.id)
+
+    def _ended(self) -> bool:
+        try:
+            return self._store.get_job(self.job.id).state.terminal
+        except Exception:  # noqa: BLE001 - the store closed under a late thread: keep the files
+            return False
 
     def _run(self) -> None:
         store = self._store
@@ -182,8 +201,7 @@ class _Run:
     def _finish(self, result: dict | None, error: dict | None, exitcode: int | None, last: str) -> None:
         store, job_id = self._store, self.job.id
         if self._interrupted:
-            store.finish_job(job_id, JobState.FAILED, error=JobError(
-                reason="interrupted", message="the server shut down while the job was running", code="ABORTED"))
+            store.requeue(job_id, "the server shut down while the job was running", max_attempts=self._max_attempts)
         elif result is not None:
             artifacts = []
             for name, path in result["artifacts"].items():

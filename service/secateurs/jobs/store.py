@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   error_reason TEXT, error_message TEXT, error_field TEXT, error_code TEXT,
   report_json TEXT,
   cancel_requested INTEGER NOT NULL DEFAULT 0,
-  last_sequence INTEGER NOT NULL DEFAULT 0
+  last_sequence INTEGER NOT NULL DEFAULT 0,
+  attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, rowid);
 CREATE TABLE IF NOT EXISTS job_labels (
@@ -71,6 +72,9 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        if "attempts" not in columns:  # a data directory from before jobs could resume
+            self._db.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.RLock()
         self.changed = threading.Condition(threading.Lock())
 
@@ -158,14 +162,16 @@ class JobStore:
         return self._read("SELECT COUNT(*) FROM jobs WHERE state='QUEUED'")[0][0]
 
     def claim_next(self) -> JobRecord | None:
-        """Move the oldest QUEUED job to RUNNING and return it."""
+        """Move the oldest QUEUED job to RUNNING (one more attempt) and return it."""
 
         def tx(db: sqlite3.Connection) -> str | None:
-            row = db.execute("SELECT id FROM jobs WHERE state='QUEUED' ORDER BY rowid LIMIT 1").fetchone()
+            row = db.execute("SELECT id, attempts FROM jobs WHERE state='QUEUED' ORDER BY rowid LIMIT 1").fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET state='RUNNING', started=? WHERE id=?", (time.time(), row["id"]))
-            self._event(db, row["id"], stage="job", kind="state", message="running", state=JobState.RUNNING)
+            db.execute("UPDATE jobs SET state='RUNNING', started=?, attempts=attempts+1 WHERE id=?",
+                       (time.time(), row["id"]))
+            message = "running" + (f" (attempt {row['attempts'] + 1})" if row["attempts"] else "")
+            self._event(db, row["id"], stage="job", kind="state", message=message, state=JobState.RUNNING)
             return row["id"]
 
         job_id = self._write(tx)
@@ -207,16 +213,47 @@ class JobStore:
 
         self._write(tx)
 
-    def fail_running(self, reason: str, message: str) -> list[str]:
-        """At start-up: no job may stay RUNNING after the server that ran it died."""
+    def requeue_running(self, why: str, *, max_attempts: int) -> tuple[list[str], list[str]]:
+        """At start-up: jobs a dead server left RUNNING are queued again to resume (or FAILED
+        `interrupted` once they have had `max_attempts`). Returns (requeued ids, failed ids)."""
 
-        def tx(db: sqlite3.Connection) -> list[str]:
-            ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state='RUNNING'")]
-            for job_id in ids:
-                self._finish(db, job_id, JobState.FAILED, JobError(reason=reason, message=message, code="ABORTED"))
-            return ids
+        def tx(db: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            rows = db.execute("SELECT id, attempts FROM jobs WHERE state='RUNNING'").fetchall()
+            done: tuple[list[str], list[str]] = ([], [])
+            for r in rows:
+                requeued = self._requeue_or_fail(db, r["id"], r["attempts"], why, max_attempts)
+                done[0 if requeued else 1].append(r["id"])
+            return done
 
         return self._write(tx)
+
+    def requeue(self, job_id: str, why: str, *, max_attempts: int) -> bool:
+        """A RUNNING job stopped by the server (not by its own fault): queue it again to resume,
+        or FAIL it `interrupted` after `max_attempts`. True when it was queued again."""
+
+        def tx(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT state, attempts FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["state"] != JobState.RUNNING.value:
+                return False
+            return self._requeue_or_fail(db, job_id, row["attempts"], why, max_attempts)
+
+        return self._write(tx)
+
+    def _requeue_or_fail(self, db: sqlite3.Connection, job_id: str, attempts: int, why: str,
+                         max_attempts: int) -> bool:
+        if db.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()[0]:
+            self._finish(db, job_id, JobState.CANCELLED, JobError(
+                reason="cancelled", message="cancelled on request", code="CANCELLED"))
+            return False
+        if attempts >= max_attempts:  # a job that keeps taking its server down must not loop forever
+            self._finish(db, job_id, JobState.FAILED, JobError(
+                reason="interrupted", message=f"{why} (attempt {attempts} of {max_attempts}; not resumed again)",
+                code="ABORTED"))
+            return False
+        db.execute("UPDATE jobs SET state='QUEUED' WHERE id=?", (job_id,))
+        self._event(db, job_id, stage="job", kind="state", state=JobState.QUEUED,
+                    message=f"queued again: {why}; it resumes from its last checkpoint")
+        return True
 
     def _finish(self, db: sqlite3.Connection, job_id: str, state: JobState, error: JobError | None) -> None:
         db.execute(
@@ -297,7 +334,7 @@ class JobStore:
             spec_json=r["spec_json"], labels=json.loads(r["labels"]), request_id=r["request_id"],
             created=r["created"], started=r["started"], ended=r["ended"], stage=r["stage"],
             progress=r["progress"], error=error, report_json=r["report_json"],
-            cancel_requested=bool(r["cancel_requested"]), last_sequence=r["last_sequence"],
+            cancel_requested=bool(r["cancel_requested"]), last_sequence=r["last_sequence"], attempts=r["attempts"],
             artifacts=tuple(ArtifactRecord(name=a["name"], filename=a["filename"], sha256=a["sha256"],
                                            size_bytes=a["size_bytes"]) for a in arts),
         )
