@@ -4,6 +4,7 @@
     measure   the baseline end to end; every layer alone over a grid of widths (cached)
     score     each group's quality loss at each width (cached)
     solve     multiple-choice knapsack over groups (engine/solver.py)
+    refine    local search on the quality of the whole plan, measured (engine/refine.py)
     verify    prune, export, measure interleaved with the baseline; if the plan misses
               the budget or wastes it, rescale the aim by measured/predicted and solve
               again, a bounded number of rounds
@@ -34,6 +35,7 @@ from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.costmodel import GroupLayers
 from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers, layer_onnx
 from secateurs.engine.prune import PruneSpec, kept_count, prune
+from secateurs.engine.refine import JointQuality, refine
 from secateurs.engine.sensitivity import (Calibration, group_widths, measure_quality, model_identity,
                                           recalibrated, reference_outputs, sensitivity)
 from secateurs.engine.size import count_macs, count_params, file_bytes
@@ -58,9 +60,14 @@ class SearchSpec:
     max_rounds: int = 5
     precision: float = 0.10  # a plan more than this far under its budget wastes it
     aim: float = 0.95  # aim this fraction of the ceiling: room for measurement noise
+    # Once a plan lands within `precision`, up to `tighten_rounds` more rounds aim for a slack of
+    # `tight`: near the budget every percent of latency left unused is accuracy given away.
+    tight: float = 0.02
+    tighten_rounds: int = 2
     cache_dir: Path | None = None
     arch: str = ""
     seed: int = 0
+    refine_evaluations: int = 40  # whole-plan quality measurements per round; 0 turns refinement off
 
 
 @dataclass(kw_only=True)
@@ -76,6 +83,7 @@ class Candidate:
     slack: float
     start: float
     end: float
+    refinement: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,6 +250,36 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                 plan = new
             return plan, feasible
 
+        joint = JointQuality(ctx, groups, calib, reference, cache=cache, model_id=model_id)
+
+        def refined(plan: dict[str, int], aims: dict[str, float], fraction: float) -> tuple[dict[str, int], list]:
+            """The solver's plan, or a better one of no greater predicted cost (engine/refine.py)."""
+            if spec.refine_evaluations <= 0 or not groups:
+                return plan, []
+            at_plan = predict(plan)
+            limits = {n: max(aims[n], at_plan[n]) for n in aims}
+
+            def fits(p: dict[str, int]) -> bool:
+                pred = predict(p)
+                return all(pred[n] <= limits[n] + 1e-12 for n in limits)
+
+            starts = [plan]
+            uniform = _uniform_fitting(groups, spec, fits)
+            if uniform is not None and uniform != plan:
+                starts.append(uniform)
+            best, steps = refine(
+                starts, widths, fits=fits, loss=lambda p: joint(p).loss,
+                additive=lambda g, w: max(scores[g][w].loss, 0.0), max_evaluations=spec.refine_evaluations,
+                on_progress=lambda d, t: progress(fraction, f"refining the plan {d}/{t}"))
+            return best, [s.to_dict() for s in steps]
+
+        def plan_for(aims: dict[str, float], fraction: float) -> tuple[dict[str, int], bool, list]:
+            plan, feasible = solve_for(aims)
+            if not feasible:
+                return plan, feasible, []
+            plan, steps = refined(plan, aims, fraction)
+            return plan, feasible, steps
+
         aims = {n: c * spec.aim for n, c in ceilings.items()}
         parent = None
         reason = ""
@@ -250,19 +288,25 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         # which cannot oscillate the way a pure measured/predicted rescaling can.
         too_slow: dict[str, float] = {}
         too_fast: dict[str, float] = {}
-        for round_ in range(spec.max_rounds):
-            progress(0.65 + 0.3 * round_ / spec.max_rounds, f"verification round {round_ + 1}")
-            plan, feasible = solve_for(aims)
+        tightening = 0  # rounds spent after a plan within `precision` was found
+        rounds = spec.max_rounds + spec.tighten_rounds
+        for round_ in range(rounds):
+            if round_ >= spec.max_rounds and not tightening:
+                break
+            fraction = 0.65 + 0.3 * round_ / rounds
+            progress(fraction, f"verification round {round_ + 1}")
+            plan, feasible, steps = plan_for(aims, fraction)
             if any(c.widths == plan for c in trace):
                 if not _bisect(aims, too_slow, too_fast):
                     break  # no aim left between the bounds gives a new plan
-                plan, feasible = solve_for(aims)
+                plan, feasible, steps = plan_for(aims, fraction)
                 if any(c.widths == plan for c in trace):
                     break
             used = dict(aims)
             candidate, pruned = _verify(model, example, plan, groups, predict(plan), spec, target, base_backend,
                                         baseline, calib, reference, parent, len(trace),
                                         "search" if feasible else "infeasible-check", cancel)
+            candidate.refinement = steps
             trace.append(candidate)
             models[candidate.id] = pruned
             parent = candidate.id
@@ -270,8 +314,11 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                 reason = ("every prunable group is at its floor (min_channels, or the widest step that still "
                           "saves); what remains is in layers that cannot be pruned and per-operator overhead")
                 break
-            if candidate.shortfall == 0 and candidate.slack <= spec.precision:
-                break
+            in_band = any(c.shortfall == 0 and c.slack <= spec.precision for c in trace if c.stage == "search")
+            if in_band:
+                if (candidate.shortfall == 0 and candidate.slack <= spec.tight) or tightening >= spec.tighten_rounds:
+                    break
+                tightening += 1
             for n in aims:
                 if candidate.shortfall > 0:
                     too_slow[n] = min(too_slow.get(n, float("inf")), used[n])
@@ -279,7 +326,7 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                     too_fast[n] = max(too_fast.get(n, 0.0), used[n])
                 # rescale by measured/predicted so the next prediction lands where we want...
                 if n in candidate.measured and candidate.predicted.get(n, 0) > 0:
-                    wanted = ceilings[n] * (1 - spec.precision / 2)
+                    wanted = ceilings[n] * (1 - (spec.tight if in_band else spec.precision) / 2)
                     aims[n] = candidate.predicted[n] * wanted / _as_ceiling_quantity(candidate, n, spec.budget,
                                                                                     baseline)
             # ...unless that leaves the bracket the measurements have established
@@ -450,6 +497,21 @@ def _verify(model, example, plan, groups, predicted, spec, target, base_backend,
 def _uniform_plan(groups: list[GroupInfo], ratio: float, spec: SearchSpec) -> dict[str, int]:
     return {g.name: (kept_count(g.channels, ratio, round_to=spec.round_to, min_channels=spec.min_channels)
                      if g.unit == "channels" else max(1, round(g.channels * (1 - ratio)))) for g in groups}
+
+
+def _uniform_fitting(groups: list[GroupInfo], spec: SearchSpec,
+                     fits: Callable[[dict[str, int]], bool]) -> dict[str, int] | None:
+    """The least-pruned uniform plan that `fits` accepts (bisection on the ratio), or None."""
+    lo, hi = 0.0, 0.95
+    if not fits(_uniform_plan(groups, hi, spec)):
+        return None
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        if fits(_uniform_plan(groups, mid, spec)):
+            hi = mid
+        else:
+            lo = mid
+    return _uniform_plan(groups, hi, spec)
 
 
 def _uniform_comparison(model, example, best, groups, spec, target, base_backend, baseline, calib, reference,
