@@ -87,3 +87,13 @@ def test_refinement_starts_from_the_better_start_and_respects_its_budget():
     assert len(calls) == 5 and all(fits(p) for p in calls)
     assert steps[0].loss == min(_loss(worse), _loss(better))
     assert _loss(best) <= min(_loss(worse), _loss(better))
+
+
+def test_one_group_loss_between_measured_widths_is_interpolated():
+    from secateurs.engine.search import _loss_at
+    from secateurs.engine.sensitivity import Quality
+
+    known = {64: Quality(loss=0.0, agreement=1, kl=0), 32: Quality(loss=1.0, agreement=1, kl=0),
+             8: Quality(loss=3.0, agreement=1, kl=0)}
+    assert _loss_at(known, 32) == 1.0 and _loss_at(known, 48) == 0.5 and _loss_at(known, 20) == 2.0
+    assert _loss_at(known, 4) == 3.0  # below the narrowest measured: its loss

@@ -269,7 +269,7 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                 starts.append(uniform)
             best, steps = refine(
                 starts, widths, fits=fits, loss=lambda p: joint(p).loss,
-                additive=lambda g, w: max(scores[g][w].loss, 0.0), max_evaluations=spec.refine_evaluations,
+                additive=lambda g, w: _loss_at(scores[g], w), max_evaluations=spec.refine_evaluations,
                 on_progress=lambda d, t: progress(fraction, f"refining the plan {d}/{t}"))
             return best, [s.to_dict() for s in steps]
 
@@ -497,6 +497,19 @@ def _verify(model, example, plan, groups, predicted, spec, target, base_backend,
 def _uniform_plan(groups: list[GroupInfo], ratio: float, spec: SearchSpec) -> dict[str, int]:
     return {g.name: (kept_count(g.channels, ratio, round_to=spec.round_to, min_channels=spec.min_channels)
                      if g.unit == "channels" else max(1, round(g.channels * (1 - ratio)))) for g in groups}
+
+
+def _loss_at(known: dict[int, Any], width: int) -> float:
+    """A group's one-group loss at `width`, interpolated between the widths measured (a uniform
+    plan's widths can fall between them)."""
+    if width in known:
+        return max(known[width].loss, 0.0)
+    above = min((w for w in known if w > width), default=None)
+    below = max((w for w in known if w < width), default=None)
+    if above is None or below is None:
+        return max(known[above if below is None else below].loss, 0.0)
+    f = (above - width) / (above - below)
+    return max(known[above].loss + f * (known[below].loss - known[above].loss), 0.0)
 
 
 def _uniform_fitting(groups: list[GroupInfo], spec: SearchSpec,
