@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=1, help="test-set evaluation every k epochs (and the last)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads; use 1 while another process keeps a core busy (2 threads then ran 4x slower)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: the whole training set is moved there once")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, default=CACHE_DIR / "resnet20.safetensors")
     args = parser.parse_args()
@@ -56,6 +57,9 @@ def main() -> int:
     test_x, test_y = load_cifar_tensors(zip_path, "test")
     if args.subset is not None:
         train_x, train_y = subset(train_x, train_y, args.subset, seed=args.seed)
+    if args.device != "cpu" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA GPU on this machine")
+    train_x, train_y = train_x.to(args.device), train_y.to(args.device)
     torch.manual_seed(args.seed)  # the model's initialisation follows the seed too
     model = build_architecture(args.arch, {"num_classes": 10})
     print(f"{args.arch}: {sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -81,11 +85,12 @@ def main() -> int:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # safetensors wants plain contiguous tensors (channels_last weights are not).
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(args.out))
     sidecar = {
         "arch": args.arch,
         "arch_kwargs": {"num_classes": 10},
         "epochs": args.epochs,
+        "device": args.device,
         "test_accuracy": rows[-1]["test_acc"],
         "train_images": len(train_y),
         "seconds": round(seconds, 1),
