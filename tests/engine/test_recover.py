@@ -237,3 +237,33 @@ def test_defaults_are_valid_and_per_optimizer():
     validate_recovery_spec(RecoverySpec())
     assert (RecoverySpec().learning_rate, RecoverySpec().decay) == (0.01, 5e-4)
     assert (RecoverySpec(optimizer="adamw").learning_rate, RecoverySpec(optimizer="adamw").decay) == (1e-3, 0.05)
+
+
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: the mixed-precision "
+                             "recovery path is tested only where one exists")
+
+
+def test_cuda_asked_for_without_a_gpu_is_refused_clearly(data, teacher):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    from secateurs.errors import BackendUnavailable
+
+    pruned = prune(teacher, EXAMPLE, PruneSpec(ratio=0.5)).model
+    with pytest.raises(BackendUnavailable, match="no CUDA GPU is present"):
+        recover(pruned, teacher, make_loader(data[0], 32), RecoverySpec(**FAST, device="cuda"))
+
+
+@NO_CUDA
+def test_recovery_on_cuda_with_mixed_precision_improves_and_resumes(data, teacher, tmp_path):
+    train, test = data
+    val = make_loader(test, 180)
+    pruned = prune(teacher, EXAMPLE, PruneSpec(ratio=0.5)).model
+    before = evaluate(pruned, val, teacher)
+    spec = RecoverySpec(epochs=3, lr=0.05, device="cuda", amp=True)
+    tuned = copy.deepcopy(pruned)
+    recover(tuned, teacher, make_loader(train, 64, shuffle=True), spec, val=val, checkpoint_dir=tmp_path)
+    assert next(tuned.parameters()).device.type == "cpu"  # handed back where it came from
+    assert evaluate(tuned, val, teacher)["accuracy"] > before["accuracy"] + 0.05
+    again = copy.deepcopy(pruned)  # every epoch is checkpointed: a rerun resumes after the last one
+    result = recover(again, teacher, make_loader(train, 64, shuffle=True), spec, val=val, checkpoint_dir=tmp_path)
+    assert result.resumed_from_epoch == 3

@@ -348,6 +348,7 @@ def recover(student: nn.Module, teacher: nn.Module | None, train_loader: Iterabl
     steps_per_epoch = _steps_per_epoch(train_loader, spec)
     teacher_mode = teacher.training if teacher is not None else False
     teacher_device = next(teacher.parameters()).device if teacher is not None else device
+    student_device = next(student.parameters()).device
     student.to(device)
     if teacher is not None:
         teacher.to(device).eval()
@@ -394,7 +395,7 @@ def recover(student: nn.Module, teacher: nn.Module | None, train_loader: Iterabl
             on_event(Event(stage="recover", kind="progress", progress=epoch / spec.epochs,
                            message=f"epoch {epoch}/{spec.epochs}", data=dict(row)))
     finally:
-        student.eval()
+        student.to(student_device).eval()  # handed back where it came from: export and benchmark follow
         if teacher is not None:
             teacher.to(teacher_device).train(teacher_mode)
     return _result(history, val, label_free, resumed_from, distiller, start)
