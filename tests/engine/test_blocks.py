@@ -1,0 +1,56 @@
+"""Removable blocks, found from the graph: residual blocks that keep their input's shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from secateurs.engine.attention import convert_attention
+from secateurs.engine.blocks import bypassed, drop_blocks, find_blocks
+from secateurs.engine.export import check_parity, export_onnx
+from secateurs.engine.models import build_architecture
+
+CASES = [
+    ("zoo:resnet56", (1, 3, 32, 32), 25, "layer1.0", ["layer2.0", "layer3.0"]),  # 27 blocks, 2 downsample
+    ("torchvision:resnet18", (1, 3, 64, 64), 5, "layer1.0", ["layer2.0", "layer3.0", "layer4.0"]),
+    ("torchvision:mobilenet_v2", (1, 3, 64, 64), 10, "features.3", ["features.2", "features.4", "features.1"]),
+    ("torchvision:vit_b_16", (1, 3, 224, 224), 12, "encoder.layers.encoder_layer_0", ["encoder"]),
+]
+
+
+@pytest.mark.parametrize(("arch", "shape", "count", "first", "not_found"), CASES, ids=[c[0] for c in CASES])
+def test_removable_blocks_are_the_residual_blocks_that_keep_their_shape(arch, shape, count, first, not_found):
+    torch.manual_seed(0)
+    model = build_architecture(arch).eval()
+    convert_attention(model)
+    blocks = find_blocks(model, torch.randn(shape))
+    names = [b.name for b in blocks]
+    assert len(blocks) == count and names[0] == first
+    assert not set(not_found) & set(names)  # stride, width changes; the ViT encoder adds a constant
+    assert all(b.params > 0 for b in blocks)
+
+
+def test_no_blocks_where_shapes_change_or_nothing_is_added_back():
+    model = build_architecture("torchvision:vgg11").eval()
+    assert find_blocks(model, torch.randn(1, 3, 64, 64)) == []
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    assert find_blocks(plain, torch.randn(1, 3, 16, 16)) == []  # same shape, but no skip connection
+
+
+def test_a_dropped_block_exports_with_parity_and_equals_the_bypassed_model(tmp_path):
+    torch.manual_seed(0)
+    model = build_architecture("zoo:resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    names = [b.name for b in find_blocks(model, x)][1::3]
+    dropped = drop_blocks(model, names)
+    with torch.no_grad(), bypassed(model, names):
+        bypass_out = model(x)
+    with torch.no_grad():
+        assert torch.allclose(dropped(x), bypass_out, atol=1e-6)
+        assert not torch.allclose(model(x), bypass_out, atol=1e-3)  # the blocks did something
+    assert sum(p.numel() for p in dropped.parameters()) < sum(p.numel() for p in model.parameters())
+    export_onnx(dropped, x[:1], tmp_path / "dropped.onnx")
+    parity = check_parity(dropped, tmp_path / "dropped.onnx", (1, 3, 32, 32))
+    assert parity.passed, parity
