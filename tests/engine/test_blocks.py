@@ -54,3 +54,28 @@ def test_a_dropped_block_exports_with_parity_and_equals_the_bypassed_model(tmp_p
     export_onnx(dropped, x[:1], tmp_path / "dropped.onnx")
     parity = check_parity(dropped, tmp_path / "dropped.onnx", (1, 3, 32, 32))
     assert parity.passed, parity
+
+
+def test_block_importance_is_the_quality_of_the_model_without_that_block(tmp_path):
+    from secateurs.engine.blocks import block_importance
+    from secateurs.engine.latency.cache import MeasurementCache
+    from secateurs.engine.sensitivity import Calibration, measure_quality, recalibrated, reference_outputs
+
+    torch.manual_seed(0)
+    model = build_architecture("zoo:resnet20", {"width": 8}).eval()
+    g = torch.Generator().manual_seed(1)
+    calib = Calibration(inputs=[torch.randn(16, 3, 32, 32, generator=g)],
+                        labels=[torch.randint(0, 10, (16,), generator=g)], real=True,
+                        recalibration=[torch.randn(16, 3, 32, 32, generator=g)])
+    blocks = find_blocks(model, torch.randn(1, 3, 32, 32))
+    cache = MeasurementCache(tmp_path / "m.sqlite")
+    importance = block_importance(model, blocks, calib, cache=cache, model_id="m")
+    assert list(importance) == [b.name for b in blocks] and cache.misses == len(blocks)
+    last = blocks[-1].name
+    dropped = drop_blocks(model, [last])
+    with recalibrated(dropped, calib.recalibration):
+        expected = measure_quality(dropped, calib, reference_outputs(model, calib))
+    assert importance[last].loss == pytest.approx(expected.loss, abs=1e-5)
+    again = block_importance(model, blocks, calib, cache=cache, model_id="m")  # from the cache
+    assert cache.hits == len(blocks) and again[last].loss == pytest.approx(importance[last].loss)
+    cache.close()

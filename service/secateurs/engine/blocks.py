@@ -30,6 +30,9 @@ import torch
 import torch.fx
 from torch import nn
 
+from secateurs.engine.latency.cache import MeasurementCache, cache_key
+from secateurs.engine.sensitivity import Calibration, Quality, measure_quality, recalibrated, reference_outputs
+
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
 _ADDS = {operator.add, operator.iadd, torch.add}
 
@@ -86,6 +89,25 @@ def bypassed(model: nn.Module, names: Sequence[str]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+def block_importance(model: nn.Module, blocks: Sequence[BlockInfo], calib: Calibration, *,
+                     cache: MeasurementCache, model_id: str) -> dict[str, Quality]:
+    """Quality lost when each block alone is dropped (BatchNorm recalibrated on real data when
+    there is some), measured like channel sensitivity and cached with it."""
+    reference = reference_outputs(model, calib)
+    data_id = calib.identity()
+    out: dict[str, Quality] = {}
+    for block in blocks:
+        key = cache_key("block-importance", model_id, data_id, block.name)
+        cached = cache.get(key)
+        if cached is not None:
+            out[block.name] = Quality(**cached)
+            continue
+        with bypassed(model, [block.name]), recalibrated(model, calib.recalibration if calib.real else None):
+            out[block.name] = measure_quality(model, calib, reference)
+        cache.put(key, "block-importance", out[block.name].to_dict())
+    return out
 
 
 class _Skip(nn.Module):
