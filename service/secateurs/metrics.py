@@ -71,7 +71,7 @@ class ServiceMetrics:
                                      "Wall time of the worker run that ended the job, by result.",
                                      ["result"], buckets=JOB_SECONDS_BUCKETS, registry=r)
         self.queue_wait_seconds = Histogram("secateurs_job_queue_wait_seconds",
-                                            "Time from CreateJob (or re-queueing) to a worker starting the job.",
+                                            "Time from CreateJob to the first worker start of the job.",
                                             buckets=JOB_SECONDS_BUCKETS, registry=r)
         self.stage_seconds = Histogram("secateurs_stage_duration_seconds",
                                        "Wall time of one pipeline stage (load, profile, search, prune, ...).",
@@ -117,9 +117,10 @@ class ServiceMetrics:
         self.queued.set_function(queued)
         self.in_progress.set_function(in_progress)
 
-    def job_started(self, queue_wait_seconds: float) -> None:
+    def job_started(self, queue_wait_seconds: float | None) -> None:
+        """A worker started a job; `queue_wait_seconds` since CreateJob (None: not its first start)."""
         self.job_starts.inc()
-        if queue_wait_seconds >= 0:
+        if _finite(queue_wait_seconds) and queue_wait_seconds >= 0:
             self.queue_wait_seconds.observe(queue_wait_seconds)
 
     def job_event(self, event: Mapping[str, Any]) -> None:

@@ -3,6 +3,7 @@ ResNet-20 weights as safetensors."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -13,12 +14,26 @@ from secateurs_client import Client
 from service_helpers import FAKE_RUNNER, ServerProcess
 
 
+@pytest.fixture(scope="session", autouse=True)
+def metrics_on_free_ports() -> Iterator[None]:
+    """Every `secateurs serve` a test starts serves metrics on a free port, so servers started
+    side by side (or beside one on the default 9464) do not collide."""
+    before = os.environ.get("SECATEURS_METRICS_LISTEN")
+    os.environ["SECATEURS_METRICS_LISTEN"] = "127.0.0.1:0"
+    yield
+    if before is None:
+        os.environ.pop("SECATEURS_METRICS_LISTEN", None)
+    else:
+        os.environ["SECATEURS_METRICS_LISTEN"] = before
+
+
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
     def make(**overrides: Any) -> Server:
-        config = dict(listen="127.0.0.1:0", data_dir=tmp_path / "data", grace_seconds=5.0)
+        config = dict(listen="127.0.0.1:0", data_dir=tmp_path / "data", grace_seconds=5.0,
+                      metrics_listen="127.0.0.1:0")
         config.update(overrides)
         server = Server(ServerConfig(**config))
         server.start()

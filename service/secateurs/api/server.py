@@ -24,17 +24,20 @@ from grpc_reflection.v1alpha import reflection
 
 from secateurs.api.auth import TokenInterceptor
 from secateurs.api.errors import ErrorInterceptor
+from secateurs.api.rpc_metrics import RpcMetricsInterceptor
 from secateurs.api.servicer import CompressionServicer
 from secateurs.jobs.blobs import BlobStore
 from secateurs.jobs.scheduler import Scheduler
 from secateurs.jobs.service import JobService, Limits
 from secateurs.jobs.store import JobStore
 from secateurs.jobs.worker import DEFAULT_RUNNER
+from secateurs.metrics import MetricsEndpoint, ServiceMetrics, split_listen
 from secateurs_client.v1 import compression_pb2 as pb
 from secateurs_client.v1 import compression_pb2_grpc as pb_grpc
 
 log = logging.getLogger("secateurs.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompressionService"].full_name
+METRICS_LISTEN = "127.0.0.1:9464"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +58,9 @@ class ServerConfig:
     grace_seconds: float = 10.0
     rpc_threads: int = 64
     runner: str = DEFAULT_RUNNER  # "module:function" run in each worker (tests name a fake)
+    # Prometheus /metrics "host:port" (":0": a free port); None: no endpoint. `secateurs serve`
+    # defaults to METRICS_LISTEN; a server embedded in a program only serves metrics when asked.
+    metrics_listen: str | None = None
 
 
 class Server:
@@ -67,12 +73,19 @@ class Server:
         self._lock = _lock_data_dir(data)
         self.store = JobStore(data / "jobs.db")
         self.blobs = BlobStore(data / "blobs", self.store)
+        self.metrics = ServiceMetrics()  # one registry per server: two in one process keep their counts apart
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.scheduler = Scheduler(self.store, self.blobs, work_dir=data / "work",
-                                   workers=config.workers, runner=config.runner)
+                                   workers=config.workers, runner=config.runner, metrics=self.metrics)
+        self.metrics.track_jobs(queued=self.store.count_queued, in_progress=lambda: len(self.scheduler.running()))
         self.jobs = JobService(self.store, self.blobs, self.scheduler, Limits(
             max_upload_bytes=config.max_upload_bytes, max_queued_jobs=config.max_queued_jobs))
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+        # Outermost first: metrics see the status that the error mapping (and the token check
+        # behind it) produced.
+        rpc_metrics = RpcMetricsInterceptor(self.metrics)
+        rpc_metrics.preregister(pb.DESCRIPTOR.services_by_name["CompressionService"])
+        interceptors: list[grpc.ServerInterceptor] = [rpc_metrics, ErrorInterceptor()]
         if config.token:
             interceptors.append(TokenInterceptor(config.token))
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=config.rpc_threads,
@@ -83,7 +96,7 @@ class Server:
         cache_dir = data.resolve() / "cache"
         pb_grpc.add_CompressionServiceServicer_to_server(
             CompressionServicer(self.jobs, trust_pickle=config.trust_pickle, cache_dir=cache_dir,
-                                data_root=data_root), self._grpc)
+                                data_root=data_root, metrics=self.metrics), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -96,7 +109,23 @@ class Server:
         host = self.config.listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
+    @property
+    def metrics_url(self) -> str | None:
+        """http://host:port/metrics once started with an endpoint, else None."""
+        return self.metrics_endpoint.url if self.metrics_endpoint is not None else None
+
     def start(self) -> None:
+        if self.config.metrics_listen is not None:  # first: a taken port leaves nothing running
+            self.metrics_endpoint = self.metrics.serve(self.config.metrics_listen)
+        try:
+            self._start_serving()
+        except BaseException:
+            self._close_metrics()
+            raise
+        if self.metrics_endpoint is not None:
+            log.info("metrics on %s", self.metrics_endpoint.url)
+
+    def _start_serving(self) -> None:
         creds = self._credentials()
         if creds is None:
             self.port = self._grpc.add_insecure_port(self.config.listen)
@@ -130,9 +159,15 @@ class Server:
         self.drain()
         self.scheduler.shutdown(grace * 0.6)
         self._grpc.stop(grace * 0.4).wait()
+        self._close_metrics()  # before the store: a scrape reads the queue from it
         self.store.close()
         self._lock.close()
         self._stopped.set()
+
+    def _close_metrics(self) -> None:
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
@@ -201,17 +236,28 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: none, such paths are refused")
     parser.add_argument("--grace", type=float, default=d.grace_seconds,
                         help="seconds to drain on SIGTERM before exiting (default %(default)s)")
+    parser.add_argument("--metrics-listen", default=os.environ.get("SECATEURS_METRICS_LISTEN") or METRICS_LISTEN,
+                        help="host:port of the Prometheus /metrics endpoint; :0 picks a free port "
+                             f"(default: $SECATEURS_METRICS_LISTEN, else {METRICS_LISTEN})")
+    parser.add_argument("--no-metrics", action="store_true", help="serve no metrics endpoint")
     parser.add_argument("--runner", default=d.runner, help=argparse.SUPPRESS)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.workers < 1 or args.max_upload_bytes < 1 or args.max_queued_jobs < 1:
         raise SystemExit("--workers, --max-upload-bytes and --max-queued-jobs must be at least 1")
+    metrics_listen = None if args.no_metrics else args.metrics_listen
+    if metrics_listen is not None:
+        try:
+            split_listen(metrics_listen)
+        except ValueError as exc:
+            raise SystemExit(f"--metrics-listen: {exc}") from None
     return ServerConfig(
         listen=args.listen, data_dir=args.data_dir, workers=args.workers,
         max_upload_bytes=args.max_upload_bytes, max_queued_jobs=args.max_queued_jobs, token=args.token or None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         trust_pickle=args.trust_pickle, data_root=args.data_root, grace_seconds=args.grace, runner=args.runner,
+        metrics_listen=metrics_listen,
     )
 
 

@@ -7,6 +7,7 @@ the worker said (result or error) or, when it said nothing, from how it died.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import shutil
@@ -20,6 +21,7 @@ from secateurs.jobs.blobs import BlobStore
 from secateurs.jobs.records import ArtifactRecord, JobError, JobRecord, JobState
 from secateurs.jobs.store import JobStore
 from secateurs.jobs.worker import DEFAULT_RUNNER, worker_main
+from secateurs.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 _CTX = mp.get_context("spawn")  # fork would copy the server's threads and locks
@@ -38,10 +40,14 @@ class Scheduler:
     def __init__(
         self, store: JobStore, blobs: BlobStore, *, work_dir: Path, workers: int = 1,
         runner: str = DEFAULT_RUNNER, cancel_grace: float = 2.0, max_attempts: int = 3,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
+        """metrics: where job starts, events and ends are counted (the workers cannot: they are
+        other processes)."""
         self._store, self._blobs = store, blobs
         self._work_dir, self._workers, self._runner = work_dir, workers, runner
         self._cancel_grace, self.max_attempts = cancel_grace, max_attempts
+        self.metrics = metrics
         self._running: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -54,6 +60,7 @@ class Scheduler:
                                                        max_attempts=self.max_attempts)
         for job_id in failed:
             shutil.rmtree(self._work_dir / job_id, ignore_errors=True)
+            self.count_end(job_id)
         self._dispatcher.start()
         return requeued, failed
 
@@ -61,7 +68,10 @@ class Scheduler:
         self._wake.set()
 
     def cancel(self, job_id: str) -> JobRecord:
+        was_queued = self._store.get_job(job_id).state == JobState.QUEUED
         job = self._store.request_cancel(job_id)
+        if was_queued and job.state.terminal:  # ended here, without a worker
+            self.count_end(job_id)
         with self._lock:
             run = self._running.get(job_id)
         if run is not None:
@@ -69,6 +79,15 @@ class Scheduler:
         elif job.state.terminal:  # a queued job waiting to resume leaves a work directory
             shutil.rmtree(self._work_dir / job_id, ignore_errors=True)
         return job
+
+    def count_end(self, job_id: str, *, seconds: float | None = None, report: dict[str, Any] | None = None) -> None:
+        """Count a job that just reached its final state (read back from the store)."""
+        if self.metrics is None:
+            return
+        job = self._store.get_job(job_id)
+        if job.state.terminal:
+            self.metrics.job_finished(result=job.state.value.lower(), seconds=seconds,
+                                      reason=job.error.reason if job.error else None, report=report)
 
     def running(self) -> list[str]:
         with self._lock:
@@ -113,6 +132,7 @@ class _Run:
 
     def __init__(self, scheduler: Scheduler, job: JobRecord) -> None:
         self._done = scheduler._done
+        self._count_end, self._metrics = scheduler.count_end, scheduler.metrics
         self._max_attempts = scheduler.max_attempts
         self._store, self._blobs = scheduler._store, scheduler._blobs
         self._runner, self._cancel_grace = scheduler._runner, scheduler._cancel_grace
@@ -141,6 +161,7 @@ class _Run:
             log.exception("supervising job %s failed", self.job.id)
             self._store.finish_job(self.job.id, JobState.FAILED, error=JobError(
                 reason="internal", message=f"server error while running the job: {type(exc).__name__}"))
+            self._count_end(self.job.id)
         finally:
             if self._ended():  # else kept for the attempt that resumes
                 shutil.rmtree(self.out_dir, ignore_errors=True)
@@ -161,6 +182,11 @@ class _Run:
             args=(self._runner, self.job.id, self.job.spec_json, str(self.out_dir), send, self._cancel_event),
         )
         self._proc.start()
+        self._started = time.monotonic()
+        if self._metrics is not None:
+            job = self.job  # a resumed job's wait would include its earlier runs: only the first counts
+            first = job.attempts <= 1 and job.started is not None
+            self._metrics.job_started(queue_wait_seconds=job.started - job.created if first else None)
         send.close()
         if self.job.cancel_requested or store.get_job(self.job.id).cancel_requested:
             self.cancel()
@@ -178,6 +204,8 @@ class _Run:
             if kind == "event":
                 last_message = payload.get("message") or last_message
                 store.append_event(self.job.id, **payload)
+                if self._metrics is not None:
+                    self._metrics.job_event(payload)
             elif kind == "result":
                 result = payload
             elif kind == "error":
@@ -199,6 +227,11 @@ class _Run:
             self._proc.terminate()
 
     def _finish(self, result: dict | None, error: dict | None, exitcode: int | None, last: str) -> None:
+        self._end(result, error, exitcode, last)
+        report = json.loads(result["report"]) if result is not None and not self._interrupted else None
+        self._count_end(self.job.id, seconds=time.monotonic() - self._started, report=report)
+
+    def _end(self, result: dict | None, error: dict | None, exitcode: int | None, last: str) -> None:
         store, job_id = self._store, self.job.id
         if self._interrupted:
             store.requeue(job_id, "the server shut down while the job was running", max_attempts=self._max_attempts)
