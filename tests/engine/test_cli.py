@@ -13,7 +13,7 @@ def test_compress_writes_every_artifact_and_a_report(tmp_path, capsys):
     rc = main(["compress", "--model", "zoo:resnet20", "--input", "1x3x32x32", "--ratio", "0.5",
                "--out", str(tmp_path), "--quick"])
     assert rc == 0
-    for name in ("model.onnx", "model.pt2", "plan.json", "report.json"):
+    for name in ("model.onnx", "model.pt2", "plan.json", "report.json", "report.html"):
         assert (tmp_path / name).stat().st_size > 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["parity"]["passed"]
@@ -21,7 +21,8 @@ def test_compress_writes_every_artifact_and_a_report(tmp_path, capsys):
     assert report["latency"]["baseline"]["n"] >= 60 and report["latency"]["speedup"] > 0
     assert report["device"]["provider"] == "CPUExecutionProvider"
     assert {"load", "profile", "prune", "export", "benchmark", "report"} == set(report["stage_seconds"])
-    assert "speedup" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "speedup" in out and str(tmp_path / "report.html") in out
 
 
 def test_per_group_ratios_file(tmp_path):

@@ -12,6 +12,7 @@ import json
 import platform
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from secateurs.engine.budget import Measurement, budget_shortfall, validate_budg
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
 from secateurs.engine.export import check_parity, export_onnx, export_pt2
 from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, measure_interleaved
+from secateurs.engine.latency.protocol import measurements_taken
 from secateurs.engine.models import check_runs, load_model, parse_input_shape
 from secateurs.engine.prune import PruneSpec, prune, validate_prune_spec, write_plan
 from secateurs.engine.search import SearchSpec, search
@@ -30,13 +32,13 @@ from secateurs.engine.spec import EXPORTS, RUNTIMES, CompressSpec
 from secateurs.errors import InvalidRequest, ParityError
 
 STAGES = ("load", "profile", "search", "prune", "recover", "export", "benchmark", "report")
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # of report_schema.json; docs/observability.md says what changed
 
 
 @dataclass(frozen=True, kw_only=True)
 class CompressResult:
     """What a job produced: the report (also written as report.json) and artifact files
-    by kind ("onnx", "pt2", "plan", "report")."""
+    by kind ("onnx", "pt2", "plan", "report", "report_html")."""
 
     report: dict[str, Any]
     artifacts: dict[str, Path] = field(default_factory=dict)
@@ -127,6 +129,8 @@ def compress(
 ) -> CompressResult:
     """Prune, export and measure one model. Raises secateurs.errors.* on bad input."""
     validate_spec(spec)
+    started_at, started = datetime.now(timezone.utc), time.perf_counter()
+    measured_before = measurements_taken()
     torch.manual_seed(spec.seed)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,8 +240,11 @@ def compress(
                             macs=pruned_size["macs"])
         report = {
             "schema_version": REPORT_VERSION,
+            "job": {"id": spec.job_id, "started_at": started_at.isoformat(),
+                    "finished_at": datetime.now(timezone.utc).isoformat(),
+                    "seconds": round(time.perf_counter() - started, 3)},
             "model": {"arch": spec.model.arch, "kwargs": dict(spec.model.arch_kwargs),
-                      "input_shape": list(shape)},
+                      "input_shape": list(shape), "weights_sha256": _sha256(spec.model.weights)},
             "pruning": {"ratio": spec.ratio, "importance": spec.importance, "round_to": spec.round_to,
                         "min_channels": spec.min_channels, "groups": result.plan.groups,
                         "heads": result.plan.heads},
@@ -265,6 +272,9 @@ def compress(
                      "note": None if calib.real else "no data: quality is fidelity to the original model on "
                                                      "generated inputs, not accuracy"},
             "search": search_report,
+            # what this run measured: the server turns these into its Prometheus counters
+            "measurements": {"latency": measurements_taken() - measured_before,
+                             "cache": dict((search_report or {}).get("cache") or {"hits": 0, "misses": 0})},
             "exports": {"baseline": baseline_export, **exports},
             "stage_seconds": timings,
             "versions": _versions(),
@@ -273,7 +283,35 @@ def compress(
     report_path = out / "report.json"  # written after the stage closes, so its own time is in it
     report_path.write_text(json.dumps(report, indent=2))
     artifacts["report"] = report_path
+    html_path = _write_html(report, out / "report.html", on_event)
+    if html_path is not None:
+        artifacts["report_html"] = html_path
     return CompressResult(report=report, artifacts=artifacts)
+
+
+def _write_html(report: dict[str, Any], path: Path, on_event: EventSink) -> Path | None:
+    """report.html beside report.json; a plot that cannot be drawn must not cost the job its model,
+    so a failure is a log event and the job goes on without the page."""
+    start = time.perf_counter()
+    try:
+        from secateurs.engine.report_html import write_report_html  # matplotlib: loaded only here
+
+        write_report_html(report, path)
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+        on_event(Event(stage="report", kind="log", message=f"report.html not written: {type(exc).__name__}: {exc}"))
+        return None
+    on_event(Event(stage="report", kind="log", message=f"report.html written in {time.perf_counter() - start:.1f} s"))
+    return path
+
+
+def _sha256(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor, calib: Calibration,
