@@ -50,7 +50,7 @@ class Profile:
 
 
 PROFILES = {
-    "cpu": Profile(arch="zoo:resnet20", base_epochs=6, epochs=4, batch_size=128, device="cpu"),
+    "cpu": Profile(arch="zoo:resnet20", base_epochs=6, epochs=2, batch_size=128, device="cpu"),
     # sized to finish within about 10 minutes on one H200-class GPU: the baseline's schedule is
     # shortened from the reference's 160 epochs (not measured yet: this profile has not run)
     "gpu": Profile(arch="zoo:resnet56", base_epochs=60, epochs=10, batch_size=128, device="cuda"),
