@@ -31,7 +31,7 @@ import torch.fx
 from torch import nn
 
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
-from secateurs.engine.sensitivity import Calibration, Quality, measure_quality, recalibrated, reference_outputs
+from secateurs.engine.sensitivity import Calibration, Quality, cached_quality, reference_outputs
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -99,14 +99,9 @@ def block_importance(model: nn.Module, blocks: Sequence[BlockInfo], calib: Calib
     data_id = calib.identity()
     out: dict[str, Quality] = {}
     for block in blocks:
-        key = cache_key("block-importance", model_id, data_id, block.name)
-        cached = cache.get(key)
-        if cached is not None:
-            out[block.name] = Quality(**cached)
-            continue
-        with bypassed(model, [block.name]), recalibrated(model, calib.recalibration if calib.real else None):
-            out[block.name] = measure_quality(model, calib, reference)
-        cache.put(key, "block-importance", out[block.name].to_dict())
+        out[block.name], _ = cached_quality(
+            model, calib, reference, lambda name=block.name: [bypassed(model, [name])], cache=cache,
+            kind="block-importance", key=cache_key("block-importance", model_id, data_id, block.name))
     return out
 
 

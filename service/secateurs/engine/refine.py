@@ -23,7 +23,6 @@ Each whole-plan quality is cached on disk like the one-group sensitivities.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -31,7 +30,7 @@ import torch
 
 from secateurs.engine.groups import GraphContext, GroupInfo
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
-from secateurs.engine.sensitivity import Calibration, Quality, masked, measure_quality, recalibrated
+from secateurs.engine.sensitivity import Calibration, Quality, cached_quality, masked
 
 Plan = dict[str, int]
 
@@ -62,17 +61,11 @@ class JointQuality:
 
     def __call__(self, plan: Plan) -> Quality:
         pruned = sorted((n, w) for n, w in plan.items() if w < self.groups[n].channels)
-        key = cache_key("joint-quality", self.model_id, self.data_id, pruned)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return Quality(**cached)
-        with ExitStack() as stack:
-            for name, width in pruned:
-                stack.enter_context(masked(self.ctx, name, self.groups[name], width))
-            stack.enter_context(recalibrated(self.ctx.model, self.calib.recalibration if self.calib.real else None))
-            quality = measure_quality(self.ctx.model, self.calib, self.reference)
-        self.evaluations += 1
-        self.cache.put(key, "joint-quality", quality.to_dict())
+        quality, measured = cached_quality(
+            self.ctx.model, self.calib, self.reference,
+            lambda: [masked(self.ctx, name, self.groups[name], width) for name, width in pruned],
+            cache=self.cache, kind="joint-quality", key=cache_key("joint-quality", self.model_id, self.data_id, pruned))
+        self.evaluations += measured
         return quality
 
 

@@ -36,7 +36,7 @@ from secateurs.engine.costmodel import GroupLayers
 from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers, layer_onnx
 from secateurs.engine.prune import PruneSpec, kept_count, prune
 from secateurs.engine.refine import JointQuality, refine
-from secateurs.engine.sensitivity import (Calibration, group_widths, measure_quality, model_identity,
+from secateurs.engine.sensitivity import (Calibration, group_widths, measure_quality, model_identity, quality_at,
                                           recalibrated, reference_outputs, sensitivity)
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.solver import Option, solve
@@ -500,31 +500,30 @@ def _uniform_plan(groups: list[GroupInfo], ratio: float, spec: SearchSpec) -> di
 
 
 def _loss_at(known: dict[int, Any], width: int) -> float:
-    """A group's one-group loss at `width`, interpolated between the widths measured (a uniform
-    plan's widths can fall between them)."""
-    if width in known:
-        return max(known[width].loss, 0.0)
-    above = min((w for w in known if w > width), default=None)
-    below = max((w for w in known if w < width), default=None)
-    if above is None or below is None:
-        return max(known[above if below is None else below].loss, 0.0)
-    f = (above - width) / (above - below)
-    return max(known[above].loss + f * (known[below].loss - known[above].loss), 0.0)
+    """A group's one-group loss at `width` (a uniform plan's widths can fall between those measured)."""
+    return max(quality_at(known, width).loss, 0.0)
 
 
 def _uniform_fitting(groups: list[GroupInfo], spec: SearchSpec,
                      fits: Callable[[dict[str, int]], bool]) -> dict[str, int] | None:
-    """The least-pruned uniform plan that `fits` accepts (bisection on the ratio), or None."""
+    """The least-pruned uniform plan that `fits` accepts, or None."""
+    ratio = _least_uniform_ratio(groups, spec, fits)
+    return None if ratio is None else _uniform_plan(groups, ratio, spec)
+
+
+def _least_uniform_ratio(groups: list[GroupInfo], spec: SearchSpec,
+                         fits: Callable[[dict[str, int]], bool]) -> float | None:
+    """Bisection on the uniform ratio (cost falls as it grows); None when even 0.95 does not fit."""
     lo, hi = 0.0, 0.95
     if not fits(_uniform_plan(groups, hi, spec)):
         return None
-    for _ in range(12):
+    for _ in range(20):
         mid = (lo + hi) / 2
         if fits(_uniform_plan(groups, mid, spec)):
             hi = mid
         else:
             lo = mid
-    return _uniform_plan(groups, hi, spec)
+    return hi
 
 
 def _uniform_comparison(model, example, best, groups, spec, target, base_backend, baseline, calib, reference,
@@ -537,15 +536,8 @@ def _uniform_comparison(model, example, best, groups, spec, target, base_backend
     if "latency_ms" not in best.predicted or not groups:
         return None
     want = baseline.latency_ms / best.measured["speedup"]
-    lo, hi = 0.0, 0.95
-    for _ in range(20):  # predicted latency falls as the ratio grows
-        mid = (lo + hi) / 2
-        if predict(_uniform_plan(groups, mid, spec))["latency_ms"] > want:
-            lo = mid
-        else:
-            hi = mid
+    ratio = _least_uniform_ratio(groups, spec, lambda plan: predict(plan)["latency_ms"] <= want) or 0.95
     tried: list[tuple[float, Candidate]] = []
-    ratio = hi
     for _ in range(3):
         plan = _uniform_plan(groups, ratio, spec)
         if any(c.widths == plan for _, c in tried):

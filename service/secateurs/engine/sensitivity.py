@@ -16,7 +16,7 @@ the KL divergence to the original outputs (and top-1 agreement).
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -195,16 +195,9 @@ def sensitivity(ctx: GraphContext, groups: Sequence[GroupInfo], widths: dict[str
     for info in groups:
         result[info.name] = {info.channels: base}
         for width in plan[info.name]:
-            key = cache_key("sensitivity", model_id, data_id, info.name, width)
-            cached = cache.get(key)
-            if cached is not None:
-                quality = Quality(**cached)
-            else:
-                with masked(ctx, info.name, info, width), recalibrated(
-                        ctx.model, calib.recalibration if calib.real else None):
-                    quality = measure_quality(ctx.model, calib, reference)
-                cache.put(key, "sensitivity", quality.to_dict())
-            result[info.name][width] = quality
+            result[info.name][width], _ = cached_quality(
+                ctx.model, calib, reference, lambda: [masked(ctx, info.name, info, width)], cache=cache,
+                kind="sensitivity", key=cache_key("sensitivity", model_id, data_id, info.name, width))
             done += 1
             if on_progress:
                 on_progress(done, total)
@@ -221,20 +214,43 @@ def _measured_widths(widths: Sequence[int]) -> list[int]:
 
 
 def _interpolate(known: dict[int, Quality], widths: Sequence[int]) -> None:
-    points = sorted(known)
+    measured = dict(known)
     for w in widths:
-        if w in known:
-            continue
-        above = min(p for p in points if p > w)
-        below = max((p for p in points if p < w), default=None)
-        if below is None:
-            known[w] = known[above]
-            continue
-        f = (above - w) / (above - below)
-        a, b = known[above], known[below]
-        mix = lambda x, y: x + f * (y - x)  # noqa: E731
-        known[w] = Quality(loss=mix(a.loss, b.loss), agreement=mix(a.agreement, b.agreement), kl=mix(a.kl, b.kl),
-                           accuracy=None if a.accuracy is None else mix(a.accuracy, b.accuracy))
+        if w not in known:
+            known[w] = quality_at(measured, w)
+
+
+def quality_at(known: dict[int, Quality], width: int) -> Quality:
+    """The quality at `width`, interpolated linearly between the nearest widths in `known`
+    (beyond them, the nearest one's)."""
+    if width in known:
+        return known[width]
+    above = min((p for p in known if p > width), default=None)
+    below = max((p for p in known if p < width), default=None)
+    if above is None or below is None:
+        return known[below if above is None else above]
+    f = (above - width) / (above - below)
+    a, b = known[above], known[below]
+    mix = lambda x, y: x + f * (y - x)  # noqa: E731
+    return Quality(loss=mix(a.loss, b.loss), agreement=mix(a.agreement, b.agreement), kl=mix(a.kl, b.kl),
+                   accuracy=None if a.accuracy is None else mix(a.accuracy, b.accuracy))
+
+
+def cached_quality(model: nn.Module, calib: Calibration, reference: Sequence[torch.Tensor],
+                   changes: Callable[[], Sequence[AbstractContextManager]], *, cache: MeasurementCache, kind: str,
+                   key: str) -> tuple[Quality, bool]:
+    """Quality of `model` while `changes()` (masks, bypassed blocks) are applied, after BatchNorm
+    recalibration on real data, cached under `key`. Returns (quality, whether it was measured now)."""
+    cached = cache.get(key)
+    if cached is not None:
+        return Quality(**cached), False
+    with ExitStack() as stack:
+        for change in changes():
+            stack.enter_context(change)
+        stack.enter_context(recalibrated(model, calib.recalibration if calib.real else None))
+        quality = measure_quality(model, calib, reference)
+    cache.put(key, kind, quality.to_dict())
+    return quality, True
 
 
 def model_identity(model: nn.Module, arch: str, input_shape: tuple[int, ...]) -> str:
