@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--macs", type=int, help="MACs ceiling")
     budget.add_argument("--max-accuracy-drop", type=float, help="accuracy points (0.01 = 1 point) that may be lost")
     budget.add_argument("--percentile", type=float, default=50.0, help="latency percentile: 50, 90, 95 or 99")
+    budget.add_argument("--depth", choices=("auto", "off", "only"), default="auto",
+                        help="whole residual blocks: auto (default) lets the search drop them where that costs "
+                             "less quality than narrowing channels; off: channels only; only: blocks only")
     compress.add_argument("--data", type=Path, help="ImageFolder directory or .zip for calibration and accuracy")
     compress.add_argument("--data-split", default="test", help="split of --data to calibrate on (default test)")
     compress.add_argument("--data-preset", default=None, help="transform preset: cifar10 or imagenet")
@@ -106,6 +109,7 @@ def _print_progress(event: Any) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import torch
 
+    from secateurs.engine.blocks import find_blocks
     from secateurs.engine.groups import describe_groups, prepare
     from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, measure
     from secateurs.engine.export import export_onnx
@@ -119,6 +123,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     check_runs(model, shape)
     example = torch.randn(shape)
     groups = describe_groups(prepare(copy.deepcopy(model), example), example, min_channels=args.min_channels)
+    blocks = find_blocks(model, example)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, example, path)
@@ -126,7 +131,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         stats = measure(backend, _protocol(args))
     fp = device_fingerprint(runtime="onnxruntime-cpu", provider=backend.provider, threads=args.threads)
     if args.json:
-        print(json.dumps({"groups": [g.to_dict() for g in groups], "latency": stats.to_dict(), "device": fp,
+        print(json.dumps({"groups": [g.to_dict() for g in groups], "blocks": [b.to_dict() for b in blocks],
+                          "latency": stats.to_dict(), "device": fp,
                           "params": count_params(model), "macs": count_macs(model, example)}, indent=2))
         return 0
     width = max((len(g.name) for g in groups), default=10)
@@ -134,7 +140,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for g in groups:
         print(f"{g.name:<{width}}  {g.channels:>6} {g.unit:<8} {100 * g.macs_share:>6.1f}% {len(g.layers):>6}  "
               f"{'yes' if g.prunable else 'no: ' + g.reason}")
-    print(f"\n{len(groups)} groups, {sum(g.prunable for g in groups)} prunable; "
+    if blocks:
+        print(f"\nremovable blocks (depth pruning): {', '.join(b.name for b in blocks)}")
+    print(f"\n{len(groups)} groups, {sum(g.prunable for g in groups)} prunable, {len(blocks)} removable blocks; "
           f"{count_params(model):,} params, {count_macs(model, example) / 1e6:,.1f} M MACs")
     print(f"baseline on {fp['runtime']} ({fp['threads']} threads, {fp['cpu']}): p50 {stats.p50_ms:.3f} ms, "
           f"p90 {stats.p90_ms:.3f} ms, mean {stats.mean_ms:.3f} ms, n={stats.n}, CoV {stats.cov:.1%}"
@@ -188,7 +196,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         recovery=recovery, train_data=train_data,
         importance=args.importance, round_to=args.round_to,
         min_channels=args.min_channels, target=TargetSpec(threads=args.threads), protocol=_protocol(args),
-        dynamic_batch=args.dynamic_batch, seed=args.seed,
+        dynamic_batch=args.dynamic_batch, seed=args.seed, depth=args.depth,
     )
     start = time.perf_counter()
     result = compress(spec, on_event=_print_progress)
@@ -210,6 +218,11 @@ def summary(report: dict) -> str:
         lines.append(f"  budget      {', '.join(f'{k}={v}' for k, v in report['budget'].items())}: "
                      f"{'MET' if report['budget_met'] else 'NOT MET'}"
                      f"{' (' + search['reason'] + ')' if search and search['reason'] else ''}")
+        dropped = [blk for blk in (search or {}).get("blocks") or [] if blk.get("dropped")]
+        if dropped:
+            share = sum(blk["latency_share"] or 0.0 for blk in dropped)
+            lines.append(f"  blocks      {len(dropped)} dropped ({', '.join(blk['name'] for blk in dropped)}), "
+                         f"{share:.0%} of the baseline latency")
         if search and search.get("uniform"):
             u = search["uniform"]
             lines.append(f"  vs uniform  L1 ratio {u['measured']['uniform_ratio']:.2f} at {u['measured']['speedup']:.2f}x: "

@@ -160,6 +160,8 @@ CASES: list[tuple[str, Callable[[Client], Any], Code, str | None]] = [
     ("ratio and group ratios", _create(pruning__group_ratios={"layer1.0.conv1": 0.5}), Code.INVALID_ARGUMENT,
      "pruning.ratio"),
     ("unknown importance", _create(pruning__importance="vibes"), Code.INVALID_ARGUMENT, "pruning.importance"),
+    ("unknown depth", _create(pruning__depth="sideways"), Code.INVALID_ARGUMENT, "pruning.depth"),
+    ("blocks only without a budget", _create(pruning__depth="only"), Code.INVALID_ARGUMENT, "pruning.depth"),
     ("unknown export", _create(exports=["tflite"]), Code.INVALID_ARGUMENT, "exports"),
     ("bad label key", _create(labels={"Bad Key!": "x"}), Code.INVALID_ARGUMENT, "labels[Bad Key!]"),
     ("unknown job", _raw("GetJob", pb.GetJobRequest(job_id="nope")), Code.NOT_FOUND, None),

@@ -23,7 +23,8 @@ from secateurs.api.data_sources import data_specs
 from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
 from secateurs.engine.pipeline import validate_spec
 from secateurs.engine.recover import RecoverySpec, validate_recovery_spec
-from secateurs.engine.spec import EXPORTS, IMPORTANCES, RUNTIMES, CompressSpec, ModelSpec, ProtocolSpec, TargetSpec
+from secateurs.engine.spec import (DEPTH_MODES, EXPORTS, IMPORTANCES, RUNTIMES, CompressSpec, ModelSpec, ProtocolSpec,
+                                   TargetSpec)
 from secateurs.engine.zoo import ZOO
 from secateurs.errors import InvalidRequest
 from secateurs.jobs.blobs import BlobStore
@@ -63,6 +64,9 @@ def spec_from_request(
         raise _bad("pruning.importance", f"unknown importance {importance!r} (one of {', '.join(IMPORTANCES)})")
     round_to = _bounded("pruning.round_to", req.pruning.round_to, 1, 1024, default=8)
     min_channels = _bounded("pruning.min_channels", req.pruning.min_channels, 1, 4096, default=8)
+    depth = req.pruning.depth or "auto"
+    if depth not in DEPTH_MODES:
+        raise _bad("pruning.depth", f"unknown depth {depth!r} (one of {', '.join(DEPTH_MODES)})")
     exports = tuple(req.exports) or EXPORTS
     for name in exports:
         if name not in EXPORTS:
@@ -73,7 +77,7 @@ def spec_from_request(
         model=model, input_shape=shape, out_dir=_PLACEHOLDER_OUT, ratio=ratio, group_ratios=group_ratios,
         budget=budget, importance=importance, round_to=round_to, min_channels=min_channels,
         target=target, protocol=_protocol(req.target.protocol), exports=exports,
-        cache_dir=cache_dir, data=data, train_data=train_data, recovery=recovery, seed=_JOB_SEED,
+        cache_dir=cache_dir, data=data, train_data=train_data, recovery=recovery, seed=_JOB_SEED, depth=depth,
     )
     with _engine_fields():  # the engine's own checks, so a job never fails for what a request could show
         validate_spec(spec)
@@ -84,6 +88,7 @@ _ENGINE_TO_WIRE = {"protocol": "target.protocol", "model.kwargs": "model.arch_kw
                    "model.weights": "model.weights_blob_id", "ratio": "pruning.ratio",
                    "importance": "pruning.importance", "round_to": "pruning.round_to",
                    "min_channels": "pruning.min_channels", "group_ratios": "pruning.group_ratios",
+                   "depth": "pruning.depth",
                    "budget.percentile": "target.percentile",  # the request has one percentile, on the target
                    "recovery.kd_weight": "recovery.distill_kl_weight",
                    "recovery.feature_weight": "recovery.distill_feature_weight",

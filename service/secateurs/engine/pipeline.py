@@ -28,7 +28,7 @@ from secateurs.engine.prune import PruneSpec, prune, validate_prune_spec, write_
 from secateurs.engine.search import SearchSpec, search
 from secateurs.engine.sensitivity import Calibration, measure_quality, recalibrate_batchnorm, reference_outputs
 from secateurs.engine.size import count_macs, count_params, file_bytes
-from secateurs.engine.spec import EXPORTS, RUNTIMES, CompressSpec
+from secateurs.engine.spec import DEPTH_MODES, EXPORTS, RUNTIMES, CompressSpec
 from secateurs.errors import InvalidRequest, ParityError
 
 STAGES = ("load", "profile", "search", "prune", "recover", "export", "benchmark", "report")
@@ -61,6 +61,10 @@ def validate_spec(spec: CompressSpec) -> None:
                                       min_channels=spec.min_channels))
     else:
         validate_prune_spec(_prune_spec(spec))
+    if spec.depth not in DEPTH_MODES:
+        raise InvalidRequest(f"depth must be one of {', '.join(DEPTH_MODES)}, got {spec.depth!r}", field="depth")
+    if spec.depth == "only" and spec.budget is None:
+        raise InvalidRequest("depth 'only' needs a budget: the search chooses which blocks to drop", field="depth")
     from secateurs.engine.data import validate_data_spec
 
     for data in (spec.data, spec.train_data):
@@ -155,13 +159,14 @@ def compress(
     calib = build_calibration(spec, shape)
     search_report = None
     group_ratios = spec.group_ratios
+    dropped: list[str] = []
     if spec.budget is not None:
         with stage("search") as st:
             job_key = _search_key(spec, model, shape)
             saved = _load_search(out, job_key)
             if saved is not None:  # an interrupted attempt of this job already searched
                 st.progress(1.0, "reusing the search result of the interrupted attempt")
-                search_report, group_ratios = saved
+                search_report, group_ratios, dropped = saved
             else:
                 fp = device_fingerprint(runtime=spec.target.runtime, provider=_provider(spec.target.runtime),
                                         threads=spec.target.threads)
@@ -169,16 +174,17 @@ def compress(
                     model, example, baseline_onnx,
                     SearchSpec(budget=spec.budget, target=spec.target, protocol=spec.protocol,
                                importance=spec.importance, round_to=spec.round_to, min_channels=spec.min_channels,
-                               cache_dir=spec.cache_dir, arch=spec.model.arch, seed=spec.seed),
+                               cache_dir=spec.cache_dir, arch=spec.model.arch, seed=spec.seed, depth=spec.depth),
                     calib, fingerprint=fp, cancel=cancel,
                     on_progress=lambda f, message, data: st.progress(f, message, **data))
-                group_ratios = searched.ratios
+                group_ratios, dropped = searched.ratios, searched.dropped
                 search_report = _search_section(searched, spec)
-                _save_search(out, job_key, search_report, group_ratios)
+                _save_search(out, job_key, search_report, group_ratios, dropped)
 
     with stage("prune") as st:
         prune_spec = PruneSpec(ratio=spec.ratio if group_ratios is None else None, group_ratios=group_ratios,
-                               importance=spec.importance, round_to=spec.round_to, min_channels=spec.min_channels)
+                               importance=spec.importance, round_to=spec.round_to, min_channels=spec.min_channels,
+                               drop_blocks=tuple(dropped))
         result = prune(model, example, prune_spec, batches=calib.inputs)
         pruned = result.model
         if calib.real and calib.recalibration:
@@ -188,7 +194,8 @@ def compress(
         reference = reference_outputs(model, calib)
         quality = {"before": measure_quality(model, calib, reference).to_dict(),
                    "after": measure_quality(pruned, calib, reference).to_dict()}
-        st.progress(1.0, f"{sum(1 for g in result.plan.groups if g['after'] < g['before'])} groups pruned")
+        st.progress(1.0, f"{sum(1 for g in result.plan.groups if g['after'] < g['before'])} groups pruned"
+                    + (f", {len(dropped)} blocks dropped" if dropped else ""))
 
     recovery = None
     if spec.recovery is not None:
@@ -247,7 +254,7 @@ def compress(
                       "input_shape": list(shape), "weights_sha256": _sha256(spec.model.weights)},
             "pruning": {"ratio": spec.ratio, "importance": spec.importance, "round_to": spec.round_to,
                         "min_channels": spec.min_channels, "groups": result.plan.groups,
-                        "heads": result.plan.heads},
+                        "heads": result.plan.heads, "dropped_blocks": result.plan.dropped},
             "budget": spec.budget.to_dict() if spec.budget is not None else None,
             # judged on the final interleaved benchmark below, the figures the user receives
             "budget_met": budget_shortfall(final, spec.budget) == 0 if spec.budget is not None else None,
@@ -410,7 +417,7 @@ def _search_section(result: Any, spec: CompressSpec) -> dict[str, Any]:
         "baseline": asdict(result.baseline), "final": asdict(result.final),
         "quality_before": result.quality_before, "quality_after": result.quality_after,
         "groups": result.groups, "trace": [c.to_dict() for c in result.trace], "uniform": result.uniform,
-        "latency_model": result.latency_model, "cache": result.cache,
+        "latency_model": result.latency_model, "cache": result.cache, "depth": spec.depth, "blocks": result.blocks,
     }
 
 
@@ -428,16 +435,17 @@ def _search_key(spec: CompressSpec, model: torch.nn.Module, shape: tuple[int, ..
                           .encode()).hexdigest()[:24]
 
 
-def _save_search(out: Path, key: str, section: dict[str, Any], ratios: dict[str, float]) -> None:
+def _save_search(out: Path, key: str, section: dict[str, Any], ratios: dict[str, float], dropped: list[str]) -> None:
     """Keep the search's outcome beside the job's checkpoints: a resumed job skips the search,
     and its recovery checkpoints fit the same plan."""
     tmp = out / (_SEARCH_FILE + ".tmp")
-    tmp.write_text(json.dumps({"version": REPORT_VERSION, "key": key, "ratios": ratios, "section": section},
+    tmp.write_text(json.dumps({"version": REPORT_VERSION, "key": key, "ratios": ratios, "dropped": dropped,
+                               "section": section},
                               default=str))
     tmp.replace(out / _SEARCH_FILE)  # atomic: an interruption never leaves half a file
 
 
-def _load_search(out: Path, key: str) -> tuple[dict[str, Any], dict[str, float]] | None:
+def _load_search(out: Path, key: str) -> tuple[dict[str, Any], dict[str, float], list[str]] | None:
     path = out / _SEARCH_FILE
     if not path.exists():
         return None
@@ -445,7 +453,8 @@ def _load_search(out: Path, key: str) -> tuple[dict[str, Any], dict[str, float]]
         saved = json.loads(path.read_text())
         if saved.get("version") != REPORT_VERSION or saved.get("key") != key:
             return None
-        return saved["section"], {str(k): float(v) for k, v in saved["ratios"].items()}
+        return (saved["section"], {str(k): float(v) for k, v in saved["ratios"].items()},
+                [str(n) for n in saved.get("dropped", [])])
     except (OSError, ValueError, KeyError, AttributeError):
         return None  # unreadable: search again
 

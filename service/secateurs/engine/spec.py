@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 RUNTIMES = ("onnxruntime-cpu",)
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 EXPORTS = ("onnx", "pt2", "plan")
+# Depth pruning in a budget search: "auto" lets the search drop whole residual blocks where
+# that costs less quality than the same latency taken from channels; "off": channels only;
+# "only": blocks only (channels stay whole).
+DEPTH_MODES = ("auto", "off", "only")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +79,7 @@ class CompressSpec:
     after pruning (none: the pruned model is returned as pruned, BatchNorm
     recalibrated when there is data). cache_dir: measurements cached across jobs.
     job_id: the server's id of the job, copied into the report (None from the command line).
+    depth: whether a budget search may drop whole residual blocks (DEPTH_MODES).
     """
 
     model: ModelSpec
@@ -98,3 +103,4 @@ class CompressSpec:
     parity_tolerance: float = 1e-3
     seed: int = 0
     job_id: str | None = None
+    depth: str = "auto"

@@ -151,7 +151,7 @@ class Recovery(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., distill_kl_weight: _Optional[float] = ..., distill_feature_weight: _Optional[float] = ..., distill_attention_weight: _Optional[float] = ..., progressive_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Pruning(_message.Message):
-    __slots__ = ("ratio", "group_ratios", "importance", "round_to", "min_channels")
+    __slots__ = ("ratio", "group_ratios", "importance", "round_to", "min_channels", "depth")
     class GroupRatiosEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,12 +164,14 @@ class Pruning(_message.Message):
     IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
     ROUND_TO_FIELD_NUMBER: _ClassVar[int]
     MIN_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
     ratio: float
     group_ratios: _containers.ScalarMap[str, float]
     importance: str
     round_to: int
     min_channels: int
-    def __init__(self, ratio: _Optional[float] = ..., group_ratios: _Optional[_Mapping[str, float]] = ..., importance: _Optional[str] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ...) -> None: ...
+    depth: str
+    def __init__(self, ratio: _Optional[float] = ..., group_ratios: _Optional[_Mapping[str, float]] = ..., importance: _Optional[str] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., depth: _Optional[str] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("request_id", "model", "input_shape", "budget", "target", "data", "recovery", "pruning", "exports", "labels")
