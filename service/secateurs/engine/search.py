@@ -259,7 +259,8 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             return {g: full[g] for g, m in members.members.items()
                     if removed and g in full and m and all(layer in removed for layer, _, _ in m)}
 
-        def options(reference: dict[str, int], aims: dict[str, float]) -> tuple[dict, list[float]]:
+        def options(reference: dict[str, int], aims: dict[str, float],
+                    entries: dict[str, list[int]]) -> tuple[dict, list[float]]:
             """Savings of each option, linearised around `reference` (other groups at their
             reference widths), and the saving each aim requires:
 
@@ -270,7 +271,7 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             at_ref = predict(reference)
             constant = dict(at_ref)
             table: dict[str, list[Option]] = {}
-            for entry, entry_widths in choices.items():
+            for entry, entry_widths in entries.items():
                 at_whole = predict(dict(reference, **{entry: whole[entry]}))
                 for n in names:
                     constant[n] += at_whole[n] - at_ref[n]
@@ -282,11 +283,11 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                 table[entry] = _pareto(opts)
             return table, [constant[n] - aims[n] for n in names]
 
-        def solve_for(aims: dict[str, float]) -> tuple[dict[str, int], bool]:
+        def solve_for(aims: dict[str, float], entries: dict[str, list[int]] = choices) -> tuple[dict[str, int], bool]:
             plan = dict(whole)
             feasible = True
             for _ in range(3):  # re-linearise around the previous answer: widths interact in each layer
-                table, required = options(plan, aims)
+                table, required = options(plan, aims, entries)
                 solution = solve(table, required)
                 new = dict(whole, **{n: o.width for n, o in solution.choice.items()})
                 new.update(_inside_dropped(new))
@@ -311,8 +312,17 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
 
             starts = [plan]
             uniform = _uniform_fitting(channel_groups, spec, lambda p: fits(dict(whole, **p)))
-            if uniform is not None and dict(whole, **uniform) != plan:
+            if uniform is not None:
                 starts.append(dict(whole, **uniform))
+            if blocks and channel_groups:
+                # The best plan of each kind alone is a start too: the additive losses can favour a
+                # mix that, measured whole, is worse than dropping blocks (or narrowing) alone.
+                for kind in ({g.name: choices[g.name] for g in channel_groups},
+                             {k: w for k, w in choices.items() if k not in full}):
+                    alone, alone_feasible = solve_for(aims, kind)
+                    if alone_feasible and fits(alone):
+                        starts.append(alone)
+            starts = [p for i, p in enumerate(starts) if p not in starts[:i]]
             best, steps = refine(
                 starts, choices, fits=fits, loss=lambda p: joint(p).loss,
                 additive=lambda g, w: _loss_at(scores[g], w), max_evaluations=spec.refine_evaluations,
@@ -342,12 +352,22 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             fraction = 0.65 + 0.3 * round_ / rounds
             progress(fraction, f"verification round {round_ + 1}")
             plan, feasible, steps = plan_for(aims, fraction)
-            if any(c.widths == plan for c in trace):
-                if not _bisect(aims, too_slow, too_fast):
-                    break  # no aim left between the bounds gives a new plan
-                plan, feasible, steps = plan_for(aims, fraction)
-                if any(c.widths == plan for c in trace):
+            for _ in range(6):
+                seen = next((c for c in trace if c.widths == plan), None)
+                if seen is None:
                     break
+                # The same plan again: what it measured bounds this aim too, so the bracket
+                # narrows and the next aim moves on (plans come in steps: a block is a big one).
+                for n in aims:
+                    if seen.shortfall > 0:
+                        too_slow[n] = min(too_slow.get(n, float("inf")), aims[n])
+                    elif seen.slack > (spec.tight if tightening else spec.precision):
+                        too_fast[n] = max(too_fast.get(n, 0.0), aims[n])
+                if not _bisect(aims, too_slow, too_fast):
+                    break  # no aim left between the bounds
+                plan, feasible, steps = plan_for(aims, fraction)
+            if any(c.widths == plan for c in trace):
+                break  # no aim left between the bounds gives a new plan
             used = dict(aims)
             candidate, pruned = _verify(model, example, plan, groups, predict(plan), spec, target, base_backend,
                                         baseline, calib, reference, parent, len(trace),
