@@ -134,3 +134,20 @@ def image_folder_zip(path: Path, *, classes: int = 2, per_class: int = 20, size:
                     Image.fromarray(pixels).save(buf, format="JPEG")
                     zf.writestr(f"{split}/class{c}/{i:03d}.jpg", buf.getvalue())
     return path
+
+
+def parse_serve_args(argv: list[str]) -> Any:
+    """`secateurs serve` arguments as the server parses them (argv without "serve"); fails the
+    test, naming the arguments, when the server would refuse them."""
+    import argparse
+
+    from secateurs.api.server import add_serve_arguments, config_from_args
+
+    parser = argparse.ArgumentParser(prog="secateurs serve", exit_on_error=False)
+    add_serve_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+        config_from_args(args)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise AssertionError(f"secateurs serve refuses {argv}: {exc}") from None
+    return args
