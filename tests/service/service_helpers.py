@@ -190,3 +190,15 @@ def cached_venv(name: str, *pip_args: str, key_files: tuple[Path, ...] = (), tim
                                      f"{install.stderr[-3000:]}")
             done.touch()
     return python
+
+
+def save_zoo_weights(path: Path, name: str = "resnet20", **kwargs: Any) -> Path:
+    """Seeded weights of a zoo network (e.g. width=8: a job on it takes seconds) as safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    from secateurs.engine.zoo import ZOO
+
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in ZOO[name](**kwargs).state_dict().items()}, str(path))
+    return path

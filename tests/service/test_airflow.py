@@ -19,7 +19,7 @@ import pytest
 
 from secateurs.api.server import Server
 from secateurs_client import Client, pb
-from service_helpers import QUICK_PROTOCOL, cached_venv
+from service_helpers import QUICK_PROTOCOL, cached_venv, save_zoo_weights
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = (REPO / "clients" / "python", REPO / "clients" / "airflow")
@@ -66,17 +66,6 @@ def airflow_python() -> Path:
     return cached_venv("airflow", *args, key_files=tuple(p / "pyproject.toml" for p in PACKAGES))
 
 
-def _width8_weights(path: Path) -> Path:
-    import torch
-    from safetensors.torch import save_file
-
-    from secateurs.engine.zoo import ZOO
-
-    torch.manual_seed(0)
-    save_file({k: v.contiguous() for k, v in ZOO["resnet20"](width=8).state_dict().items()}, str(path))
-    return path
-
-
 def test_deferrable_operator_runs_a_job_through_its_trigger(airflow_python: Path, make_server: Callable[..., Server],
                                                             tmp_path: Path) -> None:
     data_root = tmp_path / "datasets"
@@ -86,7 +75,7 @@ def test_deferrable_operator_runs_a_job_through_its_trigger(airflow_python: Path
     home, out = tmp_path / "airflow", tmp_path / "out"
     (home / "dags").mkdir(parents=True)
     out.mkdir()
-    weights = _width8_weights(tmp_path / "resnet20-w8.safetensors")
+    weights = save_zoo_weights(tmp_path / "resnet20-w8.safetensors", width=8)
     request_json = json.dumps({"target": {"protocol": QUICK_PROTOCOL}})
     dag_file = home / "dags" / "secateurs_compress.py"
     dag_file.write_text(DAG.format(out=str(out), weights=str(weights), request_json=request_json))
