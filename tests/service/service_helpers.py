@@ -134,3 +134,71 @@ def image_folder_zip(path: Path, *, classes: int = 2, per_class: int = 20, size:
                     Image.fromarray(pixels).save(buf, format="JPEG")
                     zf.writestr(f"{split}/class{c}/{i:03d}.jpg", buf.getvalue())
     return path
+
+
+def parse_serve_args(argv: list[str]) -> Any:
+    """`secateurs serve` arguments as the server parses them (argv without "serve"); fails the
+    test, naming the arguments, when the server would refuse them."""
+    import argparse
+
+    from secateurs.api.server import add_serve_arguments, config_from_args
+
+    parser = argparse.ArgumentParser(prog="secateurs serve", exit_on_error=False)
+    add_serve_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+        config_from_args(args)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise AssertionError(f"secateurs serve refuses {argv}: {exc}") from None
+    return args
+
+
+def tests_cache_dir() -> Path:
+    """Where tests keep what is slow to make and safe to reuse: $SECATEURS_TEST_CACHE, else
+    $XDG_CACHE_HOME/secateurs (~/.cache/secateurs)."""
+    explicit = os.environ.get("SECATEURS_TEST_CACHE")
+    root = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "secateurs"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def cached_venv(name: str, *pip_args: str, key_files: tuple[Path, ...] = (), timeout: float = 900) -> Path:
+    """The python of a virtual environment with `pip install *pip_args` done, built once and kept
+    under tests_cache_dir() (for tools whose dependencies clash with the server's, e.g. kfp's
+    protobuf pin). Rebuilt when the arguments, the key files (pyproject.toml of what it installs)
+    or the Python version change."""
+    import fcntl
+    import hashlib
+    import shutil
+    import venv
+
+    digest = hashlib.sha256(repr((sys.version, pip_args)).encode())
+    for path in key_files:
+        digest.update(path.read_bytes())
+    root = tests_cache_dir() / "venvs" / f"{name}-{digest.hexdigest()[:12]}"
+    python, done = root / "bin" / "python", root / ".complete"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others wait and reuse it
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            venv.create(root, with_pip=True)
+            install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                                      *pip_args], capture_output=True, text=True, timeout=timeout)
+            if install.returncode != 0:
+                raise AssertionError(f"pip install {' '.join(pip_args)} failed:\n{install.stdout[-3000:]}\n"
+                                     f"{install.stderr[-3000:]}")
+            done.touch()
+    return python
+
+
+def save_zoo_weights(path: Path, name: str = "resnet20", **kwargs: Any) -> Path:
+    """Seeded weights of a zoo network (e.g. width=8: a job on it takes seconds) as safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    from secateurs.engine.zoo import ZOO
+
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in ZOO[name](**kwargs).state_dict().items()}, str(path))
+    return path

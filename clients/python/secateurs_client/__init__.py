@@ -11,6 +11,8 @@
 
 from secateurs_client._client import DEFAULT_TARGET, TERMINAL, Client, build_request
 from secateurs_client.errors import describe, field_violations
+from secateurs_client.reports import report_metrics
 from secateurs_client.v1 import compression_pb2 as pb
 
-__all__ = ["Client", "build_request", "describe", "field_violations", "pb", "DEFAULT_TARGET", "TERMINAL"]
+__all__ = ["Client", "build_request", "describe", "field_violations", "report_metrics", "pb", "DEFAULT_TARGET",
+           "TERMINAL"]
