@@ -134,10 +134,12 @@ class LatencyProbeServicer(pb_grpc.LatencyProbeServicer):
         if backend is None:
             try:
                 backend = open_backend(settings, shape, onnx=data, seed=seed)
+                backend.samples(1)  # a shape the model does not take fails here, not mid-measurement
             except SecateursError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the runtime's own words: a bad or unsupported file
-                raise InvalidRequest(f"{settings.runtime} cannot load the model: {type(exc).__name__}: "
+            except Exception as exc:  # noqa: BLE001 - the runtime's own words: a bad file, a wrong shape
+                raise InvalidRequest(f"{settings.runtime} cannot load the model or run it at input_shape "
+                                     f"{list(shape)}: {type(exc).__name__}: "
                                      f"{str(exc).splitlines()[0][:300] if str(exc) else ''}", field="models") from exc
             self._backends[key] = backend
             while len(self._backends) > KEPT_BACKENDS:
