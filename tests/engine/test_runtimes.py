@@ -168,10 +168,10 @@ def test_tensorrt_engine_measured_and_checked_against_onnxruntime(models, tmp_pa
     _needs("tensorrt")
     from secateurs.engine.latency.tensorrt_backend import export_engine
 
-    _, _, small, _ = _orders("tensorrt", models, precision)
+    target, _, small, _ = _orders("tensorrt", models, precision)
     assert small.components["gpu_compute"]["p50_ms"] <= small.p50_ms
     _, path = models["small"]
-    engine = export_engine(path, SHAPE, tmp_path, precision=precision, where={"kind": "local"})
+    engine = export_engine(path, SHAPE, tmp_path, precision=precision, target=target)
     assert engine["ok"] and engine["parity"]["passed"] and engine["gpu"]["compute_capability"]
     assert (tmp_path / "model.plan").stat().st_size > 0 and (tmp_path / "model.plan.log").exists()
     assert "not portable" in engine["portability"] or "only on the GPU model" in engine["portability"]

@@ -144,6 +144,16 @@ def test_probe_refuses_bad_measurements_with_the_reason(start_probe, onnx_models
         with pytest.raises(grpc.RpcError) as err:
             _measure_raw(probe.address, header, chunks)
         assert err.value.code() == code and words in err.value.details(), (header, err.value.details())
+    with grpc.insecure_channel(probe.address) as channel:  # engines: tensorrt only, and only where it runs
+        stub = pb_grpc.LatencyProbeStub(channel)
+        build = [(_header(data), grpc.StatusCode.INVALID_ARGUMENT, "engines are built for tensorrt")]
+        if reason:
+            build.append((_header(data, runtime="tensorrt"), grpc.StatusCode.FAILED_PRECONDITION, reason[:40]))
+        for header, code, words in build:
+            messages = [pb.MeasureRequest(header=header), pb.MeasureRequest(chunk=data)]
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.BuildEngine(iter(messages), timeout=30))
+            assert err.value.code() == code and words in err.value.details(), err.value.details()
     reply = _measure_raw(probe.address, _header(data), [data])  # still serving, and right
     assert reply.stats[0].n >= 5 and from_struct(reply.fingerprint)["runtime"] == "onnxruntime-cpu"
 

@@ -246,9 +246,8 @@ def compress(
             from secateurs.engine.latency.tensorrt_backend import export_engine
 
             exports["tensorrt"] = export_engine(onnx_path, shape, out, precision=spec.target.precision,
-                                                where=latency.where, seed=spec.seed)
-            if exports["tensorrt"]["ok"]:
-                artifacts.update(tensorrt=out / "model.plan", tensorrt_log=out / "model.plan.log")
+                                                target=latency, seed=spec.seed)
+            artifacts.update(tensorrt=out / "model.plan", tensorrt_log=out / "model.plan.log")
 
     with stage("benchmark") as st:
         models = [latency.load(shape, onnx=path, module=module) for path, module in

@@ -31,6 +31,7 @@ from secateurs_client.v1 import compression_pb2 as pb
 from secateurs_client.v1 import compression_pb2_grpc as pb_grpc
 
 MAX_MODELS = 8
+CHUNK_BYTES = 1 << 20
 MAX_INPUT_ELEMENTS = 1 << 26
 KEPT_BACKENDS = 4
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -97,6 +98,27 @@ class LatencyProbeServicer(pb_grpc.LatencyProbeServicer):
             stats = measure_interleaved(backends, protocol, should_stop)
             self.models_measured += len(backends)
         return pb.MeasureResponse(stats=[stats_to_pb(s) for s in stats], fingerprint=to_struct(_fingerprint(settings)))
+
+    def BuildEngine(self, request_iterator: Iterator[pb.MeasureRequest],
+                    context: grpc.ServicerContext) -> Iterator[pb.EngineChunk]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidRequest("the first message must carry the header", field="header")
+        header = first.header
+        settings = _settings(header.runtime, header.precision, header.threads)
+        if settings.runtime != "tensorrt":
+            raise InvalidRequest(f"runtime: engines are built for tensorrt, not {settings.runtime}", field="runtime")
+        shapes = _check_models(header, self.max_model_bytes)
+        data = self._receive(header, request_iterator)[0]
+        require("tensorrt")
+        from secateurs.engine.latency.tensorrt_backend import build_engine, check_engine
+
+        with self._measuring:  # a build loads the GPU as much as a measurement does
+            build = build_engine(data, shapes[0], precision=settings.precision)
+            info = check_engine(build, data, shapes[0], seed=header.seed)
+        yield pb.EngineChunk(info=to_struct({**info, "size_bytes": len(build.plan)}))
+        for i in range(0, len(build.plan), CHUNK_BYTES):
+            yield pb.EngineChunk(chunk=build.plan[i:i + CHUNK_BYTES])
 
     def _receive(self, header: pb.MeasureHeader, request_iterator: Iterator[pb.MeasureRequest]) -> list[bytes]:
         """Every model's bytes: from the stream for those sent, from the store for the others."""

@@ -483,3 +483,11 @@ class MeasureResponse(_message.Message):
     stats: _containers.RepeatedCompositeFieldContainer[LatencyStatistics]
     fingerprint: _struct_pb2.Struct
     def __init__(self, stats: _Optional[_Iterable[_Union[LatencyStatistics, _Mapping]]] = ..., fingerprint: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class EngineChunk(_message.Message):
+    __slots__ = ("info", "chunk")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    info: _struct_pb2.Struct
+    chunk: bytes
+    def __init__(self, info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...

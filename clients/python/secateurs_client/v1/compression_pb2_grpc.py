@@ -385,6 +385,11 @@ class LatencyProbeStub:
                 request_serializer=secateurs_dot_v1_dot_compression__pb2.MeasureRequest.SerializeToString,
                 response_deserializer=secateurs_dot_v1_dot_compression__pb2.MeasureResponse.FromString,
                 _registered_method=True)
+        self.BuildEngine = channel.stream_stream(
+                '/secateurs.v1.LatencyProbe/BuildEngine',
+                request_serializer=secateurs_dot_v1_dot_compression__pb2.MeasureRequest.SerializeToString,
+                response_deserializer=secateurs_dot_v1_dot_compression__pb2.EngineChunk.FromString,
+                _registered_method=True)
 
 
 class LatencyProbeServicer:
@@ -413,6 +418,16 @@ class LatencyProbeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BuildEngine(self, request_iterator, context):
+        """A TensorRT engine built on this device from one model (the header's first; runtime
+        "tensorrt", its precision), checked against ONNX Runtime: first a message with what was
+        built, then the engine's bytes in ~1 MiB chunks. An engine runs only on this GPU model
+        and TensorRT version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LatencyProbeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -425,6 +440,11 @@ def add_LatencyProbeServicer_to_server(servicer, server):
                     servicer.Measure,
                     request_deserializer=secateurs_dot_v1_dot_compression__pb2.MeasureRequest.FromString,
                     response_serializer=secateurs_dot_v1_dot_compression__pb2.MeasureResponse.SerializeToString,
+            ),
+            'BuildEngine': grpc.stream_stream_rpc_method_handler(
+                    servicer.BuildEngine,
+                    request_deserializer=secateurs_dot_v1_dot_compression__pb2.MeasureRequest.FromString,
+                    response_serializer=secateurs_dot_v1_dot_compression__pb2.EngineChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -487,6 +507,33 @@ class LatencyProbe:
             '/secateurs.v1.LatencyProbe/Measure',
             secateurs_dot_v1_dot_compression__pb2.MeasureRequest.SerializeToString,
             secateurs_dot_v1_dot_compression__pb2.MeasureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildEngine(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/secateurs.v1.LatencyProbe/BuildEngine',
+            secateurs_dot_v1_dot_compression__pb2.MeasureRequest.SerializeToString,
+            secateurs_dot_v1_dot_compression__pb2.EngineChunk.FromString,
             options,
             channel_credentials,
             insecure,

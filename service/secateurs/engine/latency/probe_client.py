@@ -112,6 +112,34 @@ class ProbeTarget:
         count_measured(len(models))
         return [stats_from_pb(s) for s in response.stats]
 
+    def build_engine(self, onnx: Path | bytes, input_shape: tuple[int, ...]) -> tuple[bytes, dict[str, Any]]:
+        """A TensorRT engine built on the probe's GPU from `onnx`, and what the probe says of it
+        (TensorRT version, GPU, build log, parity against ONNX Runtime there)."""
+        model = self.load(input_shape, onnx=onnx)
+        header = pb.MeasureHeader(runtime="tensorrt", precision=self.settings.precision, threads=self.settings.threads,
+                                  protocol=protocol_to_pb(ProtocolSpec()), seed=self.seed,
+                                  models=[pb.ProbeModel(sha256=model.sha256, size_bytes=len(model.data),
+                                                        input_shape=model.input_shape)])
+
+        def requests() -> Iterator[pb.MeasureRequest]:
+            yield pb.MeasureRequest(header=header)
+            for i in range(0, len(model.data), CHUNK_BYTES):
+                yield pb.MeasureRequest(chunk=model.data[i:i + CHUNK_BYTES])
+
+        def attempt() -> tuple[bytes, dict[str, Any]]:
+            info: dict[str, Any] | None = None
+            plan = bytearray()
+            for msg in self._stub.BuildEngine(requests(), timeout=1800, metadata=self._metadata):
+                if msg.WhichOneof("part") == "info":
+                    info = from_struct(msg.info)
+                else:
+                    plan += msg.chunk
+            if info is None or len(plan) != info.get("size_bytes"):
+                raise ProbeUnavailable(f"the engine from the probe at {self.address} arrived incomplete")
+            return bytes(plan), info
+
+        return self._retrying(attempt, "build the TensorRT engine")
+
     def close(self) -> None:
         self._channel.close()
 

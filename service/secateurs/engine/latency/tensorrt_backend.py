@@ -269,24 +269,33 @@ def engine_parity(backend: TensorRTBackend, onnx: Path | bytes, input_shape: tup
 PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
 
 
-def export_engine(onnx_path: Path, input_shape: tuple[int, ...], out_dir: Path, *, precision: str,
-                  where: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """Build `model.plan` (and `model.plan.log`) from the final ONNX file on this GPU, check its
-    outputs against ONNX Runtime, and describe it for the report (raises ParityError on a mismatch)."""
+def check_engine(build: EngineBuild, onnx: Path | bytes, input_shape: tuple[int, ...], *,
+                 seed: int = 0) -> dict[str, Any]:
+    """What was built, with its build log and its outputs' parity against ONNX Runtime (on the GPU that built it)."""
+    backend = TensorRTBackend(None, input_shape, precision=build.precision, seed=seed, build=build)
+    parity = engine_parity(backend, onnx, input_shape, tolerance=PARITY_TOLERANCE[build.precision], seed=seed)
+    return {**build.summary(), "parity": parity, "log": list(build.log)}
+
+
+def export_engine(onnx_path: Path, input_shape: tuple[int, ...], out_dir: Path, *, precision: str, target: Any,
+                  seed: int = 0) -> dict[str, Any]:
+    """Write `model.plan` and `model.plan.log`, built from the final ONNX file on the job's GPU (the
+    probe's when the job measures on one), and describe them for the report; ParityError when the
+    engine's outputs disagree with ONNX Runtime."""
     from secateurs.errors import ParityError
 
-    if where.get("kind") == "probe":
-        return {"ok": False, "reason": f"latency was measured with engines built on the probe's GPU "
-                                       f"({where.get('address')}); an engine runs only where it was built, "
-                                       f"so build model.plan on that device from model.onnx",
-                "portability": PORTABILITY_NOTE}
-    build = build_engine(onnx_path, input_shape, precision=precision)
-    (out_dir / "model.plan").write_bytes(build.plan)
-    (out_dir / "model.plan.log").write_text("\n".join(build.log) + "\n")
-    backend = TensorRTBackend(None, input_shape, precision=precision, seed=seed, build=build)
-    parity = engine_parity(backend, onnx_path, input_shape, tolerance=PARITY_TOLERANCE[precision], seed=seed)
+    if getattr(target, "where", {}).get("kind") == "probe":
+        plan, info = target.build_engine(onnx_path, input_shape)
+        info["built_on"] = f"the probe at {target.where['address']}"
+    else:
+        build = build_engine(onnx_path, input_shape, precision=precision)
+        plan, info = build.plan, check_engine(build, onnx_path, input_shape, seed=seed)
+        info["built_on"] = "this host"
+    (out_dir / "model.plan").write_bytes(plan)
+    (out_dir / "model.plan.log").write_text("\n".join(info.pop("log", [])) + "\n")
+    parity = info["parity"]
     if not parity["passed"]:
         raise ParityError(f"the TensorRT engine disagrees with ONNX Runtime: relative max difference "
                           f"{parity['relative_diff']:.2e} (tolerance {parity['tolerance']:.0e}), "
                           f"top-1 agreement {parity['top1_agreement']}")
-    return {"ok": True, **build.summary(), "plan": "model.plan", "build_log": "model.plan.log", "parity": parity}
+    return {"ok": True, **info, "plan": "model.plan", "build_log": "model.plan.log"}
