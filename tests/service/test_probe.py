@@ -256,8 +256,9 @@ def netns() -> Iterator[tuple[str, str]]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
-def test_a_job_measures_on_a_probe_in_its_own_network_namespace(make_server, start_probe, resnet20_weights,
-                                                                netns) -> None:
+def test_a_job_measures_on_a_probe_in_its_own_network_namespace(make_server, netns, start_probe,
+                                                                resnet20_weights) -> None:
+    # netns before start_probe: the probe is stopped before its namespace is deleted
     name, ip = netns
     probe = start_probe("--token", TOKEN, listen=f"{ip}:0", netns=name)
     assert probe.address.startswith(f"{ip}:")

@@ -168,8 +168,8 @@ class TensorRTBackend:
         self.batch, self.precision, self.provider, self.threads = input_shape[0], precision, "TensorRT", 1
         self._cudart = cudart = _cudart()
         self._trt_logger = _logger(trt)
-        runtime = trt.Runtime(self._trt_logger)
-        self.engine = runtime.deserialize_cuda_engine(self.build.plan)
+        self._runtime = trt.Runtime(self._trt_logger)  # kept: the engine must not outlive its runtime
+        self.engine = self._runtime.deserialize_cuda_engine(self.build.plan)
         if self.engine is None:
             raise BackendUnavailable("TensorRT could not load the engine it built")
         self.context = self.engine.create_execution_context()
