@@ -27,7 +27,6 @@ import torch
 
 from secateurs.engine.budget import Budget
 from secateurs.engine.export import export_onnx
-from secateurs.engine.latency import device_fingerprint
 from secateurs.engine.models import build_architecture
 from secateurs.engine.search import SearchResult, SearchSpec, search
 from secateurs.engine.sensitivity import Calibration
@@ -35,7 +34,6 @@ from secateurs.engine.spec import ProtocolSpec
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL = ProtocolSpec(warmup_runs=10, warmup_seconds=0.5, window=50, min_samples=200, max_seconds=20.0)
-FP = device_fingerprint(runtime="onnxruntime-cpu", provider="CPUExecutionProvider", threads=2)
 MODES = (("channels only", "off"), ("blocks only", "only"), ("joint", "auto"))
 
 
@@ -49,7 +47,7 @@ def _search_all(model: torch.nn.Module, shape: tuple[int, ...], arch: str, speed
         start = time.perf_counter()
         r = search(model, x, tmp / "baseline.onnx",
                    SearchSpec(budget=Budget(speedup=speedup), protocol=PROTOCOL, cache_dir=tmp / "cache", arch=arch,
-                              depth=depth), calib, fingerprint=FP)
+                              depth=depth), calib)
         seconds = time.perf_counter() - start
         pruned = sum(1 for ratio in r.ratios.values() if ratio > 0)
         print(f"  {label}: {r.final.speedup:.2f}x ({'met' if r.budget_met else 'NOT met'}{', ' + r.reason if r.reason else ''}); "

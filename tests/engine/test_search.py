@@ -7,7 +7,6 @@ import torch
 
 from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack
 from secateurs.engine.export import export_onnx
-from secateurs.engine.latency import device_fingerprint
 from secateurs.engine.models import build_architecture
 from secateurs.engine.pipeline import compress
 from secateurs.engine.search import SearchSpec, search
@@ -17,7 +16,6 @@ from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
 from secateurs.errors import InvalidRequest
 
 FAST = ProtocolSpec(warmup_runs=5, warmup_seconds=0.05, window=30, min_samples=90, max_seconds=3.0)
-FP = device_fingerprint(runtime="onnxruntime-cpu", provider="CPUExecutionProvider", threads=2)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +32,7 @@ def resnet20(tmp_path_factory):
 def _search(resnet20, budget, cache_dir, **kw):
     model, x, path, calib = resnet20
     return search(model, x, path, SearchSpec(budget=budget, protocol=FAST, cache_dir=cache_dir, arch="zoo:resnet20",
-                                             **kw), calib, fingerprint=FP)
+                                             **kw), calib)
 
 
 def test_params_budget_lands_within_ten_percent(resnet20, tmp_path):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,10 +36,10 @@ from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budge
 from secateurs.engine.events import CancelCheck, check_cancel
 from secateurs.engine.export import export_onnx
 from secateurs.engine.groups import GroupInfo, describe_groups, prepare
-from secateurs.engine.latency import OnnxRuntimeBackend, measure, measure_interleaved
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.costmodel import GroupLayers
-from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers, layer_onnx
+from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers, layer_module, layer_onnx
+from secateurs.engine.latency.target import LatencyTarget, LocalTarget, open_target
 from secateurs.engine.prune import PruneSpec, kept_count, prune
 from secateurs.engine.refine import JointQuality, refine
 from secateurs.engine.sensitivity import (Calibration, Quality, block_importance, group_widths, measure_quality,
@@ -117,46 +117,62 @@ class SearchResult:
 
 
 class _Target:
-    """Measures ONNX models on the job's target with the job's protocol."""
+    """Measures models on the job's target (this process or a probe) with the job's protocol."""
 
     def __init__(self, spec: SearchSpec, input_shape: tuple[int, ...], cache: MeasurementCache,
-                 fingerprint: dict[str, Any]) -> None:
-        self.spec, self.shape, self.cache, self.fingerprint = spec, input_shape, cache, fingerprint
+                 runtime: LatencyTarget) -> None:
+        self.spec, self.shape, self.cache, self.runtime = spec, input_shape, cache, runtime
+        self.fingerprint = runtime.fingerprint  # a probe's when measuring remotely: the cache keys on it
         self.model_id = ""  # set once the weights are hashed; keys end-to-end measurements
+        # torch.compile per layer would take longer than the search: layers alone run eager
+        compiled = runtime.settings.runtime.startswith("torch-compile")
+        self.layer_runtime = LocalTarget(replace(runtime.settings, runtime=runtime.settings.runtime.replace(
+            "torch-compile", "torch")), seed=spec.seed) if compiled else runtime
 
     def key(self, *parts: Any) -> str:
         """Cache key of an end-to-end measurement: device, runtime settings, protocol, model, plan."""
         t, p = self.spec.target, self.spec.protocol
-        return cache_key("e2e", self.fingerprint["id"], t.runtime, t.threads, vars(p), self.spec.budget.percentile,
-                         self.model_id, *parts)
+        return cache_key("e2e", self.fingerprint["id"], t.runtime, t.threads, t.precision, vars(p),
+                         self.spec.budget.percentile, self.model_id, *parts)
 
-    def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None) -> OnnxRuntimeBackend:
-        return OnnxRuntimeBackend(path, shape or self.shape, runtime=self.spec.target.runtime,
-                                  threads=self.spec.target.threads, seed=self.spec.seed)
+    def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None, module: nn.Module | None = None) -> Any:
+        return self.runtime.load(shape or self.shape, onnx=path, module=module)
+
+    def measure(self, models: list[Any], protocol: ProtocolSpec, cancel: CancelCheck | None = None) -> list[Any]:
+        return self.runtime.measure(models, protocol, should_stop=lambda: check_cancel(cancel))
 
     def layer_ms(self, layer: LayerShape) -> float:
-        key = cache_key("layer", self.fingerprint["id"], self.spec.target.runtime, self.spec.target.threads,
+        t, runtime = self.spec.target, self.layer_runtime
+        key = cache_key("layer", runtime.fingerprint["id"], runtime.settings.runtime, t.threads, t.precision,
                         layer.key())
         cached = self.cache.get(key)
         if cached is not None:
             return float(cached)
-        stats = measure(self.backend(layer_onnx(layer), layer.input_shape), LAYER_PROTOCOL)
+        model = runtime.load(layer.input_shape, onnx=layer_onnx(layer),
+                             module=layer_module(layer) if runtime.settings.takes_module else None)
+        stats = runtime.measure([model], LAYER_PROTOCOL)[0]
         self.cache.put(key, "layer", stats.p50_ms)
         return stats.p50_ms
 
 
 def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: SearchSpec, calib: Calibration,
-           *, fingerprint: dict[str, Any], on_progress: Callable[[float, str, dict], None] | None = None,
+           *, latency_target: LatencyTarget | None = None,
+           on_progress: Callable[[float, str, dict], None] | None = None,
            cancel: CancelCheck | None = None) -> SearchResult:
-    """Find per-group widths meeting `spec.budget` with the least predicted quality loss."""
+    """Find per-group widths meeting `spec.budget` with the least predicted quality loss.
+
+    latency_target: where every latency figure is measured (engine/latency/target.py);
+    None: opened from spec.target for this search."""
     def progress(fraction: float, message: str, **data: Any) -> None:
         check_cancel(cancel)
         if on_progress:
             on_progress(fraction, message, data)
 
+    owned = latency_target is None
+    latency_target = latency_target or open_target(spec.target, seed=spec.seed)
     cache = MeasurementCache(Path(spec.cache_dir) / "measurements.sqlite" if spec.cache_dir else None)
     shape = tuple(example.shape)
-    target = _Target(spec, shape, cache, fingerprint)
+    target = _Target(spec, shape, cache, latency_target)
     q = spec.budget.percentile
     try:
         # analyse
@@ -174,11 +190,11 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         model_id = model_identity(model, spec.arch, shape)
         target.model_id = model_id
         progress(0.02, "measuring the baseline")
-        base_backend = target.backend(baseline_onnx)
+        base_backend = target.backend(baseline_onnx, module=model)
         base_key = target.key("baseline")
         base_ms = cache.get(base_key)
         if base_ms is None:
-            base_ms = measure(base_backend, spec.protocol, should_stop=lambda: check_cancel(cancel)).percentile(q)
+            base_ms = target.measure([base_backend], spec.protocol, cancel)[0].percentile(q)
             cache.put(base_key, "e2e", base_ms)
         baseline = Measurement(latency_ms=base_ms, speedup=1.0,
                                size_bytes=file_bytes(baseline_onnx), params=count_params(model),
@@ -445,6 +461,8 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             latency_model=latency_summary, groups=group_rows, cache={"hits": cache.hits, "misses": cache.misses})
     finally:
         cache.close()
+        if owned:
+            latency_target.close()
 
 
 def _block_row(block: BlockInfo, dropped: bool, without: Quality, latency_share: float | None) -> dict[str, Any]:
@@ -533,7 +551,7 @@ def _steps(model: LayerLatencyModel, members: GroupLayers, groups: list[GroupInf
 
 
 def _measure_candidate(model: nn.Module, example: torch.Tensor, plan: dict[str, int], spec: SearchSpec,
-                       target: _Target, base_backend: OnnxRuntimeBackend, baseline: Measurement,
+                       target: _Target, base_backend: Any, baseline: Measurement,
                        cancel: CancelCheck | None) -> dict[str, float]:
     """Export and measure interleaved with the baseline; the same plan on the same model and
     target is the same measurement, so it is cached (and marked cached in the report)."""
@@ -544,9 +562,8 @@ def _measure_candidate(model: nn.Module, example: torch.Tensor, plan: dict[str, 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "candidate.onnx"
         export_onnx(model, example, path)
-        backend = target.backend(path)
-        base, cand = measure_interleaved([base_backend, backend], spec.protocol,
-                                         should_stop=lambda: check_cancel(cancel))
+        backend = target.backend(path, module=model)
+        base, cand = target.measure([base_backend, backend], spec.protocol, cancel)
         q = spec.budget.percentile
         measured = {"latency_ms": cand.percentile(q), "speedup": base.percentile(q) / cand.percentile(q),
                     "baseline_latency_ms": base.percentile(q), "stable": float(base.stable and cand.stable),

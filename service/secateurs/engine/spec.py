@@ -17,7 +17,10 @@ if TYPE_CHECKING:
     from secateurs.engine.data import DataSpec
     from secateurs.engine.recover import RecoverySpec
 
-RUNTIMES = ("onnxruntime-cpu",)
+# engine/latency/runtimes.py runs them; ONNX runtimes first, then those that run the torch module
+RUNTIMES = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt",
+            "torch-cpu", "torch-cuda", "torch-compile-cpu", "torch-compile-cuda")
+PRECISIONS = ("fp32", "fp16")
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 EXPORTS = ("onnx", "pt2", "plan")
 # Depth pruning in a budget search: "auto" lets the search drop whole residual blocks where
@@ -58,11 +61,19 @@ class ProtocolSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class TargetSpec:
-    """Where latency is measured."""
+    """Where latency is measured.
+
+    batch: the batch measured, and exported (0: the batch of the input shape).
+    probe_address: host:port of a `secateurs probe` on the device; every latency figure
+        of the job is measured there (None: in this process).
+    """
 
     runtime: str = "onnxruntime-cpu"
     threads: int = 2
     percentile: float = 50.0
+    precision: str = "fp32"
+    batch: int = 0
+    probe_address: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
