@@ -232,8 +232,9 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
 
         def calibration_point(plan: dict[str, int], isolated: float) -> float:
             """Measured change over isolated-layer change for one plan, measured end to end."""
-            candidate, _ = _verify(model, example, plan, groups, {}, spec, target, base_backend, baseline,
-                                   calib, reference, None, len(trace), "calibration", cancel)
+            candidate, pruned = _verify(model, example, plan, groups, {}, spec, target, base_backend, baseline,
+                                        calib, reference, None, len(trace), "calibration", cancel)
+            models[candidate.id] = pruned  # a search can end on this very plan
             measured = baseline.latency_ms / candidate.measured["speedup"] - baseline.latency_ms
             ratio = min(5.0, max(0.05, measured / isolated)) if isolated < 0 and measured < 0 else 1.0
             candidate.predicted = {"latency_ms": baseline.latency_ms + ratio * isolated}
@@ -264,8 +265,11 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             out["size_bytes"] = baseline.size_bytes + 4 * (params - base_params)
             if latency_model is not None:
                 kept_layers = {n: w for n, w in members.layer_widths(channels).items() if n not in removed}
-                out["latency_ms"] = (baseline.latency_ms + scale * latency_model.delta(kept_layers)
-                                     - block_scale * sum(latency_model.full[n] for n in removed))
+                # Extrapolated far (every block dropped, every group at its floor) the linear model
+                # can promise any speedup; no plan here removes 95% of the latency.
+                out["latency_ms"] = max(0.05 * baseline.latency_ms,
+                                        baseline.latency_ms + scale * latency_model.delta(kept_layers)
+                                        - block_scale * sum(latency_model.full[n] for n in removed))
             return out
 
         def _inside_dropped(plan: dict[str, int]) -> dict[str, int]:
@@ -492,7 +496,8 @@ def _bisect(aims: dict[str, float], too_slow: dict[str, float], too_fast: dict[s
 def _choose(trace: list[Candidate], precision: float) -> Candidate:
     """Best candidate: within the budget and within `precision` of it, least quality loss; else
     within the budget, least loss; else the smallest miss."""
-    trace = [c for c in trace if c.stage in ("search", "infeasible-check")]
+    trace = [c for c in trace if c.stage in ("search", "infeasible-check")] or [
+        c for c in trace if c.stage == "calibration"]  # the solver proposed only plans already measured
     in_band = [c for c in trace if c.shortfall == 0 and c.slack <= precision]
     met = [c for c in trace if c.shortfall == 0]
     if in_band or met:
