@@ -23,7 +23,7 @@ import torch
 
 from secateurs.engine.budget import Budget
 from secateurs.engine.export import export_onnx
-from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, measure_interleaved
+from secateurs.engine.latency import OnnxRuntimeBackend, measure_interleaved
 from secateurs.engine.models import build_architecture
 from secateurs.engine.search import SearchSpec, search
 from secateurs.engine.sensitivity import Calibration
@@ -31,7 +31,6 @@ from secateurs.engine.spec import ProtocolSpec
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL = ProtocolSpec(warmup_runs=10, warmup_seconds=0.5, window=50, min_samples=200, max_seconds=20.0)
-FP = device_fingerprint(runtime="onnxruntime-cpu", provider="CPUExecutionProvider", threads=2)
 MODELS = [("torchvision:resnet50", (1, 3, 224, 224)), ("torchvision:mobilenet_v2", (1, 3, 224, 224)),
           ("zoo:resnet56", (1, 3, 32, 32))]
 
@@ -61,8 +60,7 @@ def precision(only: str, batch: int | None) -> None:
                 # a fresh cache per run (shared by the model's three budgets): a measurement cached
                 # by an earlier run on a busier machine must not decide this one
                 r = search(model, x, path, SearchSpec(budget=Budget(speedup=speedup), protocol=PROTOCOL,
-                                                      cache_dir=Path(tmp) / "cache", arch=arch), calib,
-                           fingerprint=FP)
+                                                      cache_dir=Path(tmp) / "cache", arch=arch), calib)
                 seconds = time.perf_counter() - start
                 within = r.budget_met and r.final.speedup <= speedup / 0.9
                 rows.append(f"| {arch} | {shape[0]} | {speedup}x | {r.final.speedup:.2f}x | {'yes' if r.budget_met else 'NO'} | "
@@ -85,7 +83,7 @@ def cost() -> None:
         for label in ("cold cache", "warm cache"):
             start = time.perf_counter()
             r = search(model, x, path, SearchSpec(budget=Budget(speedup=2.0), protocol=PROTOCOL, cache_dir=cache,
-                                                  arch=arch), calib, fingerprint=FP)
+                                                  arch=arch), calib)
             times.append(time.perf_counter() - start)
             print(f"{label}: {times[-1]:.0f} s, measured speedup {r.final.speedup:.2f}x, cache {r.cache}", flush=True)
     print(f"\n{arch} search for 2x (no recovery): cold {times[0]:.0f} s, warm {times[1]:.0f} s, "
@@ -137,7 +135,7 @@ def quality(speedup: float, epochs: float, batch: int, seeds: int, calibration: 
             start = time.perf_counter()
             r = search(model, x, tmp / "baseline.onnx",
                        SearchSpec(budget=Budget(speedup=speedup), protocol=PROTOCOL, cache_dir=tmp / "cache",
-                                  arch=arch, refine_evaluations=evaluations), calib, fingerprint=FP)
+                                  arch=arch, refine_evaluations=evaluations), calib)
             rounds = [c for c in r.trace if c.stage == "search"]
             print(f"{label}: {r.final.speedup:.2f}x ({r.reason or 'met'}), {len(rounds)} rounds, "
                   f"{time.perf_counter() - start:.0f} s; widths {r.widths}", flush=True)

@@ -1,4 +1,4 @@
-"""`secateurs serve | compress | inspect`: the server's command line."""
+"""`secateurs serve | compress | inspect | probe`: the server's command line."""
 
 from __future__ import annotations
 
@@ -22,7 +22,14 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="input shape, batch first, e.g. 1x3x224x224")
     p.add_argument("--trust-pickled-models", action="store_true",
                    help="allow weights that are a whole pickled nn.Module (runs code from the file)")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of the runtime (default 2)")
+    p.add_argument("--runtime", default="onnxruntime-cpu",
+                   help="onnxruntime-cpu (default), onnxruntime-cuda, tensorrt, torch-cpu, torch-cuda, "
+                        "torch-compile-cpu or torch-compile-cuda")
+    p.add_argument("--precision", default="fp32", help="fp32 (default) or fp16 (GPU runtimes)")
+    p.add_argument("--probe", metavar="HOST:PORT",
+                   help="measure every latency on the `secateurs probe` at this address (credentials: "
+                        "$SECATEURS_PROBE_TOKEN, $SECATEURS_PROBE_TLS_CA, ...)")
     p.add_argument("--min-channels", type=int, default=8, help="never prune a group below this (default 8)")
     p.add_argument("--quick", action="store_true", help="short latency protocol (for smoke runs; less stable)")
 
@@ -47,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--macs", type=int, help="MACs ceiling")
     budget.add_argument("--max-accuracy-drop", type=float, help="accuracy points (0.01 = 1 point) that may be lost")
     budget.add_argument("--percentile", type=float, default=50.0, help="latency percentile: 50, 90, 95 or 99")
+    budget.add_argument("--depth", choices=("auto", "off", "only"), default="auto",
+                        help="whole residual blocks: auto (default) lets the search drop them where that costs "
+                             "less quality than narrowing channels; off: channels only; only: blocks only")
     compress.add_argument("--data", type=Path, help="ImageFolder directory or .zip for calibration and accuracy")
     compress.add_argument("--data-split", default="test", help="split of --data to calibrate on (default test)")
     compress.add_argument("--data-preset", default=None, help="transform preset: cifar10 or imagenet")
@@ -67,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--importance", default="l1", help="l1 (default), l2, bn_scale or taylor")
     compress.add_argument("--round-to", type=int, default=8, help="channel counts become multiples of this")
     compress.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
+    compress.add_argument("--batch", type=int, default=0,
+                          help="measure (and export) at this batch instead of --input's")
     compress.add_argument("--out", type=Path, required=True, help="output directory")
     compress.add_argument("--seed", type=int, default=0)
 
@@ -77,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     if add_serve_arguments is not None:
         serve = sub.add_parser("serve", help="run the gRPC compression service")
         add_serve_arguments(serve)
+    sub.add_parser("probe", help="measure latency on this device for a server (see `secateurs probe --help`)",
+                   add_help=False)
     return parser
 
 
@@ -86,6 +100,13 @@ def _model_spec(args: argparse.Namespace):
 
     return ModelSpec(arch=args.model, arch_kwargs=parse_kwargs(args.kwarg), weights=args.weights,
                      trust_pickle=args.trust_pickled_models)
+
+
+def _target(args: argparse.Namespace, **extra: Any):
+    from secateurs.engine.spec import TargetSpec
+
+    return TargetSpec(runtime=args.runtime, precision=args.precision, threads=args.threads,
+                      probe_address=args.probe or None, **extra)
 
 
 def _protocol(args: argparse.Namespace):
@@ -106,8 +127,9 @@ def _print_progress(event: Any) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import torch
 
+    from secateurs.engine.blocks import find_blocks
     from secateurs.engine.groups import describe_groups, prepare
-    from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, measure
+    from secateurs.engine.latency.target import open_target
     from secateurs.engine.export import export_onnx
     from secateurs.engine.models import check_runs, load_model, parse_input_shape
     from secateurs.engine.size import count_macs, count_params
@@ -119,14 +141,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     check_runs(model, shape)
     example = torch.randn(shape)
     groups = describe_groups(prepare(copy.deepcopy(model), example), example, min_channels=args.min_channels)
+    blocks = find_blocks(model, example)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, example, path)
-        backend = OnnxRuntimeBackend(path, shape, threads=args.threads)
-        stats = measure(backend, _protocol(args))
-    fp = device_fingerprint(runtime="onnxruntime-cpu", provider=backend.provider, threads=args.threads)
+        target = open_target(_target(args))
+        try:
+            stats = target.measure([target.load(shape, onnx=path, module=model)], _protocol(args))[0]
+        finally:
+            target.close()
+    fp = target.fingerprint
     if args.json:
-        print(json.dumps({"groups": [g.to_dict() for g in groups], "latency": stats.to_dict(), "device": fp,
+        print(json.dumps({"groups": [g.to_dict() for g in groups], "blocks": [b.to_dict() for b in blocks],
+                          "latency": stats.to_dict(), "device": fp,
                           "params": count_params(model), "macs": count_macs(model, example)}, indent=2))
         return 0
     width = max((len(g.name) for g in groups), default=10)
@@ -134,9 +161,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for g in groups:
         print(f"{g.name:<{width}}  {g.channels:>6} {g.unit:<8} {100 * g.macs_share:>6.1f}% {len(g.layers):>6}  "
               f"{'yes' if g.prunable else 'no: ' + g.reason}")
-    print(f"\n{len(groups)} groups, {sum(g.prunable for g in groups)} prunable; "
+    if blocks:
+        print(f"\nremovable blocks (depth pruning): {', '.join(b.name for b in blocks)}")
+    print(f"\n{len(groups)} groups, {sum(g.prunable for g in groups)} prunable, {len(blocks)} removable blocks; "
           f"{count_params(model):,} params, {count_macs(model, example) / 1e6:,.1f} M MACs")
-    print(f"baseline on {fp['runtime']} ({fp['threads']} threads, {fp['cpu']}): p50 {stats.p50_ms:.3f} ms, "
+    where = f"probe {args.probe}, " if args.probe else ""
+    device = (fp.get("gpu") or {}).get("name") or fp["cpu"]
+    print(f"baseline on {fp['runtime']} ({where}{fp['threads']} threads, {device}): p50 {stats.p50_ms:.3f} ms, "
           f"p90 {stats.p90_ms:.3f} ms, mean {stats.mean_ms:.3f} ms, n={stats.n}, CoV {stats.cov:.1%}"
           f"{'' if stats.stable else ' (NOT stable: time cap reached)'}")
     return 0
@@ -145,7 +176,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from secateurs.engine.pipeline import compress
     from secateurs.engine.models import parse_input_shape
-    from secateurs.engine.spec import CompressSpec, TargetSpec
+    from secateurs.engine.spec import CompressSpec
     from secateurs.errors import InvalidRequest
 
     ratios = None
@@ -187,8 +218,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         ratio=args.ratio, group_ratios=ratios, budget=budget, data=data, cache_dir=args.cache_dir,
         recovery=recovery, train_data=train_data,
         importance=args.importance, round_to=args.round_to,
-        min_channels=args.min_channels, target=TargetSpec(threads=args.threads), protocol=_protocol(args),
-        dynamic_batch=args.dynamic_batch, seed=args.seed,
+        min_channels=args.min_channels, target=_target(args, batch=args.batch), protocol=_protocol(args),
+        dynamic_batch=args.dynamic_batch, seed=args.seed, depth=args.depth,
     )
     start = time.perf_counter()
     result = compress(spec, on_event=_print_progress)
@@ -210,6 +241,11 @@ def summary(report: dict) -> str:
         lines.append(f"  budget      {', '.join(f'{k}={v}' for k, v in report['budget'].items())}: "
                      f"{'MET' if report['budget_met'] else 'NOT MET'}"
                      f"{' (' + search['reason'] + ')' if search and search['reason'] else ''}")
+        dropped = [blk for blk in (search or {}).get("blocks") or [] if blk.get("dropped")]
+        if dropped:
+            share = sum(blk["latency_share"] or 0.0 for blk in dropped)
+            lines.append(f"  blocks      {len(dropped)} dropped ({', '.join(blk['name'] for blk in dropped)}), "
+                         f"{share:.0%} of the baseline latency")
         if search and search.get("uniform"):
             u = search["uniform"]
             lines.append(f"  vs uniform  L1 ratio {u['measured']['uniform_ratio']:.2f} at {u['measured']['speedup']:.2f}x: "
@@ -229,7 +265,9 @@ def summary(report: dict) -> str:
                      f"{'met' if floor['met'] else 'MISSED by ' + format(floor['missed_by'], '.2%')}")
     return "\n".join([
         f"{report['model']['arch']} {'x'.join(map(str, report['model']['input_shape']))} "
-        f"on {report['target']['runtime']} ({report['target']['threads']} threads)",
+        f"on {report['target']['runtime']} ({report['target']['threads']} threads"
+        f"{', ' + report['target']['precision'] if report['target'].get('precision', 'fp32') != 'fp32' else ''}"
+        f"{', probe ' + report['target']['probe_address'] if report['target'].get('probe_address') else ''})",
         f"  p{q} latency  {b[f'p{q}_ms']:.3f} ms -> {c[f'p{q}_ms']:.3f} ms   speedup {lat['speedup']:.2f}x"
         f"{'' if b['stable'] and c['stable'] else '  (measurement not stable)'}",
         f"  MACs        {size['baseline']['macs'] / 1e6:,.1f} M -> {size['compressed']['macs'] / 1e6:,.1f} M"
@@ -243,6 +281,11 @@ def summary(report: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["probe"]:  # before build_parser: the probe must not load the server (and torch)
+        from secateurs.probe.server import main as probe_main
+
+        return probe_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "inspect":

@@ -43,6 +43,10 @@ class BackendUnavailable(SecateursError):
     """Raised when a runtime (execution provider, TensorRT, GPU) is not present."""
 
 
+class ProbeUnavailable(BackendUnavailable):
+    """Raised when a job's latency probe cannot be reached, or fails mid-measurement, after retries."""
+
+
 class JobNotFound(SecateursError):
     """Raised when a job id does not exist."""
 

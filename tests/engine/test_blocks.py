@@ -57,7 +57,7 @@ def test_a_dropped_block_exports_with_parity_and_equals_the_bypassed_model(tmp_p
 
 
 def test_block_importance_is_the_quality_of_the_model_without_that_block(tmp_path):
-    from secateurs.engine.blocks import block_importance
+    from secateurs.engine.sensitivity import block_importance
     from secateurs.engine.latency.cache import MeasurementCache
     from secateurs.engine.sensitivity import Calibration, measure_quality, recalibrated, reference_outputs
 
@@ -79,3 +79,44 @@ def test_block_importance_is_the_quality_of_the_model_without_that_block(tmp_pat
     again = block_importance(model, blocks, calib, cache=cache, model_id="m")  # from the cache
     assert cache.hits == len(blocks) and again[last].loss == pytest.approx(importance[last].loss)
     cache.close()
+
+
+def test_prune_drops_blocks_after_the_channels_and_the_plan_replays(tmp_path):
+    from secateurs.engine.prune import Plan, PruneSpec, apply_plan, prune
+    from secateurs.errors import InvalidRequest
+
+    torch.manual_seed(0)
+    model = build_architecture("zoo:resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = prune(model, x[:1], PruneSpec(group_ratios={"layer2.1.conv1": 0.5, "conv1": 0.25},
+                                           drop_blocks=("layer1.1", "layer3.2")))
+    pruned = result.model
+    assert result.plan.dropped == ["layer1.1", "layer3.2"]
+    assert not any(True for _ in pruned.get_submodule("layer1.1").parameters())
+    assert pruned.get_submodule("layer2.1.conv1").out_channels == 16  # of 32
+    export_onnx(pruned, x[:1], tmp_path / "m.onnx")
+    assert check_parity(pruned, tmp_path / "m.onnx", (1, 3, 32, 32)).passed
+    replayed = apply_plan(build_architecture("zoo:resnet20").eval(),
+                          x[:1], Plan.from_json(result.plan.to_json()))
+    replayed.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(replayed(x), pruned(x), atol=1e-5)
+    with pytest.raises(InvalidRequest, match=r"cannot be dropped: layer2\.0"):  # it changes the stride
+        prune(model, x[:1], PruneSpec(ratio=0.0, drop_blocks=("layer2.0",)))
+
+
+def test_progressive_recovery_drops_the_blocks_at_its_first_step():
+    from secateurs.engine.progressive import progressive
+    from secateurs.engine.prune import PruneSpec
+    from secateurs.engine.recover import RecoverySpec
+
+    torch.manual_seed(0)
+    model = build_architecture("zoo:resnet20", {"width": 8}).eval()
+    g = torch.Generator().manual_seed(0)
+    loader = [(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(2)]
+    result = progressive(model, torch.randn(1, 3, 32, 32), {"layer3.1.conv1": 0.5}, loader,
+                         RecoverySpec(epochs=2, progressive_steps=2, batch_size=8),
+                         prune_spec=PruneSpec(ratio=0.0, round_to=1, min_channels=1, drop_blocks=("layer2.2",)))
+    assert result.plan.dropped == ["layer2.2"]
+    assert not any(True for _ in result.model.get_submodule("layer2.2").parameters())
+    assert result.model.get_submodule("layer3.1.conv1").out_channels == 16  # of 32: both steps ran

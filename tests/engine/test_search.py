@@ -7,7 +7,6 @@ import torch
 
 from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack
 from secateurs.engine.export import export_onnx
-from secateurs.engine.latency import device_fingerprint
 from secateurs.engine.models import build_architecture
 from secateurs.engine.pipeline import compress
 from secateurs.engine.search import SearchSpec, search
@@ -17,7 +16,6 @@ from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
 from secateurs.errors import InvalidRequest
 
 FAST = ProtocolSpec(warmup_runs=5, warmup_seconds=0.05, window=30, min_samples=90, max_seconds=3.0)
-FP = device_fingerprint(runtime="onnxruntime-cpu", provider="CPUExecutionProvider", threads=2)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +32,7 @@ def resnet20(tmp_path_factory):
 def _search(resnet20, budget, cache_dir, **kw):
     model, x, path, calib = resnet20
     return search(model, x, path, SearchSpec(budget=budget, protocol=FAST, cache_dir=cache_dir, arch="zoo:resnet20",
-                                             **kw), calib, fingerprint=FP)
+                                             **kw), calib)
 
 
 def test_params_budget_lands_within_ten_percent(resnet20, tmp_path):
@@ -73,6 +71,35 @@ def test_infeasible_budget_returns_the_best_reachable_point(resnet20, tmp_path):
     assert all(w <= 64 for w in result.widths.values())
 
 
+def test_depth_search_drops_blocks_and_keeps_channels_whole_when_asked(resnet20, tmp_path):
+    from secateurs.engine.blocks import dropped_in
+
+    only = _search(resnet20, Budget(speedup=1.4), tmp_path, depth="only")
+    assert only.dropped and all(r == 0 for r in only.ratios.values())  # blocks alone
+    assert [b["name"] for b in only.blocks if b["dropped"]] == only.dropped
+    assert all(0 < b["latency_share"] < 1 and b["loss"] >= 0 for b in only.blocks)
+    chosen = next(c for c in only.trace if c.widths == only.widths and c.stage != "uniform")
+    assert sorted(dropped_in(chosen.widths)) == sorted(only.dropped)
+    assert chosen.measured["params"] == sum(p.numel() for p in only.model.parameters())
+    assert only.budget_met == (only.final.speedup >= 1.4)
+    # a block-removal point was measured end to end to calibrate the latency of dropping blocks
+    assert [c.stage for c in only.trace].count("calibration") == 1
+
+    off = _search(resnet20, Budget(speedup=1.4), tmp_path, depth="off")
+    assert off.dropped == [] and off.blocks == []
+    assert all(not k.startswith("block:") for c in off.trace for k in c.widths)
+
+
+def test_joint_search_weighs_blocks_against_channels(resnet20, tmp_path):
+    result = _search(resnet20, Budget(speedup=1.5), tmp_path)  # depth "auto" is the default
+    assert len(result.blocks) == 7 and [c.stage for c in result.trace].count("calibration") == 2
+    assert result.budget_met, result.reason
+    # whatever mix it chose, the model verified is the one returned
+    kept = {b["name"] for b in result.blocks} - set(result.dropped)
+    assert all(any(True for _ in result.model.get_submodule(n).parameters()) for n in kept)
+    assert all(not any(True for _ in result.model.get_submodule(n).parameters()) for n in result.dropped)
+
+
 def test_shortfall_and_slack_are_graded():
     budget = Budget(latency_ms=10.0, params=1000)
     at = Measurement(latency_ms=9.0, speedup=2.0, size_bytes=1, params=500, macs=1)
@@ -100,6 +127,18 @@ def test_invalid_budgets(tmp_path, budget, message, field):
     assert str(err.value) == message and err.value.field == field
 
 
+@pytest.mark.parametrize("depth,ratio,message", [
+    ("sideways", None, "depth must be one of auto, off, only, got 'sideways'"),
+    ("only", 0.5, "depth 'only' needs a budget: the search chooses which blocks to drop"),
+])
+def test_invalid_depth(tmp_path, depth, ratio, message):
+    spec = CompressSpec(model=ModelSpec(arch="zoo:resnet20"), input_shape=(1, 3, 32, 32), out_dir=tmp_path,
+                        ratio=ratio, budget=None if ratio is not None else Budget(speedup=2.0), depth=depth)
+    with pytest.raises(InvalidRequest) as err:
+        compress(spec)
+    assert str(err.value) == message and err.value.field == "depth"
+
+
 def test_ratio_and_budget_together_are_refused(tmp_path):
     spec = CompressSpec(model=ModelSpec(arch="zoo:resnet20"), input_shape=(1, 3, 32, 32), out_dir=tmp_path,
                         ratio=0.5, budget=Budget(speedup=2.0))
@@ -115,4 +154,5 @@ def test_budget_job_end_to_end(tmp_path):
     report = compress(spec).report
     assert report["budget_met"] is True and report["size"]["compressed"]["onnx_bytes"] <= 700_000
     assert report["search"]["trace"] and report["search"]["groups"]
+    assert report["pruning"]["dropped_blocks"] == [b["name"] for b in report["search"]["blocks"] if b["dropped"]]
     assert report["data"]["note"].startswith("no data: quality is fidelity")

@@ -67,6 +67,26 @@ def wait_for_stage(client: Client, job_id: str, stage: str, timeout: float = 60.
     raise AssertionError(f"job {job_id} ended before stage {stage!r} started")
 
 
+def listening_address(proc: subprocess.Popen, timeout: float) -> str:
+    """The address a starting `secateurs serve` or `secateurs probe` prints ("... listening on ADDR")."""
+    found: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            m = re.search(rb"listening on (\S+)", line)
+            if m:
+                found.append(m.group(1).decode())
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found:
+        proc.kill()
+        raise AssertionError("the process did not start listening")
+    return found[0]
+
+
 class ServerProcess:
     """`secateurs serve` in a subprocess (for kill -9 and SIGTERM tests)."""
 
@@ -81,22 +101,7 @@ class ServerProcess:
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep the pipe drained
 
     def _read_address(self, timeout: float) -> str:
-        found: list[str] = []
-
-        def read() -> None:
-            for line in self.proc.stdout:
-                m = re.search(rb"listening on (\S+)", line)
-                if m:
-                    found.append(m.group(1).decode())
-                    return
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not found:
-            self.proc.kill()
-            raise AssertionError("the server did not start")
-        return found[0]
+        return listening_address(self.proc, timeout)
 
     @property
     def pid(self) -> int:
@@ -112,6 +117,36 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._log.close()
+
+
+# Runs `secateurs probe` with torch made unimportable: the probe must start and measure without it.
+_PROBE_WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None; from secateurs.cli import main; "
+                        "sys.exit(main(['probe', *sys.argv[1:]]))")
+
+
+class ProbeProcess:
+    """`secateurs probe` in a subprocess (optionally inside a network namespace), torch blocked."""
+
+    def __init__(self, *args: str, log: Path, listen: str = "127.0.0.1:0", netns: str | None = None) -> None:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self._log = open(log, "ab")
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-c", _PROBE_WITHOUT_TORCH, "--listen", listen, *args],
+                                     stdout=subprocess.PIPE, stderr=self._log)
+        self.address = listening_address(self.proc, timeout=60)
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill()
         self._log.close()
 
 

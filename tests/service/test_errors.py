@@ -10,11 +10,14 @@ import grpc
 import pytest
 
 from service_helpers import FAKE_RUNNER, fake_request
+from secateurs.engine.latency.runtimes import unavailable_reason
 from secateurs.api.server import Server
 from secateurs_client import Client, field_violations, pb
 from secateurs_client.v1 import compression_pb2_grpc as pb_grpc
 
 TOKEN = "s3cret"
+# a runtime this machine lacks (no GPU, no TensorRT), refused at CreateJob with the reason
+_MISSING = next((r for r in ("tensorrt", "onnxruntime-cuda", "torch-cuda") if unavailable_reason(r)), None)
 LIMIT = 1 << 20
 Code = grpc.StatusCode
 
@@ -116,11 +119,20 @@ CASES: list[tuple[str, Callable[[Client], Any], Code, str | None]] = [
     ("accuracy drop out of range", _budget(budget__speedup=2.0, budget__max_accuracy_drop=1.5),
      Code.INVALID_ARGUMENT, "budget.max_accuracy_drop"),
     ("unknown runtime", _create(target__runtime="tpu-v9"), Code.INVALID_ARGUMENT, "target.runtime"),
-    ("runtime not yet supported", _create(target__runtime="tensorrt"), Code.INVALID_ARGUMENT, "target.runtime"),
-    ("precision not yet supported", _create(target__precision="int8"), Code.INVALID_ARGUMENT, "target.precision"),
+    ("unknown precision", _create(target__precision="int8"), Code.INVALID_ARGUMENT, "target.precision"),
+    ("fp16 on a CPU runtime", _create(target__precision="fp16"), Code.INVALID_ARGUMENT, "target.precision"),
+    ("fp16 on torch CPU", _create(target__runtime="torch-cpu", target__precision="fp16"), Code.INVALID_ARGUMENT,
+     "target.precision"),
     ("odd percentile", _create(target__percentile=42.0), Code.INVALID_ARGUMENT, "target.percentile"),
-    ("remote probe", _create(target__probe_address="10.0.0.1:7000"), Code.INVALID_ARGUMENT,
+    ("batch too large", _create(target__batch=5000), Code.INVALID_ARGUMENT, "target.batch"),
+    ("probe address without a port", _create(target__probe_address="10.0.0.1"), Code.INVALID_ARGUMENT,
      "target.probe_address"),
+    ("probe address with a bad port", _create(target__probe_address="10.0.0.1:99999"), Code.INVALID_ARGUMENT,
+     "target.probe_address"),
+    ("torch runtime on a probe", _create(target__runtime="torch-cpu", target__probe_address="10.0.0.1:7000"),
+     Code.INVALID_ARGUMENT, "target.runtime"),
+    *([(f"{_MISSING} unavailable here", _create(target__runtime=_MISSING), Code.FAILED_PRECONDITION, None)]
+      if _MISSING else []),
     ("recovery with 0 epochs", _create(recovery__epochs=0), Code.INVALID_ARGUMENT, "recovery.epochs"),
     ("recovery without epochs", _create(recovery__lr=0.01), Code.INVALID_ARGUMENT, "recovery.epochs"),
     ("negative lr", _create(recovery__epochs=2, recovery__lr=-0.1), Code.INVALID_ARGUMENT, "recovery.lr"),
@@ -160,6 +172,8 @@ CASES: list[tuple[str, Callable[[Client], Any], Code, str | None]] = [
     ("ratio and group ratios", _create(pruning__group_ratios={"layer1.0.conv1": 0.5}), Code.INVALID_ARGUMENT,
      "pruning.ratio"),
     ("unknown importance", _create(pruning__importance="vibes"), Code.INVALID_ARGUMENT, "pruning.importance"),
+    ("unknown depth", _create(pruning__depth="sideways"), Code.INVALID_ARGUMENT, "pruning.depth"),
+    ("blocks only without a budget", _create(pruning__depth="only"), Code.INVALID_ARGUMENT, "pruning.depth"),
     ("unknown export", _create(exports=["tflite"]), Code.INVALID_ARGUMENT, "exports"),
     ("bad label key", _create(labels={"Bad Key!": "x"}), Code.INVALID_ARGUMENT, "labels[Bad Key!]"),
     ("unknown job", _raw("GetJob", pb.GetJobRequest(job_id="nope")), Code.NOT_FOUND, None),

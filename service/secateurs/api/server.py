@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Sequence
 
@@ -26,6 +26,8 @@ from secateurs.api.auth import TokenInterceptor
 from secateurs.api.errors import ErrorInterceptor
 from secateurs.api.rpc_metrics import RpcMetricsInterceptor
 from secateurs.api.servicer import CompressionServicer
+from secateurs.api.tls import server_credentials
+from secateurs.engine.latency.probe_client import ProbeCredentials
 from secateurs.jobs.blobs import BlobStore
 from secateurs.jobs.scheduler import Scheduler
 from secateurs.jobs.service import JobService, Limits
@@ -61,6 +63,9 @@ class ServerConfig:
     # Prometheus /metrics "host:port" (":0": a free port); None: no endpoint. `secateurs serve`
     # defaults to METRICS_LISTEN; a server embedded in a program only serves metrics when asked.
     metrics_listen: str | None = None
+    # How jobs reach a latency probe (target.probe_address): given to each worker's environment,
+    # never stored with a job.
+    probe_credentials: ProbeCredentials = field(default_factory=ProbeCredentials)
 
 
 class Server:
@@ -76,7 +81,8 @@ class Server:
         self.metrics = ServiceMetrics()  # one registry per server: two in one process keep their counts apart
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.scheduler = Scheduler(self.store, self.blobs, work_dir=data / "work",
-                                   workers=config.workers, runner=config.runner, metrics=self.metrics)
+                                   workers=config.workers, runner=config.runner, metrics=self.metrics,
+                                   worker_env=config.probe_credentials.to_environ())
         self.metrics.track_jobs(queued=self.store.count_queued, in_progress=lambda: len(self.scheduler.running()))
         self.jobs = JobService(self.store, self.blobs, self.scheduler, Limits(
             max_upload_bytes=config.max_upload_bytes, max_queued_jobs=config.max_queued_jobs))
@@ -181,13 +187,7 @@ class Server:
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         c = self.config
-        if not (c.tls_cert or c.tls_key or c.tls_client_ca):
-            return None
-        if not (c.tls_cert and c.tls_key):
-            raise ValueError("TLS needs both --tls-cert and --tls-key")
-        ca = c.tls_client_ca.read_bytes() if c.tls_client_ca else None
-        return grpc.ssl_server_credentials([(c.tls_key.read_bytes(), c.tls_cert.read_bytes())],
-                                           root_certificates=ca, require_client_auth=ca is not None)
+        return server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca)
 
 
 def _data_root(root: Path | None) -> Path | None:
@@ -240,6 +240,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="host:port of the Prometheus /metrics endpoint; :0 picks a free port "
                              f"(default: $SECATEURS_METRICS_LISTEN, else {METRICS_LISTEN})")
     parser.add_argument("--no-metrics", action="store_true", help="serve no metrics endpoint")
+    probe = parser.add_argument_group("latency probes (jobs whose target.probe_address is set)")
+    probe.add_argument("--probe-token", default=os.environ.get("SECATEURS_PROBE_TOKEN"),
+                       help="bearer token the probes require (default: $SECATEURS_PROBE_TOKEN; none)")
+    probe.add_argument("--probe-tls-ca", type=Path, help="PEM CA that signed the probes' certificates; enables TLS")
+    probe.add_argument("--probe-tls-cert", type=Path, help="PEM client certificate, for probes requiring mutual TLS")
+    probe.add_argument("--probe-tls-key", type=Path, help="PEM private key for --probe-tls-cert")
     parser.add_argument("--runner", default=d.runner, help=argparse.SUPPRESS)
 
 
@@ -258,6 +264,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         trust_pickle=args.trust_pickle, data_root=args.data_root, grace_seconds=args.grace, runner=args.runner,
         metrics_listen=metrics_listen,
+        probe_credentials=ProbeCredentials(token=args.probe_token or None, tls_ca=args.probe_tls_ca,
+                                           tls_cert=args.probe_tls_cert, tls_key=args.probe_tls_key),
     )
 
 

@@ -4,9 +4,9 @@ Each refusal is an InvalidRequest naming the request field (proto path), so the
 client sees INVALID_ARGUMENT with a BadRequest field violation. A job asks for
 exactly one of pruning.ratio, pruning.group_ratios or a budget (the search picks
 the ratios). recovery maps onto the engine's RecoverySpec and data onto DataSpecs
-(api/data_sources.py), both checked with the engine's own validators. Parts of the
-API that exist for later (other runtimes, remote probes) are refused here by name
-until the engine supports them.
+(api/data_sources.py), both checked with the engine's own validators. The target's
+runtime must be available on this server (FAILED_PRECONDITION with the reason) unless
+the job measures on a probe, which is asked when the job runs.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from secateurs.api.data_sources import data_specs
 from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
 from secateurs.engine.pipeline import validate_spec
 from secateurs.engine.recover import RecoverySpec, validate_recovery_spec
-from secateurs.engine.spec import EXPORTS, IMPORTANCES, RUNTIMES, CompressSpec, ModelSpec, ProtocolSpec, TargetSpec
+from secateurs.engine.spec import (DEPTH_MODES, EXPORTS, IMPORTANCES, PRECISIONS, RUNTIMES, CompressSpec, ModelSpec,
+                                   ProtocolSpec, TargetSpec)
 from secateurs.engine.zoo import ZOO
 from secateurs.errors import InvalidRequest
 from secateurs.jobs.blobs import BlobStore
 from secateurs_client.v1 import compression_pb2 as pb
 
 ARCH_PREFIXES = ("zoo", "torchvision", "module")
-LATER_RUNTIMES = ("onnxruntime-cuda", "tensorrt")
 MAX_INPUT_ELEMENTS = 1 << 26
 _LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9_.\-/]{0,61}[a-z0-9])?$")
 _PLACEHOLDER_OUT = Path("/nonexistent")  # the scheduler sets the real one at start
@@ -50,7 +50,6 @@ def spec_from_request(
     _check_request_id(req.request_id)
     _check_labels(dict(req.labels))
     shape = _input_shape(list(req.input_shape))
-    _refuse_later(req)
     model = _model(req.model, blobs, trust_pickle=trust_pickle)
     target = _target(req.target, shape)
     budget = _budget(req.budget, percentile=target.percentile)
@@ -63,6 +62,9 @@ def spec_from_request(
         raise _bad("pruning.importance", f"unknown importance {importance!r} (one of {', '.join(IMPORTANCES)})")
     round_to = _bounded("pruning.round_to", req.pruning.round_to, 1, 1024, default=8)
     min_channels = _bounded("pruning.min_channels", req.pruning.min_channels, 1, 4096, default=8)
+    depth = req.pruning.depth or "auto"
+    if depth not in DEPTH_MODES:
+        raise _bad("pruning.depth", f"unknown depth {depth!r} (one of {', '.join(DEPTH_MODES)})")
     exports = tuple(req.exports) or EXPORTS
     for name in exports:
         if name not in EXPORTS:
@@ -73,10 +75,14 @@ def spec_from_request(
         model=model, input_shape=shape, out_dir=_PLACEHOLDER_OUT, ratio=ratio, group_ratios=group_ratios,
         budget=budget, importance=importance, round_to=round_to, min_channels=min_channels,
         target=target, protocol=_protocol(req.target.protocol), exports=exports,
-        cache_dir=cache_dir, data=data, train_data=train_data, recovery=recovery, seed=_JOB_SEED,
+        cache_dir=cache_dir, data=data, train_data=train_data, recovery=recovery, seed=_JOB_SEED, depth=depth,
     )
     with _engine_fields():  # the engine's own checks, so a job never fails for what a request could show
         validate_spec(spec)
+    if spec.target.probe_address is None:  # BackendUnavailable: FAILED_PRECONDITION, with the reason
+        from secateurs.engine.latency.runtimes import require
+
+        require(spec.target.runtime)
     return spec
 
 
@@ -84,6 +90,7 @@ _ENGINE_TO_WIRE = {"protocol": "target.protocol", "model.kwargs": "model.arch_kw
                    "model.weights": "model.weights_blob_id", "ratio": "pruning.ratio",
                    "importance": "pruning.importance", "round_to": "pruning.round_to",
                    "min_channels": "pruning.min_channels", "group_ratios": "pruning.group_ratios",
+                   "depth": "pruning.depth",
                    "budget.percentile": "target.percentile",  # the request has one percentile, on the target
                    "recovery.kd_weight": "recovery.distill_kl_weight",
                    "recovery.feature_weight": "recovery.distill_feature_weight",
@@ -142,12 +149,6 @@ def _input_shape(shape: list[int]) -> tuple[int, ...]:
     if math.prod(shape) > MAX_INPUT_ELEMENTS:
         raise _bad("input_shape", f"at most {MAX_INPUT_ELEMENTS} elements")
     return tuple(shape)
-
-
-def _refuse_later(req: pb.CreateJobRequest) -> None:
-    """Fields the API has but the engine does not use yet."""
-    if req.target.probe_address:
-        raise _bad("target.probe_address", "remote latency probes are not supported yet")
 
 
 def _recovery(r: pb.Recovery) -> RecoverySpec:
@@ -242,19 +243,20 @@ def _bounded(field: str, value: int, lo: int, hi: int, *, default: int) -> int:
 
 def _target(t: pb.Target, shape: tuple[int, ...]) -> TargetSpec:
     runtime = t.runtime or RUNTIMES[0]
-    if runtime in LATER_RUNTIMES:
-        raise _bad("target.runtime", f"runtime {runtime!r} is not supported yet (supported: {', '.join(RUNTIMES)})")
     if runtime not in RUNTIMES:
         raise _bad("target.runtime", f"unknown runtime {runtime!r} (supported: {', '.join(RUNTIMES)})")
-    if t.precision not in ("", "fp32"):
-        raise _bad("target.precision", f"precision {t.precision!r} is not supported yet (only fp32)")
-    if t.batch and t.batch != shape[0]:
-        raise _bad("target.batch", f"must equal input_shape[0] ({shape[0]}) for now")
+    precision = t.precision or "fp32"
+    if precision not in PRECISIONS:
+        raise _bad("target.precision", f"unknown precision {t.precision!r} (one of {', '.join(PRECISIONS)})")
+    batch = _bounded("target.batch", t.batch, 1, 4096, default=0)
+    if batch and math.prod((batch, *shape[1:])) > MAX_INPUT_ELEMENTS:
+        raise _bad("target.batch", f"batch {batch} makes the input over {MAX_INPUT_ELEMENTS} elements")
     if t.percentile and t.percentile not in PERCENTILES:
         raise _bad("target.percentile", f"must be one of {', '.join(f'{q:g}' for q in PERCENTILES)} "
                                         f"(got {t.percentile:g})")
     threads = _bounded("target.threads", t.threads, 1, 256, default=TargetSpec().threads)
-    return TargetSpec(runtime=runtime, threads=threads, percentile=t.percentile or TargetSpec().percentile)
+    return TargetSpec(runtime=runtime, threads=threads, percentile=t.percentile or TargetSpec().percentile,
+                      precision=precision, batch=batch, probe_address=t.probe_address or None)
 
 
 def _protocol(p: pb.LatencyProtocol) -> ProtocolSpec:

@@ -24,14 +24,12 @@ import copy
 import operator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.fx
 from torch import nn
 
-from secateurs.engine.latency.cache import MeasurementCache, cache_key
-from secateurs.engine.sensitivity import Calibration, Quality, cached_quality, reference_outputs
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -69,14 +67,33 @@ def find_blocks(model: nn.Module, example: torch.Tensor) -> list[BlockInfo]:
     return sorted(found, key=lambda b: order.index(b.name))
 
 
+# In a search plan (name -> width), a block is an entry "block:NAME" of width 1 (kept) or 0 (dropped),
+# so the solver and the refinement treat it as one more group with two widths.
+BLOCK_PREFIX = "block:"
+
+
+def block_key(name: str) -> str:
+    return BLOCK_PREFIX + name
+
+
+def dropped_in(plan: Mapping[str, int]) -> list[str]:
+    """Names of the blocks a search plan drops."""
+    return [k[len(BLOCK_PREFIX):] for k, w in plan.items() if k.startswith(BLOCK_PREFIX) and w == 0]
+
+
 def drop_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
     """A copy of `model` with the named blocks replaced by the identity."""
     dropped = copy.deepcopy(model)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = dropped.get_submodule(parent_name) if parent_name else dropped
-        setattr(parent, child, _Skip())
+        replace_with_identity(dropped, name)
     return dropped
+
+
+def replace_with_identity(model: nn.Module, name: str) -> None:
+    """Replace the named block of `model`, in place, by the identity."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, _Skip())
 
 
 @contextmanager
@@ -89,20 +106,6 @@ def bypassed(model: nn.Module, names: Sequence[str]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
-
-
-def block_importance(model: nn.Module, blocks: Sequence[BlockInfo], calib: Calibration, *,
-                     cache: MeasurementCache, model_id: str) -> dict[str, Quality]:
-    """Quality lost when each block alone is dropped (BatchNorm recalibrated on real data when
-    there is some), measured like channel sensitivity and cached with it."""
-    reference = reference_outputs(model, calib)
-    data_id = calib.identity()
-    out: dict[str, Quality] = {}
-    for block in blocks:
-        out[block.name], _ = cached_quality(
-            model, calib, reference, lambda name=block.name: [bypassed(model, [name])], cache=cache,
-            kind="block-importance", key=cache_key("block-importance", model_id, data_id, block.name))
-    return out
 
 
 class _Skip(nn.Module):

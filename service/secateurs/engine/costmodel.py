@@ -12,6 +12,8 @@ channels, 3 x head_dim for a fused qkv layer and head_dim for the output project
 
 from __future__ import annotations
 
+from typing import Collection
+
 from torch import nn
 
 from secateurs.engine.groups import GraphContext, GroupInfo
@@ -56,9 +58,12 @@ class GroupLayers:
             result[name] = (max(cin, 1.0), max(cout, 1.0))
         return result
 
-    def params_macs(self, widths: dict[str, int]) -> tuple[float, float]:
+    def params_macs(self, widths: dict[str, int], *, removed: Collection[str] = ()) -> tuple[float, float]:
+        """Parameters and MACs of every layer at these group widths, but the `removed` layers."""
         params = macs = 0.0
         for name, (cin, cout) in self.layer_widths(widths).items():
+            if name in removed:
+                continue
             p, m = layer_cost(self.layers[name], cin, cout)
             params += p
             macs += m

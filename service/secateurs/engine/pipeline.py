@@ -21,14 +21,15 @@ import torch
 from secateurs.engine.budget import Measurement, budget_shortfall, validate_budget
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
 from secateurs.engine.export import check_parity, export_onnx, export_pt2
-from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, measure_interleaved
 from secateurs.engine.latency.protocol import measurements_taken
+from secateurs.engine.latency.runtimes import RuntimeSettings, check_settings
+from secateurs.engine.latency.target import open_target
 from secateurs.engine.models import check_runs, load_model, parse_input_shape
 from secateurs.engine.prune import PruneSpec, prune, validate_prune_spec, write_plan
 from secateurs.engine.search import SearchSpec, search
 from secateurs.engine.sensitivity import Calibration, measure_quality, recalibrate_batchnorm, reference_outputs
 from secateurs.engine.size import count_macs, count_params, file_bytes
-from secateurs.engine.spec import EXPORTS, RUNTIMES, CompressSpec
+from secateurs.engine.spec import DEPTH_MODES, EXPORTS, RUNTIMES, CompressSpec
 from secateurs.errors import InvalidRequest, ParityError
 
 STAGES = ("load", "profile", "search", "prune", "recover", "export", "benchmark", "report")
@@ -61,6 +62,10 @@ def validate_spec(spec: CompressSpec) -> None:
                                       min_channels=spec.min_channels))
     else:
         validate_prune_spec(_prune_spec(spec))
+    if spec.depth not in DEPTH_MODES:
+        raise InvalidRequest(f"depth must be one of {', '.join(DEPTH_MODES)}, got {spec.depth!r}", field="depth")
+    if spec.depth == "only" and spec.budget is None:
+        raise InvalidRequest("depth 'only' needs a budget: the search chooses which blocks to drop", field="depth")
     from secateurs.engine.data import validate_data_spec
 
     for data in (spec.data, spec.train_data):
@@ -73,11 +78,7 @@ def validate_spec(spec: CompressSpec) -> None:
     if not 1 <= spec.calibration_samples <= 100_000:
         raise InvalidRequest(f"calibration_samples must be in [1, 100000], got {spec.calibration_samples}",
                              field="calibration_samples")
-    if spec.target.runtime not in RUNTIMES:
-        raise InvalidRequest(f"runtime {spec.target.runtime!r} is not supported; supported: {', '.join(RUNTIMES)}",
-                             field="target.runtime")
-    if not 1 <= spec.target.threads <= 256:
-        raise InvalidRequest(f"threads must be in [1, 256], got {spec.target.threads}", field="target.threads")
+    _validate_target(spec)
     if spec.target.percentile not in (50.0, 90.0, 95.0, 99.0):
         raise InvalidRequest(f"percentile must be one of 50, 90, 95, 99, got {spec.target.percentile}",
                              field="target.percentile")
@@ -94,6 +95,26 @@ def validate_spec(spec: CompressSpec) -> None:
     if p.interleave not in ("window", "run"):
         raise InvalidRequest(f"protocol.interleave must be 'window' or 'run', got {p.interleave!r}",
                              field="protocol.interleave")
+
+
+def _validate_target(spec: CompressSpec) -> None:
+    """Runtime, precision, threads, batch and probe address; whether the runtime exists where the job
+    measures is checked when the job opens its target (a GPU or a probe is not looked for here)."""
+    t = spec.target
+    if t.runtime not in RUNTIMES:
+        raise InvalidRequest(f"runtime {t.runtime!r} is not supported; supported: {', '.join(RUNTIMES)}",
+                             field="target.runtime")
+    check_settings(RuntimeSettings(runtime=t.runtime, precision=t.precision, threads=t.threads))
+    if not 0 <= t.batch <= 4096:
+        raise InvalidRequest(f"batch must be in [1, 4096] (0: the input shape's), got {t.batch}", field="target.batch")
+    if t.probe_address is not None:
+        host, sep, port = t.probe_address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidRequest(f"probe address must be host:port, got {t.probe_address!r}",
+                                 field="target.probe_address")
+        if t.runtime.startswith("torch-"):
+            raise InvalidRequest(f"{t.runtime} measures in the service's process; a probe measures ONNX models "
+                                 f"(onnxruntime-cpu, onnxruntime-cuda, tensorrt)", field="target.runtime")
 
 
 def _prune_spec(spec: CompressSpec) -> PruneSpec:
@@ -136,6 +157,8 @@ def compress(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     shape = parse_input_shape(spec.input_shape)
+    if spec.target.batch:  # the deployment's batch: measured, and exported, at it
+        shape = (spec.target.batch, *shape[1:])
 
     def stage(name: str) -> _Stage:
         return _Stage(name, on_event, cancel, timings)
@@ -146,6 +169,9 @@ def compress(
         example = torch.randn(shape, generator=torch.Generator().manual_seed(spec.seed))
 
     with stage("profile") as st:
+        # first: a runtime or probe that is not there fails the job before any work, saying why
+        latency = open_target(spec.target, seed=spec.seed)
+        st.progress(0.1, f"measuring on {_where(latency.where)}, device {latency.fingerprint['id']}")
         baseline_onnx = out / "baseline.onnx"
         baseline_export = export_onnx(model, example, baseline_onnx, dynamic_batch=spec.dynamic_batch)
         st.progress(0.5, "baseline exported")
@@ -155,30 +181,30 @@ def compress(
     calib = build_calibration(spec, shape)
     search_report = None
     group_ratios = spec.group_ratios
+    dropped: list[str] = []
     if spec.budget is not None:
         with stage("search") as st:
             job_key = _search_key(spec, model, shape)
             saved = _load_search(out, job_key)
             if saved is not None:  # an interrupted attempt of this job already searched
                 st.progress(1.0, "reusing the search result of the interrupted attempt")
-                search_report, group_ratios = saved
+                search_report, group_ratios, dropped = saved
             else:
-                fp = device_fingerprint(runtime=spec.target.runtime, provider=_provider(spec.target.runtime),
-                                        threads=spec.target.threads)
                 searched = search(
                     model, example, baseline_onnx,
                     SearchSpec(budget=spec.budget, target=spec.target, protocol=spec.protocol,
                                importance=spec.importance, round_to=spec.round_to, min_channels=spec.min_channels,
-                               cache_dir=spec.cache_dir, arch=spec.model.arch, seed=spec.seed),
-                    calib, fingerprint=fp, cancel=cancel,
+                               cache_dir=spec.cache_dir, arch=spec.model.arch, seed=spec.seed, depth=spec.depth),
+                    calib, latency_target=latency, cancel=cancel,
                     on_progress=lambda f, message, data: st.progress(f, message, **data))
-                group_ratios = searched.ratios
+                group_ratios, dropped = searched.ratios, searched.dropped
                 search_report = _search_section(searched, spec)
-                _save_search(out, job_key, search_report, group_ratios)
+                _save_search(out, job_key, search_report, group_ratios, dropped)
 
     with stage("prune") as st:
         prune_spec = PruneSpec(ratio=spec.ratio if group_ratios is None else None, group_ratios=group_ratios,
-                               importance=spec.importance, round_to=spec.round_to, min_channels=spec.min_channels)
+                               importance=spec.importance, round_to=spec.round_to, min_channels=spec.min_channels,
+                               drop_blocks=tuple(dropped))
         result = prune(model, example, prune_spec, batches=calib.inputs)
         pruned = result.model
         if calib.real and calib.recalibration:
@@ -188,7 +214,8 @@ def compress(
         reference = reference_outputs(model, calib)
         quality = {"before": measure_quality(model, calib, reference).to_dict(),
                    "after": measure_quality(pruned, calib, reference).to_dict()}
-        st.progress(1.0, f"{sum(1 for g in result.plan.groups if g['after'] < g['before'])} groups pruned")
+        st.progress(1.0, f"{sum(1 for g in result.plan.groups if g['after'] < g['before'])} groups pruned"
+                    + (f", {len(dropped)} blocks dropped" if dropped else ""))
 
     recovery = None
     if spec.recovery is not None:
@@ -221,15 +248,22 @@ def compress(
                 exports["pt2"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
         if "plan" not in spec.exports:
             artifacts.pop("plan")
+        if spec.target.runtime == "tensorrt":
+            st.progress(0.8, "building the TensorRT engine")
+            from secateurs.engine.latency.tensorrt_backend import export_engine
+
+            exports["tensorrt"] = export_engine(onnx_path, shape, out, precision=spec.target.precision,
+                                                target=latency, seed=spec.seed)
+            artifacts.update(tensorrt=out / "model.plan", tensorrt_log=out / "model.plan.log")
 
     with stage("benchmark") as st:
-        backends = [OnnxRuntimeBackend(p, shape, runtime=spec.target.runtime, threads=spec.target.threads,
-                                       seed=spec.seed) for p in (baseline_onnx, onnx_path)]
-        st.progress(0.05, "measuring baseline and pruned, interleaved")
-        before, after = measure_interleaved(backends, spec.protocol, should_stop=lambda: check_cancel(cancel))
-        fingerprint = device_fingerprint(runtime=spec.target.runtime, provider=backends[0].provider,
-                                         threads=spec.target.threads)
-        del backends
+        models = [latency.load(shape, onnx=path, module=module) for path, module in
+                  ((baseline_onnx, model), (onnx_path, pruned))]
+        st.progress(0.05, f"measuring baseline and pruned, interleaved, on {_where(latency.where)}")
+        before, after = latency.measure(models, spec.protocol, should_stop=lambda: check_cancel(cancel))
+        fingerprint = latency.fingerprint
+        del models
+        latency.close()
 
     with stage("report"):
         pruned_size = {"params": count_params(pruned), "macs": count_macs(pruned, example),
@@ -247,13 +281,16 @@ def compress(
                       "input_shape": list(shape), "weights_sha256": _sha256(spec.model.weights)},
             "pruning": {"ratio": spec.ratio, "importance": spec.importance, "round_to": spec.round_to,
                         "min_channels": spec.min_channels, "groups": result.plan.groups,
-                        "heads": result.plan.heads},
+                        "heads": result.plan.heads, "dropped_blocks": result.plan.dropped},
             "budget": spec.budget.to_dict() if spec.budget is not None else None,
             # judged on the final interleaved benchmark below, the figures the user receives
             "budget_met": budget_shortfall(final, spec.budget) == 0 if spec.budget is not None else None,
             "budget_shortfall": budget_shortfall(final, spec.budget) if spec.budget is not None else None,
             "target": {"runtime": spec.target.runtime, "threads": spec.target.threads, "percentile": q,
-                       "batch": shape[0]},
+                       "batch": shape[0], "precision": spec.target.precision,
+                       "probe_address": spec.target.probe_address,
+                       # every latency figure of the job (baseline, search, verification, benchmark)
+                       "measured_on": {**latency.where, "device_id": fingerprint["id"]}},
             "device": fingerprint,
             "protocol": {**vars(spec.protocol), "interleaved": True},
             "latency": {"baseline": before.to_dict(), "compressed": after.to_dict(),
@@ -396,10 +433,8 @@ def build_calibration(spec: CompressSpec, shape: tuple[int, ...]) -> Calibration
                        else None, real=True, recalibration=list(recal.split(batch)) if len(recal) else None)
 
 
-def _provider(runtime: str) -> str:
-    from secateurs.engine.latency.ort_backend import PROVIDERS
-
-    return PROVIDERS[runtime]
+def _where(where: dict[str, Any]) -> str:
+    return f"the probe at {where['address']}" if where.get("kind") == "probe" else "this host"
 
 
 def _search_section(result: Any, spec: CompressSpec) -> dict[str, Any]:
@@ -410,7 +445,7 @@ def _search_section(result: Any, spec: CompressSpec) -> dict[str, Any]:
         "baseline": asdict(result.baseline), "final": asdict(result.final),
         "quality_before": result.quality_before, "quality_after": result.quality_after,
         "groups": result.groups, "trace": [c.to_dict() for c in result.trace], "uniform": result.uniform,
-        "latency_model": result.latency_model, "cache": result.cache,
+        "latency_model": result.latency_model, "cache": result.cache, "depth": spec.depth, "blocks": result.blocks,
     }
 
 
@@ -428,16 +463,17 @@ def _search_key(spec: CompressSpec, model: torch.nn.Module, shape: tuple[int, ..
                           .encode()).hexdigest()[:24]
 
 
-def _save_search(out: Path, key: str, section: dict[str, Any], ratios: dict[str, float]) -> None:
+def _save_search(out: Path, key: str, section: dict[str, Any], ratios: dict[str, float], dropped: list[str]) -> None:
     """Keep the search's outcome beside the job's checkpoints: a resumed job skips the search,
     and its recovery checkpoints fit the same plan."""
     tmp = out / (_SEARCH_FILE + ".tmp")
-    tmp.write_text(json.dumps({"version": REPORT_VERSION, "key": key, "ratios": ratios, "section": section},
+    tmp.write_text(json.dumps({"version": REPORT_VERSION, "key": key, "ratios": ratios, "dropped": dropped,
+                               "section": section},
                               default=str))
     tmp.replace(out / _SEARCH_FILE)  # atomic: an interruption never leaves half a file
 
 
-def _load_search(out: Path, key: str) -> tuple[dict[str, Any], dict[str, float]] | None:
+def _load_search(out: Path, key: str) -> tuple[dict[str, Any], dict[str, float], list[str]] | None:
     path = out / _SEARCH_FILE
     if not path.exists():
         return None
@@ -445,7 +481,8 @@ def _load_search(out: Path, key: str) -> tuple[dict[str, Any], dict[str, float]]
         saved = json.loads(path.read_text())
         if saved.get("version") != REPORT_VERSION or saved.get("key") != key:
             return None
-        return saved["section"], {str(k): float(v) for k, v in saved["ratios"].items()}
+        return (saved["section"], {str(k): float(v) for k, v in saved["ratios"].items()},
+                [str(n) for n in saved.get("dropped", [])])
     except (OSError, ValueError, KeyError, AttributeError):
         return None  # unreadable: search again
 

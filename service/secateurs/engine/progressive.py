@@ -83,7 +83,9 @@ def progressive(model: nn.Module, example: torch.Tensor, target_ratios: Mapping[
                 if want < now[name]:
                     exact[name] = 1 - want / now[name]
             # round_to=1, min_channels=1: the widths above are already rounded; keep them exact
-            pruned = prune(current, example, replace(base, ratio=None, group_ratios=exact, round_to=1, min_channels=1))
+            # blocks to drop went at step 1 (the largest change gets the most recovery)
+            pruned = prune(current, example, replace(base, ratio=None, group_ratios=exact, round_to=1, min_channels=1,
+                                                     drop_blocks=()))
         histories.extend(pruned.plan.history)
         plan = pruned.plan
         widths.append({g["name"]: int(g["after"]) for g in pruned.plan.groups})
@@ -103,5 +105,5 @@ def progressive(model: nn.Module, example: torch.Tensor, target_ratios: Mapping[
     groups = [{**g, "before": originals.get(g["name"], (g["before"], ""))[0],
                "ratio_requested": (float(target_ratios) if uniform else float(target_ratios.get(g["name"], 0.0)))}
               for g in plan.groups]
-    combined = Plan(groups=groups, history=histories, heads=plan.heads)
+    combined = Plan(groups=groups, history=histories, heads=plan.heads, dropped=list(base.drop_blocks))
     return ProgressiveResult(model=current, plan=combined, widths=widths, steps=results)

@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch import nn
 
 from secateurs.engine.attention import SelfAttention, convert_attention
+from secateurs.engine.blocks import drop_blocks, find_blocks, replace_with_identity
 from secateurs.engine.groups import GroupInfo, describe_groups, prepare
 from secateurs.engine.spec import IMPORTANCES
 from secateurs.errors import InvalidRequest, UnsupportedModel
@@ -36,6 +37,7 @@ class PruneSpec:
     importance: str = "l1"
     round_to: int = 8
     min_channels: int = 8
+    drop_blocks: tuple[str, ...] = ()  # removable blocks (engine/blocks.py) replaced by the identity
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,10 +47,12 @@ class Plan:
     groups: list[dict[str, Any]]
     history: list[tuple[str, bool, list[int]]]
     heads: dict[str, int] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)  # blocks replaced by the identity, after the channel steps
     version: int = PLAN_VERSION
 
     def to_json(self) -> str:
         return json.dumps({"version": self.version, "groups": self.groups, "heads": self.heads,
+                           "dropped": self.dropped,
                            "history": [[n, o, list(map(int, i))] for n, o, i in self.history]}, indent=1)
 
     @classmethod
@@ -58,6 +62,7 @@ class Plan:
             if raw.get("version") != PLAN_VERSION:
                 raise ValueError(f"plan version {raw.get('version')!r}, expected {PLAN_VERSION}")
             return cls(groups=list(raw["groups"]), heads=dict(raw.get("heads", {})),
+                       dropped=[str(n) for n in raw.get("dropped", [])],
                        history=[(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in raw["history"]])
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidRequest(f"plan file is not a valid secateurs plan: {exc}", field="plan") from None
@@ -177,16 +182,28 @@ def prune(model: nn.Module, example: torch.Tensor, spec: PruneSpec,
         raise UnsupportedModel(f"pruning failed inside the dependency graph: {type(exc).__name__}: {exc}") from exc
     pruned.zero_grad(set_to_none=True)
     heads = _sync_attributes(pruned)
+    actual = _channel_counts(pruned, groups)  # before blocks go: a group inside one keeps its count
+    if spec.drop_blocks:
+        _check_removable(model, example, spec.drop_blocks)
+        pruned = drop_blocks(pruned, spec.drop_blocks)
     _check_forward(pruned, example)
 
-    actual = _channel_counts(pruned, groups)
     plan_groups = [
         {"name": g.name, "unit": g.unit, "before": g.channels, "planned": planned[g.name][1],
          "after": actual.get(g.name, g.channels), "ratio_requested": ratios.get(g.name, 0.0)}
         for g in groups
     ]
     history = [(n, bool(o), [int(i) for i in idx]) for n, o, idx in ctx.graph.pruning_history()]
-    return PruneResult(model=pruned, plan=Plan(groups=plan_groups, history=history, heads=heads), groups=groups)
+    return PruneResult(model=pruned, plan=Plan(groups=plan_groups, history=history, heads=heads,
+                                               dropped=list(spec.drop_blocks)), groups=groups)
+
+
+def _check_removable(model: nn.Module, example: torch.Tensor, names: Iterable[str]) -> None:
+    removable = {b.name for b in find_blocks(model, example)}
+    unknown = sorted(set(names) - removable)
+    if unknown:
+        raise InvalidRequest(f"{len(unknown)} block(s) cannot be dropped: {', '.join(unknown[:5])}; "
+                             f"`secateurs inspect` lists the removable blocks", field="drop_blocks")
 
 
 def apply_plan(model: nn.Module, example: torch.Tensor, plan: Plan) -> nn.Module:
@@ -201,6 +218,8 @@ def apply_plan(model: nn.Module, example: torch.Tensor, plan: Plan) -> nn.Module
     for name, n in plan.heads.items():
         model.get_submodule(name.rsplit(".", 1)[0]).num_heads = int(n)
     _sync_attributes(model)
+    for name in plan.dropped:
+        replace_with_identity(model, name)
     _check_forward(model, example)
     return model
 

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from secateurs.engine.blocks import bypassed, dropped_in
 from secateurs.engine.groups import GraphContext, GroupInfo
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.sensitivity import Calibration, Quality, cached_quality, masked
@@ -60,11 +61,15 @@ class JointQuality:
         self.evaluations = 0  # measured here, not read from the cache
 
     def __call__(self, plan: Plan) -> Quality:
-        pruned = sorted((n, w) for n, w in plan.items() if w < self.groups[n].channels)
+        """Quality with every group at its width and the plan's dropped blocks bypassed."""
+        pruned = sorted((n, w) for n, w in plan.items() if n in self.groups and w < self.groups[n].channels)
+        dropped = sorted(dropped_in(plan))
+        parts: list = [pruned, dropped] if dropped else [pruned]  # without blocks, the key of a channels-only plan
         quality, measured = cached_quality(
             self.ctx.model, self.calib, self.reference,
-            lambda: [masked(self.ctx, name, self.groups[name], width) for name, width in pruned],
-            cache=self.cache, kind="joint-quality", key=cache_key("joint-quality", self.model_id, self.data_id, pruned))
+            lambda: [masked(self.ctx, name, self.groups[name], width) for name, width in pruned]
+            + ([bypassed(self.ctx.model, dropped)] if dropped else []),
+            cache=self.cache, kind="joint-quality", key=cache_key("joint-quality", self.model_id, self.data_id, *parts))
         self.evaluations += measured
         return quality
 
@@ -74,8 +79,9 @@ def refine(starts: Sequence[Plan], widths: dict[str, list[int]], *, fits: Callab
            on_progress: Callable[[int, int], None] | None = None) -> tuple[Plan, list[Step]]:
     """Local search from the best of `starts` (all of which must fit) over plans that `fits` accepts.
 
-    `widths[g]` lists group g's allowed widths, widest first; `additive(g, w)` is the one-group
-    loss used only to rank moves; `loss(plan)` is the measured whole-plan loss minimised.
+    `widths[g]` lists group g's allowed widths, widest first (only these entries move; a block is
+    an entry of widths [1, 0]); `additive(g, w)` is the one-group loss used only to rank moves;
+    `loss(plan)` is the measured whole-plan loss minimised.
     """
     evaluations = 0
 
@@ -111,7 +117,7 @@ def _moves(plan: Plan, widths: dict[str, list[int]], fits: Callable[[Plan], bool
     """Every plan one step wider in one group, narrowed in at most one other group just enough to fit.
     A width off the grid (a uniform start) moves to its neighbours on the grid."""
     out = []
-    for wide in plan:
+    for wide in widths:
         wider = [w for w in widths[wide] if w > plan[wide]]
         if not wider:
             continue
@@ -119,7 +125,7 @@ def _moves(plan: Plan, widths: dict[str, list[int]], fits: Callable[[Plan], bool
         if fits(widened):
             out.append((widened, wide, None))
             continue
-        for narrow in plan:
+        for narrow in widths:
             if narrow == wide:
                 continue
             for w in sorted((w for w in widths[narrow] if w < plan[narrow]), reverse=True):
@@ -137,8 +143,9 @@ def _fill(plan: Plan, widths: dict[str, list[int]], fits: Callable[[Plan], bool]
     plan = dict(plan)
     while True:
         steps = []
-        for name, width in plan.items():
-            wider = [w for w in widths[name] if w > width]
+        for name, choices in widths.items():
+            width = plan[name]
+            wider = [w for w in choices if w > width]
             if wider and fits(candidate := dict(plan, **{name: min(wider)})):
                 steps.append((additive(name, min(wider)) - additive(name, width), candidate))
         if not steps:

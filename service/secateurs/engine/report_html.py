@@ -160,6 +160,15 @@ def _details(r: Mapping[str, Any]) -> str:
         parts.append(_table(("group", "unit", "before", "after", "removed"),
                             [(g.get("name", ""), g.get("unit", ""), _fmt(g.get("before")), _fmt(g.get("after")),
                               f"{_removed(g):.0%}") for g in groups]))
+    blocks = _dig(r, "search", "blocks") or []
+    if blocks:
+        parts.append(f"<p>Depth pruning: {sum(1 for b in blocks if b.get('dropped'))} of {len(blocks)} removable "
+                     "blocks dropped. Latency share: the block's layers measured alone, scaled by the end-to-end "
+                     "measurement of dropping every other block.</p>")
+        parts.append(_table(("block", "kind", "params", "latency share", "loss when dropped alone", "dropped"),
+                            [(b.get("name", ""), b.get("kind", ""), _fmt(b.get("params")),
+                              "" if b.get("latency_share") is None else f"{b['latency_share']:.1%}",
+                              _fmt(b.get("loss")), "dropped" if b.get("dropped") else "") for b in blocks]))
     if r.get("stage_seconds"):
         parts.append(_table(("stage", "seconds"), [(k, f"{v:.2f}") for k, v in r["stage_seconds"].items()]))
     versions = r.get("versions") or {}

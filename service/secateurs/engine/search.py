@@ -5,6 +5,11 @@
     score     each group's quality loss at each width (cached)
     solve     multiple-choice knapsack over groups (engine/solver.py)
     refine    local search on the quality of the whole plan, measured (engine/refine.py)
+    blocks    with depth pruning, every removable residual block (engine/blocks.py) is one
+              more entry of the plan, kept or dropped: its saving is its layers' latency
+              scaled by one end-to-end point (every other block dropped), its loss the
+              quality lost without it; the solver and the refinement trade blocks and
+              channels under the same budget
     verify    prune, export, measure interleaved with the baseline; if the plan misses
               the budget or wastes it, rescale the aim by measured/predicted and solve
               again, a bounded number of rounds
@@ -19,25 +24,26 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from secateurs.engine.blocks import BlockInfo, block_key, dropped_in, find_blocks
 from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack, latency_ceiling
 from secateurs.engine.events import CancelCheck, check_cancel
 from secateurs.engine.export import export_onnx
 from secateurs.engine.groups import GroupInfo, describe_groups, prepare
-from secateurs.engine.latency import OnnxRuntimeBackend, measure, measure_interleaved
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.costmodel import GroupLayers
-from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers, layer_onnx
+from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers, layer_module, layer_onnx
+from secateurs.engine.latency.target import LatencyTarget, LocalTarget, open_target
 from secateurs.engine.prune import PruneSpec, kept_count, prune
 from secateurs.engine.refine import JointQuality, refine
-from secateurs.engine.sensitivity import (Calibration, group_widths, measure_quality, model_identity, quality_at,
-                                          recalibrated, reference_outputs, sensitivity)
+from secateurs.engine.sensitivity import (Calibration, Quality, block_importance, group_widths, measure_quality,
+                                          model_identity, quality_at, recalibrated, reference_outputs, sensitivity)
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.solver import Option, solve
 from secateurs.engine.spec import ProtocolSpec, TargetSpec
@@ -68,6 +74,7 @@ class SearchSpec:
     arch: str = ""
     seed: int = 0
     refine_evaluations: int = 40  # whole-plan quality measurements per round; 0 turns refinement off
+    depth: str = "auto"  # "auto": channels and whole blocks; "off": channels only; "only": blocks only
 
 
 @dataclass(kw_only=True)
@@ -105,49 +112,67 @@ class SearchResult:
     latency_model: dict[str, Any]
     groups: list[dict[str, Any]]
     cache: dict[str, int]
+    dropped: list[str] = field(default_factory=list)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Target:
-    """Measures ONNX models on the job's target with the job's protocol."""
+    """Measures models on the job's target (this process or a probe) with the job's protocol."""
 
     def __init__(self, spec: SearchSpec, input_shape: tuple[int, ...], cache: MeasurementCache,
-                 fingerprint: dict[str, Any]) -> None:
-        self.spec, self.shape, self.cache, self.fingerprint = spec, input_shape, cache, fingerprint
+                 runtime: LatencyTarget) -> None:
+        self.spec, self.shape, self.cache, self.runtime = spec, input_shape, cache, runtime
+        self.fingerprint = runtime.fingerprint  # a probe's when measuring remotely: the cache keys on it
         self.model_id = ""  # set once the weights are hashed; keys end-to-end measurements
+        # torch.compile per layer would take longer than the search: layers alone run eager
+        compiled = runtime.settings.runtime.startswith("torch-compile")
+        self.layer_runtime = LocalTarget(replace(runtime.settings, runtime=runtime.settings.runtime.replace(
+            "torch-compile", "torch")), seed=spec.seed) if compiled else runtime
 
     def key(self, *parts: Any) -> str:
         """Cache key of an end-to-end measurement: device, runtime settings, protocol, model, plan."""
         t, p = self.spec.target, self.spec.protocol
-        return cache_key("e2e", self.fingerprint["id"], t.runtime, t.threads, vars(p), self.spec.budget.percentile,
-                         self.model_id, *parts)
+        return cache_key("e2e", self.fingerprint["id"], t.runtime, t.threads, t.precision, vars(p),
+                         self.spec.budget.percentile, self.model_id, *parts)
 
-    def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None) -> OnnxRuntimeBackend:
-        return OnnxRuntimeBackend(path, shape or self.shape, runtime=self.spec.target.runtime,
-                                  threads=self.spec.target.threads, seed=self.spec.seed)
+    def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None, module: nn.Module | None = None) -> Any:
+        return self.runtime.load(shape or self.shape, onnx=path, module=module)
+
+    def measure(self, models: list[Any], protocol: ProtocolSpec, cancel: CancelCheck | None = None) -> list[Any]:
+        return self.runtime.measure(models, protocol, should_stop=lambda: check_cancel(cancel))
 
     def layer_ms(self, layer: LayerShape) -> float:
-        key = cache_key("layer", self.fingerprint["id"], self.spec.target.runtime, self.spec.target.threads,
+        t, runtime = self.spec.target, self.layer_runtime
+        key = cache_key("layer", runtime.fingerprint["id"], runtime.settings.runtime, t.threads, t.precision,
                         layer.key())
         cached = self.cache.get(key)
         if cached is not None:
             return float(cached)
-        stats = measure(self.backend(layer_onnx(layer), layer.input_shape), LAYER_PROTOCOL)
+        model = runtime.load(layer.input_shape, onnx=layer_onnx(layer),
+                             module=layer_module(layer) if runtime.settings.takes_module else None)
+        stats = runtime.measure([model], LAYER_PROTOCOL)[0]
         self.cache.put(key, "layer", stats.p50_ms)
         return stats.p50_ms
 
 
 def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: SearchSpec, calib: Calibration,
-           *, fingerprint: dict[str, Any], on_progress: Callable[[float, str, dict], None] | None = None,
+           *, latency_target: LatencyTarget | None = None,
+           on_progress: Callable[[float, str, dict], None] | None = None,
            cancel: CancelCheck | None = None) -> SearchResult:
-    """Find per-group widths meeting `spec.budget` with the least predicted quality loss."""
+    """Find per-group widths meeting `spec.budget` with the least predicted quality loss.
+
+    latency_target: where every latency figure is measured (engine/latency/target.py);
+    None: opened from spec.target for this search."""
     def progress(fraction: float, message: str, **data: Any) -> None:
         check_cancel(cancel)
         if on_progress:
             on_progress(fraction, message, data)
 
+    owned = latency_target is None
+    latency_target = latency_target or open_target(spec.target, seed=spec.seed)
     cache = MeasurementCache(Path(spec.cache_dir) / "measurements.sqlite" if spec.cache_dir else None)
     shape = tuple(example.shape)
-    target = _Target(spec, shape, cache, fingerprint)
+    target = _Target(spec, shape, cache, latency_target)
     q = spec.budget.percentile
     try:
         # analyse
@@ -156,16 +181,20 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         layers = collect_layers(ctx.model, example)
         members = GroupLayers(ctx, groups, layers)
         full = {g.name: g.channels for g in groups}
+        blocks = find_blocks(model, example) if spec.depth != "off" else []
+        block_layers = {b.name: [n for n in layers if n.startswith(b.name + ".")] for b in blocks}
+        channel_groups = groups if spec.depth != "only" else []
+        whole = dict(full, **{block_key(b.name): 1 for b in blocks})  # the unpruned plan
 
         # baseline, end to end
         model_id = model_identity(model, spec.arch, shape)
         target.model_id = model_id
         progress(0.02, "measuring the baseline")
-        base_backend = target.backend(baseline_onnx)
+        base_backend = target.backend(baseline_onnx, module=model)
         base_key = target.key("baseline")
         base_ms = cache.get(base_key)
         if base_ms is None:
-            base_ms = measure(base_backend, spec.protocol, should_stop=lambda: check_cancel(cancel)).percentile(q)
+            base_ms = target.measure([base_backend], spec.protocol, cancel)[0].percentile(q)
             cache.put(base_key, "e2e", base_ms)
         baseline = Measurement(latency_ms=base_ms, speedup=1.0,
                                size_bytes=file_bytes(baseline_onnx), params=count_params(model),
@@ -182,39 +211,72 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                 layers, target.layer_ms, round_to=spec.round_to,
                 on_progress=lambda d, t: progress(0.05 + 0.3 * d / max(t, 1), f"layer latency {d}/{t}"))
 
-        # quality loss of each group at each width
+        # quality loss of each group at each width, and of each block dropped
         widths = {g.name: group_widths(g, RATIO_GRID, round_to=spec.round_to, min_channels=spec.min_channels)
                   for g in groups}
-        scores = sensitivity(ctx, groups, widths, calib, cache=cache, model_id=model_id,
-                             on_progress=lambda d, t: progress(0.35 + 0.3 * d / max(t, 1), f"sensitivity {d}/{t}"))
+        scores: dict[str, dict[int, Quality]] = sensitivity(
+            ctx, channel_groups, widths, calib, cache=cache, model_id=model_id,
+            on_progress=lambda d, t: progress(0.35 + 0.3 * d / max(t, 1), f"sensitivity {d}/{t}"))
+        if blocks:
+            progress(0.62, f"importance of {len(blocks)} removable blocks")
+            kept = Quality(loss=0.0, agreement=1.0, kl=0.0, accuracy=quality_before.get("accuracy"))
+            for name, dropped_quality in block_importance(model, blocks, calib, cache=cache,
+                                                          model_id=model_id).items():
+                scores[block_key(name)] = {1: kept, 0: dropped_quality}
+        # the entries the solver chooses a width for; the other groups stay whole
+        choices = {g.name: widths[g.name] for g in channel_groups} | {block_key(b.name): [1, 0] for b in blocks}
 
         trace: list[Candidate] = []
         models: dict[int, nn.Module] = {}
-        scale = 1.0
-        if latency_model is not None:
+        scale = block_scale = 1.0
+
+        def calibration_point(plan: dict[str, int], isolated: float) -> float:
+            """Measured change over isolated-layer change for one plan, measured end to end."""
+            candidate, _ = _verify(model, example, plan, groups, {}, spec, target, base_backend, baseline,
+                                   calib, reference, None, len(trace), "calibration", cancel)
+            measured = baseline.latency_ms / candidate.measured["speedup"] - baseline.latency_ms
+            ratio = min(5.0, max(0.05, measured / isolated)) if isolated < 0 and measured < 0 else 1.0
+            candidate.predicted = {"latency_ms": baseline.latency_ms + ratio * isolated}
+            trace.append(candidate)
+            return ratio
+
+        if latency_model is not None and channel_groups:
             # One end-to-end point turns the isolated-layer sum into the model's latency: the
             # uniform plan at ratio 0.5, measured interleaved with the baseline.
             progress(0.35, "calibrating the layer model end to end")
-            probe = _uniform_plan(groups, 0.5, spec)
-            isolated = latency_model.delta(members.layer_widths(probe))
-            candidate, pruned = _verify(model, example, probe, groups, {}, spec, target, base_backend, baseline,
-                                        calib, reference, None, 0, "calibration", cancel)
-            measured = baseline.latency_ms / candidate.measured["speedup"] - baseline.latency_ms
-            if isolated < 0 and measured < 0:
-                scale = min(5.0, max(0.05, measured / isolated))
-            candidate.predicted = {"latency_ms": baseline.latency_ms + scale * isolated}
-            trace.append(candidate)
+            probe = _uniform_plan(channel_groups, 0.5, spec)
+            scale = calibration_point(dict(whole, **probe), latency_model.delta(members.layer_widths(probe)))
+        if latency_model is not None and blocks:
+            # A dropped block also saves what its layers alone do not show (adds, activations,
+            # per-operator overhead): one more point, every other block dropped at full width.
+            progress(0.36, "calibrating block removal end to end")
+            probe = dict(whole, **{block_key(b.name): 0 for b in (blocks[1::2] or blocks)})
+            block_scale = calibration_point(
+                probe, -sum(latency_model.full[n] for b in dropped_in(probe) for n in block_layers[b]))
+
+        base_params, base_macs = members.params_macs(full)
 
         def predict(plan: dict[str, int]) -> dict[str, float]:
-            params, macs = members.params_macs(plan)
-            base_params, base_macs = members.params_macs(full)
+            channels = {n: plan.get(n, w) for n, w in full.items()}
+            removed = {n for b in dropped_in(plan) for n in block_layers[b]}
+            params, macs = members.params_macs(channels, removed=removed)
             out = {"params": baseline.params + params - base_params, "macs": baseline.macs + macs - base_macs}
             out["size_bytes"] = baseline.size_bytes + 4 * (params - base_params)
             if latency_model is not None:
-                out["latency_ms"] = baseline.latency_ms + scale * latency_model.delta(members.layer_widths(plan))
+                kept_layers = {n: w for n, w in members.layer_widths(channels).items() if n not in removed}
+                out["latency_ms"] = (baseline.latency_ms + scale * latency_model.delta(kept_layers)
+                                     - block_scale * sum(latency_model.full[n] for n in removed))
             return out
 
-        def options(reference: dict[str, int], aims: dict[str, float]) -> tuple[dict, list[float]]:
+        def _inside_dropped(plan: dict[str, int]) -> dict[str, int]:
+            """Groups whose every layer is in a dropped block, back at full width: their width no
+            longer matters, and pruning them would be counted twice."""
+            removed = {n for b in dropped_in(plan) for n in block_layers[b]}
+            return {g: full[g] for g, m in members.members.items()
+                    if removed and g in full and m and all(layer in removed for layer, _, _ in m)}
+
+        def options(reference: dict[str, int], aims: dict[str, float],
+                    entries: dict[str, list[int]]) -> tuple[dict, list[float]]:
             """Savings of each option, linearised around `reference` (other groups at their
             reference widths), and the saving each aim requires:
 
@@ -225,25 +287,26 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             at_ref = predict(reference)
             constant = dict(at_ref)
             table: dict[str, list[Option]] = {}
-            for g in groups:
-                whole = predict(dict(reference, **{g.name: g.channels}))
+            for entry, entry_widths in entries.items():
+                at_whole = predict(dict(reference, **{entry: whole[entry]}))
                 for n in names:
-                    constant[n] += whole[n] - at_ref[n]
+                    constant[n] += at_whole[n] - at_ref[n]
                 opts = []
-                for w in widths[g.name]:
-                    pred = at_ref if w == reference[g.name] else predict(dict(reference, **{g.name: w}))
-                    opts.append(Option(width=w, loss=max(scores[g.name][w].loss, 0.0),
-                                       savings=tuple(whole[n] - pred[n] for n in names)))
-                table[g.name] = _pareto(opts)
+                for w in entry_widths:
+                    pred = at_ref if w == reference[entry] else predict(dict(reference, **{entry: w}))
+                    opts.append(Option(width=w, loss=max(scores[entry][w].loss, 0.0),
+                                       savings=tuple(at_whole[n] - pred[n] for n in names)))
+                table[entry] = _pareto(opts)
             return table, [constant[n] - aims[n] for n in names]
 
-        def solve_for(aims: dict[str, float]) -> tuple[dict[str, int], bool]:
-            plan = dict(full)
+        def solve_for(aims: dict[str, float], entries: dict[str, list[int]] = choices) -> tuple[dict[str, int], bool]:
+            plan = dict(whole)
             feasible = True
             for _ in range(3):  # re-linearise around the previous answer: widths interact in each layer
-                table, required = options(plan, aims)
+                table, required = options(plan, aims, entries)
                 solution = solve(table, required)
-                new = {n: o.width for n, o in solution.choice.items()}
+                new = dict(whole, **{n: o.width for n, o in solution.choice.items()})
+                new.update(_inside_dropped(new))
                 feasible = solution.feasible
                 if new == plan:
                     break
@@ -254,7 +317,7 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
 
         def refined(plan: dict[str, int], aims: dict[str, float], fraction: float) -> tuple[dict[str, int], list]:
             """The solver's plan, or a better one of no greater predicted cost (engine/refine.py)."""
-            if spec.refine_evaluations <= 0 or not groups:
+            if spec.refine_evaluations <= 0 or not choices:
                 return plan, []
             at_plan = predict(plan)
             limits = {n: max(aims[n], at_plan[n]) for n in aims}
@@ -264,11 +327,20 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                 return all(pred[n] <= limits[n] + 1e-12 for n in limits)
 
             starts = [plan]
-            uniform = _uniform_fitting(groups, spec, fits)
-            if uniform is not None and uniform != plan:
-                starts.append(uniform)
+            uniform = _uniform_fitting(channel_groups, spec, lambda p: fits(dict(whole, **p)))
+            if uniform is not None:
+                starts.append(dict(whole, **uniform))
+            if blocks and channel_groups:
+                # The best plan of each kind alone is a start too: the additive losses can favour a
+                # mix that, measured whole, is worse than dropping blocks (or narrowing) alone.
+                for kind in ({g.name: choices[g.name] for g in channel_groups},
+                             {k: w for k, w in choices.items() if k not in full}):
+                    alone, alone_feasible = solve_for(aims, kind)
+                    if alone_feasible and fits(alone):
+                        starts.append(alone)
+            starts = [p for i, p in enumerate(starts) if p not in starts[:i]]
             best, steps = refine(
-                starts, widths, fits=fits, loss=lambda p: joint(p).loss,
+                starts, choices, fits=fits, loss=lambda p: joint(p).loss,
                 additive=lambda g, w: _loss_at(scores[g], w), max_evaluations=spec.refine_evaluations,
                 on_progress=lambda d, t: progress(fraction, f"refining the plan {d}/{t}"))
             return best, [s.to_dict() for s in steps]
@@ -296,12 +368,22 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             fraction = 0.65 + 0.3 * round_ / rounds
             progress(fraction, f"verification round {round_ + 1}")
             plan, feasible, steps = plan_for(aims, fraction)
-            if any(c.widths == plan for c in trace):
-                if not _bisect(aims, too_slow, too_fast):
-                    break  # no aim left between the bounds gives a new plan
-                plan, feasible, steps = plan_for(aims, fraction)
-                if any(c.widths == plan for c in trace):
+            for _ in range(6):
+                seen = next((c for c in trace if c.widths == plan), None)
+                if seen is None:
                     break
+                # The same plan again: what it measured bounds this aim too, so the bracket
+                # narrows and the next aim moves on (plans come in steps: a block is a big one).
+                for n in aims:
+                    if seen.shortfall > 0:
+                        too_slow[n] = min(too_slow.get(n, float("inf")), aims[n])
+                    elif seen.slack > (spec.tight if tightening else spec.precision):
+                        too_fast[n] = max(too_fast.get(n, 0.0), aims[n])
+                if not _bisect(aims, too_slow, too_fast):
+                    break  # no aim left between the bounds
+                plan, feasible, steps = plan_for(aims, fraction)
+            if any(c.widths == plan for c in trace):
+                break  # no aim left between the bounds gives a new plan
             used = dict(aims)
             candidate, pruned = _verify(model, example, plan, groups, predict(plan), spec, target, base_backend,
                                         baseline, calib, reference, parent, len(trace),
@@ -312,7 +394,8 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             parent = candidate.id
             if not feasible and candidate.shortfall > 0:
                 reason = ("every prunable group is at its floor (min_channels, or the widest step that still "
-                          "saves); what remains is in layers that cannot be pruned and per-operator overhead")
+                          "saves)" + (" and every removable block is dropped" if blocks else "")
+                          + "; what remains is in layers that cannot be pruned and per-operator overhead")
                 break
             in_band = any(c.shortfall == 0 and c.slack <= spec.precision for c in trace if c.stage == "search")
             if in_band:
@@ -346,8 +429,8 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                          f"no plan closer to the budget was found in {len(trace)} verification rounds"))
 
         final = _measurement(best.measured)
-        uniform = _uniform_comparison(model, example, best, groups, spec, target, base_backend, baseline, calib,
-                                      reference, predict, len(trace), cancel)
+        uniform = _uniform_comparison(model, example, best, channel_groups, spec, target, base_backend, baseline,
+                                      calib, reference, predict, len(trace), cancel)
         if uniform is not None:
             trace.append(uniform)
         def error(c: Candidate) -> float:  # against the interleaved ratio, robust to drift between runs
@@ -364,14 +447,30 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         }
         group_rows = [{"name": g.name, "unit": g.unit, "channels": g.channels, "chosen": best.widths[g.name],
                        "ratio": 1 - best.widths[g.name] / g.channels,
-                       "sensitivity": {str(w): scores[g.name][w].loss for w in widths[g.name]}} for g in groups]
+                       "sensitivity": {str(w): scores[g.name][w].loss for w in widths[g.name] if g.name in scores}}
+                      for g in groups]
+        dropped = dropped_in(best.widths)
+        block_rows = [_block_row(b, b.name in dropped, scores[block_key(b.name)][0],
+                                 block_scale * sum(latency_model.full[n] for n in block_layers[b.name])
+                                 / baseline.latency_ms if latency_model else None) for b in blocks]
         return SearchResult(
-            widths=best.widths, ratios={n: 1 - w / full[n] for n, w in best.widths.items()}, model=best_model,
+            widths=best.widths, ratios={n: 1 - best.widths[n] / c for n, c in full.items()}, model=best_model,
+            dropped=dropped, blocks=block_rows,
             budget_met=met, reason=reason, baseline=baseline, final=final, quality_before=quality_before,
             quality_after=best.quality, trace=trace, uniform=uniform.to_dict() if uniform else None,
             latency_model=latency_summary, groups=group_rows, cache={"hits": cache.hits, "misses": cache.misses})
     finally:
         cache.close()
+        if owned:
+            latency_target.close()
+
+
+def _block_row(block: BlockInfo, dropped: bool, without: Quality, latency_share: float | None) -> dict[str, Any]:
+    """A removable block in the report: whether the plan drops it, the quality lost without it
+    alone, and its share of the baseline latency (its layers measured in isolation, scaled by the
+    end-to-end measurement of dropping every other block)."""
+    return {**block.to_dict(), "dropped": dropped, "loss": without.loss, "accuracy_without": without.accuracy,
+            "latency_share": latency_share}
 
 
 def _bisect(aims: dict[str, float], too_slow: dict[str, float], too_fast: dict[str, float]) -> bool:
@@ -452,7 +551,7 @@ def _steps(model: LayerLatencyModel, members: GroupLayers, groups: list[GroupInf
 
 
 def _measure_candidate(model: nn.Module, example: torch.Tensor, plan: dict[str, int], spec: SearchSpec,
-                       target: _Target, base_backend: OnnxRuntimeBackend, baseline: Measurement,
+                       target: _Target, base_backend: Any, baseline: Measurement,
                        cancel: CancelCheck | None) -> dict[str, float]:
     """Export and measure interleaved with the baseline; the same plan on the same model and
     target is the same measurement, so it is cached (and marked cached in the report)."""
@@ -463,9 +562,8 @@ def _measure_candidate(model: nn.Module, example: torch.Tensor, plan: dict[str, 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "candidate.onnx"
         export_onnx(model, example, path)
-        backend = target.backend(path)
-        base, cand = measure_interleaved([base_backend, backend], spec.protocol,
-                                         should_stop=lambda: check_cancel(cancel))
+        backend = target.backend(path, module=model)
+        base, cand = target.measure([base_backend, backend], spec.protocol, cancel)
         q = spec.budget.percentile
         measured = {"latency_ms": cand.percentile(q), "speedup": base.percentile(q) / cand.percentile(q),
                     "baseline_latency_ms": base.percentile(q), "stable": float(base.stable and cand.stable),
@@ -478,10 +576,10 @@ def _measure_candidate(model: nn.Module, example: torch.Tensor, plan: dict[str, 
 def _verify(model, example, plan, groups, predicted, spec, target, base_backend, baseline, calib, reference,
             parent, index, stage, cancel) -> tuple[Candidate, nn.Module]:
     start = time.time()
-    full = {g.name: g.channels for g in groups}
-    ratios = {n: 1 - w / full[n] for n, w in plan.items() if w < full[n]}
+    ratios = {g.name: 1 - plan[g.name] / g.channels for g in groups if plan.get(g.name, g.channels) < g.channels}
     pruned = prune(model, example, PruneSpec(group_ratios=ratios, importance=spec.importance,
-                                             round_to=spec.round_to, min_channels=spec.min_channels)).model
+                                             round_to=spec.round_to, min_channels=spec.min_channels,
+                                             drop_blocks=tuple(dropped_in(plan)))).model
     measured = _measure_candidate(pruned, example, plan, spec, target, base_backend, baseline, cancel)
     final = _measurement(measured)
     with recalibrated(pruned, calib.recalibration if calib.real else None):

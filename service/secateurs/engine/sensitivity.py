@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from secateurs.engine.blocks import BlockInfo, bypassed
 from secateurs.engine.groups import GraphContext, GroupInfo
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.prune import kept_count, kept_heads, weakest_heads
@@ -203,6 +204,20 @@ def sensitivity(ctx: GraphContext, groups: Sequence[GroupInfo], widths: dict[str
                 on_progress(done, total)
         _interpolate(result[info.name], widths[info.name])
     return result
+
+
+def block_importance(model: nn.Module, blocks: Sequence[BlockInfo], calib: Calibration, *,
+                     cache: MeasurementCache, model_id: str) -> dict[str, Quality]:
+    """Quality lost when each block alone is dropped (BatchNorm recalibrated on real data when
+    there is some), measured like channel sensitivity and cached with it."""
+    reference = reference_outputs(model, calib)
+    data_id = calib.identity()
+    out: dict[str, Quality] = {}
+    for block in blocks:
+        out[block.name], _ = cached_quality(
+            model, calib, reference, lambda name=block.name: [bypassed(model, [name])], cache=cache,
+            kind="block-importance", key=cache_key("block-importance", model_id, data_id, block.name))
+    return out
 
 
 def _measured_widths(widths: Sequence[int]) -> list[int]:

@@ -17,9 +17,16 @@ if TYPE_CHECKING:
     from secateurs.engine.data import DataSpec
     from secateurs.engine.recover import RecoverySpec
 
-RUNTIMES = ("onnxruntime-cpu",)
+# engine/latency/runtimes.py runs them; ONNX runtimes first, then those that run the torch module
+RUNTIMES = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt",
+            "torch-cpu", "torch-cuda", "torch-compile-cpu", "torch-compile-cuda")
+PRECISIONS = ("fp32", "fp16")
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 EXPORTS = ("onnx", "pt2", "plan")
+# Depth pruning in a budget search: "auto" lets the search drop whole residual blocks where
+# that costs less quality than the same latency taken from channels; "off": channels only;
+# "only": blocks only (channels stay whole).
+DEPTH_MODES = ("auto", "off", "only")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,11 +61,19 @@ class ProtocolSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class TargetSpec:
-    """Where latency is measured."""
+    """Where latency is measured.
+
+    batch: the batch measured, and exported (0: the batch of the input shape).
+    probe_address: host:port of a `secateurs probe` on the device; every latency figure
+        of the job is measured there (None: in this process).
+    """
 
     runtime: str = "onnxruntime-cpu"
     threads: int = 2
     percentile: float = 50.0
+    precision: str = "fp32"
+    batch: int = 0
+    probe_address: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +90,7 @@ class CompressSpec:
     after pruning (none: the pruned model is returned as pruned, BatchNorm
     recalibrated when there is data). cache_dir: measurements cached across jobs.
     job_id: the server's id of the job, copied into the report (None from the command line).
+    depth: whether a budget search may drop whole residual blocks (DEPTH_MODES).
     """
 
     model: ModelSpec
@@ -98,3 +114,4 @@ class CompressSpec:
     parity_tolerance: float = 1e-3
     seed: int = 0
     job_id: str | None = None
+    depth: str = "auto"

@@ -17,6 +17,7 @@ _CODES: tuple[tuple[type[BaseException], str], ...] = (
     (errors.UnsupportedModel, "FAILED_PRECONDITION"),
     (errors.BudgetInfeasible, "FAILED_PRECONDITION"),
     (errors.ParityError, "FAILED_PRECONDITION"),
+    (errors.ProbeUnavailable, "UNAVAILABLE"),  # a probe may come back: worth trying again later
     (errors.BackendUnavailable, "FAILED_PRECONDITION"),
     (errors.JobNotFound, "NOT_FOUND"),
     (errors.BlobNotFound, "NOT_FOUND"),

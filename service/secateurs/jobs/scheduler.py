@@ -40,14 +40,15 @@ class Scheduler:
     def __init__(
         self, store: JobStore, blobs: BlobStore, *, work_dir: Path, workers: int = 1,
         runner: str = DEFAULT_RUNNER, cancel_grace: float = 2.0, max_attempts: int = 3,
-        metrics: ServiceMetrics | None = None,
+        metrics: ServiceMetrics | None = None, worker_env: dict[str, str] | None = None,
     ) -> None:
         """metrics: where job starts, events and ends are counted (the workers cannot: they are
-        other processes)."""
+        other processes). worker_env: environment variables set in each worker (probe credentials)."""
         self._store, self._blobs = store, blobs
         self._work_dir, self._workers, self._runner = work_dir, workers, runner
         self._cancel_grace, self.max_attempts = cancel_grace, max_attempts
         self.metrics = metrics
+        self.worker_env = dict(worker_env or {})
         self._running: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -136,6 +137,7 @@ class _Run:
         self._max_attempts = scheduler.max_attempts
         self._store, self._blobs = scheduler._store, scheduler._blobs
         self._runner, self._cancel_grace = scheduler._runner, scheduler._cancel_grace
+        self._env = scheduler.worker_env
         self.job = job
         self.out_dir = scheduler._work_dir / job.id
         self._cancel_event = _CTX.Event()
@@ -179,7 +181,8 @@ class _Run:
         recv, send = _CTX.Pipe(duplex=False)
         self._proc = _CTX.Process(
             target=worker_main, name=f"secateurs-worker-{self.job.id}",
-            args=(self._runner, self.job.id, self.job.spec_json, str(self.out_dir), send, self._cancel_event),
+            args=(self._runner, self.job.id, self.job.spec_json, str(self.out_dir), send, self._cancel_event,
+                  self._env),
         )
         self._proc.start()
         self._started = time.monotonic()

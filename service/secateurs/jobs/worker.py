@@ -30,8 +30,11 @@ def resolve_runner(name: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)
 
 
-def worker_main(runner: str, job_id: str, spec_json: str, out_dir: str, conn: Connection, cancel: Any) -> None:
-    """Entry point of the spawned process."""
+def worker_main(runner: str, job_id: str, spec_json: str, out_dir: str, conn: Connection, cancel: Any,
+                env: dict[str, str] | None = None) -> None:
+    """Entry point of the spawned process. env: variables the job reads (the latency probe's
+    credentials), passed here so they are never stored with the job."""
+    os.environ.update(env or {})
     # Ctrl-C in a terminal reaches the whole process group; the server decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(os.getppid())

@@ -151,7 +151,7 @@ class Recovery(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., distill_kl_weight: _Optional[float] = ..., distill_feature_weight: _Optional[float] = ..., distill_attention_weight: _Optional[float] = ..., progressive_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Pruning(_message.Message):
-    __slots__ = ("ratio", "group_ratios", "importance", "round_to", "min_channels")
+    __slots__ = ("ratio", "group_ratios", "importance", "round_to", "min_channels", "depth")
     class GroupRatiosEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,12 +164,14 @@ class Pruning(_message.Message):
     IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
     ROUND_TO_FIELD_NUMBER: _ClassVar[int]
     MIN_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
     ratio: float
     group_ratios: _containers.ScalarMap[str, float]
     importance: str
     round_to: int
     min_channels: int
-    def __init__(self, ratio: _Optional[float] = ..., group_ratios: _Optional[_Mapping[str, float]] = ..., importance: _Optional[str] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ...) -> None: ...
+    depth: str
+    def __init__(self, ratio: _Optional[float] = ..., group_ratios: _Optional[_Mapping[str, float]] = ..., importance: _Optional[str] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., depth: _Optional[str] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("request_id", "model", "input_shape", "budget", "target", "data", "recovery", "pruning", "exports", "labels")
@@ -355,3 +357,139 @@ class ArtifactChunk(_message.Message):
     size_bytes: int
     sha256: str
     def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class DescribeProbeRequest(_message.Message):
+    __slots__ = ("runtime", "precision", "threads")
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    runtime: str
+    precision: str
+    threads: int
+    def __init__(self, runtime: _Optional[str] = ..., precision: _Optional[str] = ..., threads: _Optional[int] = ...) -> None: ...
+
+class RuntimeStatus(_message.Message):
+    __slots__ = ("name", "available", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    available: bool
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ProbeDescription(_message.Message):
+    __slots__ = ("fingerprint", "runtimes", "version", "models_measured")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_MEASURED_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: _struct_pb2.Struct
+    runtimes: _containers.RepeatedCompositeFieldContainer[RuntimeStatus]
+    version: str
+    models_measured: int
+    def __init__(self, fingerprint: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., runtimes: _Optional[_Iterable[_Union[RuntimeStatus, _Mapping]]] = ..., version: _Optional[str] = ..., models_measured: _Optional[int] = ...) -> None: ...
+
+class ProbeProtocol(_message.Message):
+    __slots__ = ("warmup_runs", "warmup_seconds", "window", "min_samples", "max_seconds", "tolerance", "interleave")
+    WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    INTERLEAVE_FIELD_NUMBER: _ClassVar[int]
+    warmup_runs: int
+    warmup_seconds: float
+    window: int
+    min_samples: int
+    max_seconds: float
+    tolerance: float
+    interleave: str
+    def __init__(self, warmup_runs: _Optional[int] = ..., warmup_seconds: _Optional[float] = ..., window: _Optional[int] = ..., min_samples: _Optional[int] = ..., max_seconds: _Optional[float] = ..., tolerance: _Optional[float] = ..., interleave: _Optional[str] = ...) -> None: ...
+
+class ProbeModel(_message.Message):
+    __slots__ = ("sha256", "size_bytes", "input_shape")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size_bytes: int
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class MeasureHeader(_message.Message):
+    __slots__ = ("runtime", "precision", "threads", "protocol", "models", "seed")
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    runtime: str
+    precision: str
+    threads: int
+    protocol: ProbeProtocol
+    models: _containers.RepeatedCompositeFieldContainer[ProbeModel]
+    seed: int
+    def __init__(self, runtime: _Optional[str] = ..., precision: _Optional[str] = ..., threads: _Optional[int] = ..., protocol: _Optional[_Union[ProbeProtocol, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ProbeModel, _Mapping]]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class MeasureRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: MeasureHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[MeasureHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class LatencyStatistics(_message.Message):
+    __slots__ = ("n", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "cov", "throughput_per_s", "stable", "duration_s", "histogram_edges_ms", "histogram_counts", "components")
+    N_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MS_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P90_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MS_FIELD_NUMBER: _ClassVar[int]
+    STD_MS_FIELD_NUMBER: _ClassVar[int]
+    COV_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_PER_S_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_EDGES_MS_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    n: int
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    min_ms: float
+    max_ms: float
+    std_ms: float
+    cov: float
+    throughput_per_s: float
+    stable: bool
+    duration_s: float
+    histogram_edges_ms: _containers.RepeatedScalarFieldContainer[float]
+    histogram_counts: _containers.RepeatedScalarFieldContainer[int]
+    components: _struct_pb2.Struct
+    def __init__(self, n: _Optional[int] = ..., mean_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., min_ms: _Optional[float] = ..., max_ms: _Optional[float] = ..., std_ms: _Optional[float] = ..., cov: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., stable: _Optional[bool] = ..., duration_s: _Optional[float] = ..., histogram_edges_ms: _Optional[_Iterable[float]] = ..., histogram_counts: _Optional[_Iterable[int]] = ..., components: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class MeasureResponse(_message.Message):
+    __slots__ = ("stats", "fingerprint")
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    stats: _containers.RepeatedCompositeFieldContainer[LatencyStatistics]
+    fingerprint: _struct_pb2.Struct
+    def __init__(self, stats: _Optional[_Iterable[_Union[LatencyStatistics, _Mapping]]] = ..., fingerprint: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class EngineChunk(_message.Message):
+    __slots__ = ("info", "chunk")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    info: _struct_pb2.Struct
+    chunk: bytes
+    def __init__(self, info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...

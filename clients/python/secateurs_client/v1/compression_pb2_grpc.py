@@ -358,3 +358,188 @@ class CompressionService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class LatencyProbeStub:
+    """---- latency probe ----------------------------------------------------------
+
+    Runs on the device a model will serve on (`secateurs probe --listen ADDR`); a job
+    whose target names its address has every latency figure measured there. It needs
+    onnxruntime (and TensorRT for "tensorrt"), not torch. One measurement at a time, so
+    measurements never disturb each other.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Describe = channel.unary_unary(
+                '/secateurs.v1.LatencyProbe/Describe',
+                request_serializer=secateurs_dot_v1_dot_compression__pb2.DescribeProbeRequest.SerializeToString,
+                response_deserializer=secateurs_dot_v1_dot_compression__pb2.ProbeDescription.FromString,
+                _registered_method=True)
+        self.Measure = channel.stream_unary(
+                '/secateurs.v1.LatencyProbe/Measure',
+                request_serializer=secateurs_dot_v1_dot_compression__pb2.MeasureRequest.SerializeToString,
+                response_deserializer=secateurs_dot_v1_dot_compression__pb2.MeasureResponse.FromString,
+                _registered_method=True)
+        self.BuildEngine = channel.stream_stream(
+                '/secateurs.v1.LatencyProbe/BuildEngine',
+                request_serializer=secateurs_dot_v1_dot_compression__pb2.MeasureRequest.SerializeToString,
+                response_deserializer=secateurs_dot_v1_dot_compression__pb2.EngineChunk.FromString,
+                _registered_method=True)
+
+
+class LatencyProbeServicer:
+    """---- latency probe ----------------------------------------------------------
+
+    Runs on the device a model will serve on (`secateurs probe --listen ADDR`); a job
+    whose target names its address has every latency figure measured there. It needs
+    onnxruntime (and TensorRT for "tensorrt"), not torch. One measurement at a time, so
+    measurements never disturb each other.
+    """
+
+    def Describe(self, request, context):
+        """The device fingerprint (for the runtime settings asked, when given) and the runtimes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Measure(self, request_iterator, context):
+        """Client streaming: one header naming the models by sha256, then the bytes of each model
+        whose size_bytes is non-zero, in header order, ~1 MiB a chunk. The models are measured
+        interleaved with the protocol given. A model sent without bytes that the probe does not
+        hold (it keeps recent ones) is NOT_FOUND: send it again with its bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BuildEngine(self, request_iterator, context):
+        """A TensorRT engine built on this device from one model (the header's first; runtime
+        "tensorrt", its precision), checked against ONNX Runtime: first a message with what was
+        built, then the engine's bytes in ~1 MiB chunks. An engine runs only on this GPU model
+        and TensorRT version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LatencyProbeServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=secateurs_dot_v1_dot_compression__pb2.DescribeProbeRequest.FromString,
+                    response_serializer=secateurs_dot_v1_dot_compression__pb2.ProbeDescription.SerializeToString,
+            ),
+            'Measure': grpc.stream_unary_rpc_method_handler(
+                    servicer.Measure,
+                    request_deserializer=secateurs_dot_v1_dot_compression__pb2.MeasureRequest.FromString,
+                    response_serializer=secateurs_dot_v1_dot_compression__pb2.MeasureResponse.SerializeToString,
+            ),
+            'BuildEngine': grpc.stream_stream_rpc_method_handler(
+                    servicer.BuildEngine,
+                    request_deserializer=secateurs_dot_v1_dot_compression__pb2.MeasureRequest.FromString,
+                    response_serializer=secateurs_dot_v1_dot_compression__pb2.EngineChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'secateurs.v1.LatencyProbe', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('secateurs.v1.LatencyProbe', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class LatencyProbe:
+    """---- latency probe ----------------------------------------------------------
+
+    Runs on the device a model will serve on (`secateurs probe --listen ADDR`); a job
+    whose target names its address has every latency figure measured there. It needs
+    onnxruntime (and TensorRT for "tensorrt"), not torch. One measurement at a time, so
+    measurements never disturb each other.
+    """
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secateurs.v1.LatencyProbe/Describe',
+            secateurs_dot_v1_dot_compression__pb2.DescribeProbeRequest.SerializeToString,
+            secateurs_dot_v1_dot_compression__pb2.ProbeDescription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Measure(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/secateurs.v1.LatencyProbe/Measure',
+            secateurs_dot_v1_dot_compression__pb2.MeasureRequest.SerializeToString,
+            secateurs_dot_v1_dot_compression__pb2.MeasureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildEngine(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/secateurs.v1.LatencyProbe/BuildEngine',
+            secateurs_dot_v1_dot_compression__pb2.MeasureRequest.SerializeToString,
+            secateurs_dot_v1_dot_compression__pb2.EngineChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -21,10 +21,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_fingerprint(*, runtime: str, provider: str, threads: int) -> dict:
-    """Everything that changes a latency figure, plus a short id hashed from it."""
+def device_fingerprint(*, runtime: str, provider: str, threads: int, precision: str = "fp32") -> dict:
+    """Everything that changes a latency figure, plus a short id hashed from it.
+
+    GPU runtimes add the GPU (name, compute capability, driver) and the library that runs
+    the model (TensorRT, torch); CPU runtimes leave GPUs out, as they do not change a CPU figure.
+    """
     import onnxruntime as ort
     import psutil
+
+    from secateurs.engine.latency.runtimes import GPU_RUNTIMES, TORCH_RUNTIMES, gpus
 
     info = {
         "cpu": cpu_model(),
@@ -37,6 +43,21 @@ def device_fingerprint(*, runtime: str, provider: str, threads: int) -> dict:
         "onnxruntime": ort.__version__,
         "provider": provider,
         "threads": threads,
+        "precision": precision,
     }
+    if runtime in GPU_RUNTIMES:
+        found = gpus()
+        info["gpu"] = found[0] if found else None
+    if runtime == "tensorrt":
+        info["tensorrt"] = _version("tensorrt")
+    if runtime in TORCH_RUNTIMES:
+        info["torch"] = _version("torch")
     info["id"] = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
     return info
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None

@@ -193,3 +193,12 @@ class LayerLatencyModel:
             if (cin, cout) != (shape.cin, shape.cout):
                 total += self.layer_latency(name, cin, cout) - self.full[name]
         return total
+
+
+def layer_module(shape: LayerShape, seed: int = 0) -> nn.Module:
+    """The layer as a torch module on random weights (for runtimes that run the module)."""
+    torch.manual_seed(seed)
+    if shape.kind == "conv":
+        return nn.Conv2d(shape.cin, shape.cout, shape.kernel, stride=shape.stride, padding=shape.padding,
+                         dilation=shape.dilation, groups=shape.groups, bias=shape.bias).eval()
+    return nn.Linear(shape.cin, shape.cout, bias=shape.bias).eval()

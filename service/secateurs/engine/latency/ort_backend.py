@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: explicit provider and thread counts, no silent fallback."""
+"""ONNX Runtime backend: explicit provider and thread counts, no silent fallback.
+
+CUDA runs are timed host to host (the input copied in, the output copied out), as a
+serving process sees them; fp16 runs the model converted by engine/latency/fp16.py.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ class OnnxRuntimeBackend:
     """One InferenceSession with fixed inputs; `samples(n)` times n runs."""
 
     def __init__(self, model: Path | bytes, input_shape: tuple[int, ...], *, runtime: str = "onnxruntime-cpu",
-                 threads: int = 1, seed: int = 0) -> None:
+                 threads: int = 1, seed: int = 0, precision: str = "fp32") -> None:
         import onnxruntime as ort
 
         if runtime not in PROVIDERS:
@@ -35,16 +39,28 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         if provider != "CPUExecutionProvider":
             options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, options, providers=[provider])
+        source: bytes | str = model if isinstance(model, bytes) else str(model)
+        if precision == "fp16":
+            from secateurs.engine.latency.fp16 import onnx_to_fp16
+
+            source = onnx_to_fp16(source if isinstance(source, bytes) else Path(source).read_bytes())
+        try:
+            self.session = ort.InferenceSession(source, options, providers=[provider])
+        except Exception as exc:  # e.g. a node CUDA cannot run, with CPU fallback disabled
+            if provider == "CPUExecutionProvider":
+                raise
+            raise BackendUnavailable(f"{provider} cannot run this model: {str(exc).splitlines()[0][:300]}") from exc
         ran = self.session.get_providers()[0]
         if ran != provider:  # asked for one provider, got another: refuse rather than mislead
             raise BackendUnavailable(f"asked for {provider} but the session runs on {ran}")
         self.provider = ran
         self.threads = threads
         self.batch = input_shape[0]
-        name = self.session.get_inputs()[0].name
-        self._feeds = {name: np.random.default_rng(seed).standard_normal(input_shape, dtype=np.float32)}
+        self.precision = precision
+        first = self.session.get_inputs()[0]
+        dtype = np.float16 if first.type == "tensor(float16)" else np.float32
+        self._feeds = {first.name: np.random.default_rng(seed).standard_normal(input_shape, dtype=np.float32)
+                       .astype(dtype)}
 
     def samples(self, n: int) -> list[float]:
         out = []

@@ -11,6 +11,10 @@ window, A's ...), dropping the first runs after each switch while caches refill,
 each model runs warm as it would in a serving process; `interleave="run"` alternates
 single runs (A B A B ...). benchmarks/latency_protocol.py compares both with separate
 runs on the same machine in the same run.
+
+A backend may also time parts of each run (TensorRT and CUDA runs time the GPU compute
+apart from the host-to-host run): `last_components()` returns, per part, one figure per
+run of its last `samples` call; they are summarised beside the main figure, never instead.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import math
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Protocol
 
 from secateurs.engine.spec import ProtocolSpec
@@ -39,7 +43,8 @@ def measurements_taken() -> int:
     return _measured_total
 
 
-def _count_measured(n: int) -> None:
+def count_measured(n: int) -> None:
+    """Count models measured for this process (a remote probe's measurements count here too)."""
     global _measured_total
     with _measured_lock:
         _measured_total += n
@@ -69,6 +74,8 @@ class LatencyStats:
     duration_s: float
     # every run, binned: {"edges_ms": [...], "counts": [...]} (see `histogram`)
     histogram: dict[str, list] = field(default_factory=dict, compare=False)
+    # parts of each run timed apart, e.g. {"gpu_compute": {"n", "mean_ms", "p50_ms", ...}}
+    components: dict[str, dict] = field(default_factory=dict, compare=False)
 
     def percentile(self, q: float) -> float:
         return {50.0: self.p50_ms, 90.0: self.p90_ms, 95.0: self.p95_ms, 99.0: self.p99_ms}[float(q)]
@@ -144,18 +151,26 @@ def measure_interleaved(backends: list[LatencyBackend], protocol: ProtocolSpec,
     _warm_up(backends, protocol)
     samples: list[list[float]] = [[] for _ in backends]
     medians: list[list[float]] = [[] for _ in backends]
+    parts: list[dict[str, list[float]]] = [{} for _ in backends]
+
+    def timed(i: int, n: int) -> list[float]:
+        got = backends[i].samples(n)
+        components = getattr(backends[i], "last_components", None)
+        for name, values in (components() if components else {}).items():
+            parts[i].setdefault(name, []).extend(values)
+        return got
     start = time.perf_counter()
     while True:
         window: list[list[float]] = [[] for _ in backends]
         if protocol.interleave == "run":
             for _ in range(protocol.window):
-                for i, backend in enumerate(backends):
-                    window[i].extend(backend.samples(1))
+                for i in range(len(backends)):
+                    window[i].extend(timed(i, 1))
         else:
             for i, backend in enumerate(backends):
                 if len(backends) > 1:
                     backend.samples(SWITCH_WARMUP)  # refill caches after the other model ran
-                window[i].extend(backend.samples(protocol.window))
+                window[i].extend(timed(i, protocol.window))
         for i in range(len(backends)):
             samples[i].extend(window[i])
             medians[i].append(statistics.median(window[i]))
@@ -166,8 +181,17 @@ def measure_interleaved(backends: list[LatencyBackend], protocol: ProtocolSpec,
         elapsed = time.perf_counter() - start
         if (enough and all(settled)) or elapsed >= protocol.max_seconds:
             break
-    _count_measured(len(backends))
-    return [
+    count_measured(len(backends))
+    stats = [
         summarize(s, batch=b.batch, stable=settled[i] and len(s) >= protocol.min_samples, duration_s=elapsed)
         for i, (s, b) in enumerate(zip(samples, backends))
     ]
+    return [replace(st, components={name: _brief(values) for name, values in parts[i].items() if values})
+            if parts[i] else st for i, st in enumerate(stats)]
+
+
+def _brief(values: list[float]) -> dict[str, float]:
+    """Summary of a component's figures (no histogram: the report keeps that for the whole run)."""
+    s = sorted(values)
+    return {"n": len(s), "mean_ms": statistics.fmean(s), "p50_ms": percentile(s, 50), "p90_ms": percentile(s, 90),
+            "p95_ms": percentile(s, 95), "p99_ms": percentile(s, 99), "min_ms": s[0], "max_ms": s[-1]}

@@ -1,0 +1,74 @@
+"""Where a job's latency is measured: in this process, or on a remote probe on the device.
+
+A job opens one `LatencyTarget` and every latency figure of the job goes through it:
+the baseline, every layer and candidate of the search, the verification rounds and the
+final benchmark. So the figures share one device, one runtime and one fingerprint, and
+the measurement cache is keyed by that fingerprint.
+
+    target = open_target(spec.target, seed=0)
+    base, pruned = target.load((1, 3, 224, 224), onnx=path_a), target.load(..., onnx=path_b)
+    before, after = target.measure([base, pruned], protocol)    # interleaved
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from secateurs.engine.latency.protocol import LatencyStats, measure_interleaved
+from secateurs.engine.latency.runtimes import RuntimeSettings, open_backend, provider_of, require
+from secateurs.engine.spec import ProtocolSpec, TargetSpec
+
+
+class LatencyTarget(Protocol):
+    settings: RuntimeSettings
+    fingerprint: dict[str, Any]  # of the device and runtime settings that measure; `id` keys the cache
+    where: dict[str, Any]  # {"kind": "local"} or {"kind": "probe", "address": ...}
+
+    def load(self, input_shape: tuple[int, ...], *, onnx: Path | bytes | None = None, module: Any = None) -> Any:
+        """A handle on one model ready to measure (ONNX for ONNX runtimes, the module for torch ones)."""
+
+    def measure(self, models: list[Any], protocol: ProtocolSpec,
+                should_stop: Callable[[], None] | None = None) -> list[LatencyStats]:
+        """Measure the loaded models interleaved; `should_stop` raises to cancel."""
+
+    def close(self) -> None:
+        """Release connections and sessions."""
+
+
+class LocalTarget:
+    """Measures in this process."""
+
+    def __init__(self, settings: RuntimeSettings, *, seed: int = 0) -> None:
+        from secateurs.engine.latency.fingerprint import device_fingerprint
+
+        require(settings.runtime)  # before anything is measured: a clear reason, not a late crash
+        self.settings, self.seed = settings, seed
+        self.fingerprint = device_fingerprint(runtime=settings.runtime, provider=provider_of(settings.runtime),
+                                              threads=settings.threads, precision=settings.precision)
+        self.where: dict[str, Any] = {"kind": "local"}
+
+    def load(self, input_shape: tuple[int, ...], *, onnx: Path | bytes | None = None, module: Any = None) -> Any:
+        return open_backend(self.settings, tuple(input_shape), onnx=onnx, module=module, seed=self.seed)
+
+    def measure(self, models: list[Any], protocol: ProtocolSpec,
+                should_stop: Callable[[], None] | None = None) -> list[LatencyStats]:
+        return measure_interleaved(models, protocol, should_stop)
+
+    def close(self) -> None:
+        pass
+
+
+def settings_of(target: TargetSpec) -> RuntimeSettings:
+    return RuntimeSettings(runtime=target.runtime, precision=target.precision, threads=target.threads)
+
+
+def open_target(target: TargetSpec, *, seed: int = 0) -> LatencyTarget:
+    """The job's target: a probe when `target.probe_address` is set (credentials from the
+    environment, see probe_client.ProbeCredentials), else this process."""
+    if target.probe_address:
+        from secateurs.engine.latency.probe_client import ProbeCredentials, ProbeTarget
+
+        return ProbeTarget(target.probe_address, settings_of(target), seed=seed,
+                           credentials=ProbeCredentials.from_environ())
+    return LocalTarget(settings_of(target), seed=seed)
