@@ -161,3 +161,6 @@ def test_probe_daemonset_runs_on_gpu_nodes() -> None:
     for probe in ("readinessProbe", "livenessProbe"):  # the probe serves grpc.health.v1 too
         assert container[probe]["grpc"] == {"port": 50052}, probe
     assert [e["name"] for e in container["env"]] == ["SECATEURS_PROBE_TOKEN"]
+    # The servers present the token the probes require.
+    server_env = {e["name"]: e for e in _server(objects[("Deployment", "secateurs")])["env"]}
+    assert server_env["SECATEURS_PROBE_TOKEN"]["valueFrom"] == container["env"][0]["valueFrom"]
