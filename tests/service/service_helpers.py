@@ -188,7 +188,7 @@ def parse_serve_args(argv: list[str]) -> Any:
     return args
 
 
-def tests_cache_dir() -> Path:
+def cache_dir_for_tests() -> Path:
     """Where tests keep what is slow to make and safe to reuse: $SECATEURS_TEST_CACHE, else
     $XDG_CACHE_HOME/secateurs (~/.cache/secateurs)."""
     explicit = os.environ.get("SECATEURS_TEST_CACHE")
@@ -199,7 +199,7 @@ def tests_cache_dir() -> Path:
 
 def cached_venv(name: str, *pip_args: str, key_files: tuple[Path, ...] = (), timeout: float = 900) -> Path:
     """The python of a virtual environment with `pip install *pip_args` done, built once and kept
-    under tests_cache_dir() (for tools whose dependencies clash with the server's, e.g. kfp's
+    under cache_dir_for_tests() (for tools whose dependencies clash with the server's, e.g. kfp's
     protobuf pin). Rebuilt when the arguments, the key files (pyproject.toml of what it installs)
     or the Python version change."""
     import fcntl
@@ -210,7 +210,7 @@ def cached_venv(name: str, *pip_args: str, key_files: tuple[Path, ...] = (), tim
     digest = hashlib.sha256(repr((sys.version, pip_args)).encode())
     for path in key_files:
         digest.update(path.read_bytes())
-    root = tests_cache_dir() / "venvs" / f"{name}-{digest.hexdigest()[:12]}"
+    root = cache_dir_for_tests() / "venvs" / f"{name}-{digest.hexdigest()[:12]}"
     python, done = root / "bin" / "python", root / ".complete"
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.with_suffix(".lock"), "w") as lock:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service_helpers import parse_serve_args, tests_cache_dir
+from service_helpers import parse_serve_args, cache_dir_for_tests
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -96,7 +96,7 @@ def _compose(*args: str) -> subprocess.CompletedProcess[str]:
     if docker is None:
         command = [compose]
     else:
-        plugins = tests_cache_dir() / "docker"
+        plugins = cache_dir_for_tests() / "docker"
         (plugins / "cli-plugins").mkdir(parents=True, exist_ok=True)
         link = plugins / "cli-plugins" / "docker-compose"
         if not link.exists() or link.resolve() != Path(compose).resolve():

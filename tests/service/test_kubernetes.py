@@ -152,10 +152,15 @@ def test_probe_daemonset_runs_on_gpu_nodes() -> None:
     service = objects[("Service", "secateurs-probe")]
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"].items() <= daemonset["spec"]["template"]["metadata"]["labels"].items()
-    from secateurs.cli import build_parser
+    from secateurs.probe.server import build_parser
 
-    parser = build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
-    if "probe" not in commands:
-        pytest.skip("`secateurs probe` is not in this release yet; the DaemonSet's arguments are checked once it is")
-    parser.parse_args(container["args"])
+    assert container["args"][0] == "probe"
+    args = build_parser().parse_args(container["args"][1:])
+    assert args.listen == "0.0.0.0:50052"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"probe": 50052}
+    for probe in ("readinessProbe", "livenessProbe"):  # the probe serves grpc.health.v1 too
+        assert container[probe]["grpc"] == {"port": 50052}, probe
+    assert [e["name"] for e in container["env"]] == ["SECATEURS_PROBE_TOKEN"]
+    # The servers present the token the probes require.
+    server_env = {e["name"]: e for e in _server(objects[("Deployment", "secateurs")])["env"]}
+    assert server_env["SECATEURS_PROBE_TOKEN"]["valueFrom"] == container["env"][0]["valueFrom"]
