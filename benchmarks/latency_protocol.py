@@ -5,8 +5,14 @@
 2. Interleaving: the latency ratio of two models (baseline and pruned) from separate
    runs versus interleaved in one process, window by window (the default) and run by
    run (A B A B ...), all three in each repetition, with spreads.
+3. Sessions (--sessions): in one process, one baseline session and a fresh session of the
+   pruned model for each interleaved measurement, with 2 threads and with 1; then the median
+   of three such measurements (what the search does near a budget). A session of a small
+   model on few cores can settle in a slow or a fast mode and stay there; this shows how
+   much of the spread that is.
 
     .venv/bin/python benchmarks/latency_protocol.py [--runs 5] [--model torchvision:resnet18] [--input 1x3x112x112]
+    .venv/bin/python benchmarks/latency_protocol.py --sessions --runs 9 --model zoo:resnet20 --input 1x3x32x32
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ def main() -> int:
     parser.add_argument("--input", default="1x3x112x112")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ratio", type=float, default=0.4)
+    parser.add_argument("--sessions", action="store_true", help="part 3 only: fresh sessions in one process")
     args = parser.parse_args()
     shape = tuple(int(d) for d in args.input.split("x"))
     protocol = dict(warmup_runs=20, warmup_seconds=1.0, window=100, min_samples=500, max_seconds=30.0, tolerance=0.03)
@@ -65,6 +72,8 @@ def main() -> int:
         a, b = Path(tmp) / "baseline.onnx", Path(tmp) / "pruned.onnx"
         export_onnx(model, x, a)
         export_onnx(prune(model, x, PruneSpec(ratio=args.ratio)).model, x, b)
+        if args.sessions:
+            return sessions(a, b, shape, args)
         sep_a, sep_b, inter, by_run = [], [], [], []
         for i in range(args.runs):
             sep_a.append(run([a], shape, args.threads, protocol)[0])
@@ -92,6 +101,34 @@ def main() -> int:
           f"CoV {cov(ratios_int):.2%} |")
     print(f"| A/B ratio, interleaved run by run | median {statistics.median(ratios_run):.3f}, "
           f"CoV {cov(ratios_run):.2%} |")
+    return 0
+
+
+def sessions(a: Path, b: Path, shape: tuple[int, ...], args: argparse.Namespace) -> int:
+    from secateurs.engine.latency import OnnxRuntimeBackend, measure_interleaved
+    from secateurs.engine.spec import ProtocolSpec
+
+    search = ProtocolSpec(warmup_runs=10, warmup_seconds=0.5, window=50, min_samples=200, max_seconds=20.0)
+    rows = []
+    for threads in sorted({args.threads, 1}, reverse=True):
+        base = OnnxRuntimeBackend(a, shape, threads=threads)
+        ratios, cov_base = [], []
+        for i in range(args.runs):
+            sa, sb = measure_interleaved([base, OnnxRuntimeBackend(b, shape, threads=threads)], search)
+            ratios.append(sa.p50_ms / sb.p50_ms)
+            cov_base.append(sa.cov)
+            print(f"{threads} threads, fresh session {i + 1}/{args.runs}: baseline {sa.p50_ms:.3f} ms, "
+                  f"pruned {sb.p50_ms:.3f} ms, ratio {ratios[-1]:.3f}", flush=True)
+        medians = [statistics.median(ratios[i:i + 3]) for i in range(0, len(ratios) - 2, 3)]
+        rows.append((f"{threads}", ratios, statistics.fmean(cov_base)))
+        rows.append((f"{threads}, median of 3 sessions", medians, statistics.fmean(cov_base)))
+    print(f"\n{args.model} {args.input} against itself pruned at {args.ratio}, ONNX Runtime CPU, one process, "
+          f"{args.runs} interleaved measurements, each with a fresh session of the pruned model")
+    print("| threads | A/B ratio median | min–max | spread (max/min − 1) | CoV | CoV of the baseline's runs |")
+    print("|---|---|---|---|---|---|")
+    for label, values, run_cov in rows:
+        print(f"| {label} | {statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} "
+              f"| {max(values) / min(values) - 1:.1%} | {cov(values):.2%} | {run_cov:.2f} |")
     return 0
 
 

@@ -164,7 +164,7 @@ def _details(r: Mapping[str, Any]) -> str:
     if blocks:
         parts.append(f"<p>Depth pruning: {sum(1 for b in blocks if b.get('dropped'))} of {len(blocks)} removable "
                      "blocks dropped. Latency share: the block's layers measured alone, scaled by the end-to-end "
-                     "measurement of dropping every other block.</p>")
+                     "measurement of dropping its whole stage of alike blocks.</p>")
         parts.append(_table(("block", "kind", "params", "latency share", "loss when dropped alone", "dropped"),
                             [(b.get("name", ""), b.get("kind", ""), _fmt(b.get("params")),
                               "" if b.get("latency_share") is None else f"{b['latency_share']:.1%}",
