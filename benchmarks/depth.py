@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +45,7 @@ from secateurs.engine.spec import ProtocolSpec, TargetSpec
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL = ProtocolSpec(warmup_runs=10, warmup_seconds=0.5, window=50, min_samples=200, max_seconds=20.0)
-SIDE_BY_SIDE = replace(PROTOCOL, min_seconds=10.0, max_seconds=30.0)
+SIDE_BY_SIDE = replace(PROTOCOL, min_samples=1000, max_seconds=30.0)
 MODES = (("channels only", "off"), ("blocks only", "only"), ("joint", "auto"))
 SAME_SPEEDUP = 0.03  # a plan this much faster than the joint one is not at the same speedup
 
@@ -104,18 +105,23 @@ def _compare(model: torch.nn.Module, shape: tuple[int, ...], arch: str, speedup:
 
 
 def _side_by_side(baseline: torch.nn.Module, models: list[torch.nn.Module], x: torch.Tensor,
-                  tmp: Path) -> list[float]:
-    """Speedup of each model over the baseline, all measured in one interleaved run."""
-    target = open_target(TargetSpec())
-    try:
-        backends = []
-        for i, m in enumerate([baseline, *models]):
-            export_onnx(m, x, tmp / f"side-{i}.onnx")
-            backends.append(target.load(tuple(x.shape), onnx=tmp / f"side-{i}.onnx"))
-        stats = target.measure(backends, SIDE_BY_SIDE)
-    finally:
-        target.close()
-    return [stats[0].p50_ms / s.p50_ms for s in stats[1:]]
+                  tmp: Path, repeats: int = 3) -> list[float]:
+    """Speedup of each model over the baseline, all measured in one interleaved run; the median
+    of `repeats` such runs, each with fresh sessions (a session of a small model can settle in a
+    fast or a slow mode: benchmarks/RESULTS.md, fresh sessions)."""
+    paths = []
+    for i, m in enumerate([baseline, *models]):
+        paths.append(tmp / f"side-{i}.onnx")
+        export_onnx(m, x, paths[-1])
+    runs = []
+    for _ in range(repeats):
+        target = open_target(TargetSpec())
+        try:
+            stats = target.measure([target.load(tuple(x.shape), onnx=path) for path in paths], SIDE_BY_SIDE)
+        finally:
+            target.close()
+        runs.append([stats[0].p50_ms / s.p50_ms for s in stats[1:]])
+    return [statistics.median(ratios) for ratios in zip(*runs)]
 
 
 def _cells(row: Row) -> str:

@@ -166,3 +166,19 @@ def test_budget_job_end_to_end(tmp_path):
     assert report["search"]["trace"] and report["search"]["groups"]
     assert report["pruning"]["dropped_blocks"] == [b["name"] for b in report["search"]["blocks"] if b["dropped"]]
     assert report["data"]["note"].startswith("no data: quality is fidelity")
+
+
+def test_blocks_are_calibrated_by_families_of_alike_blocks_at_most_six():
+    from secateurs.engine.blocks import BlockInfo
+    from secateurs.engine.search import _families
+
+    def block(name, channels, size=16):
+        return BlockInfo(name=name, kind="BasicBlock", params=channels * 10, shape=(1, channels, size, size))
+
+    stage = [block(f"layer1.{i}", 16) for i in range(3)] + [block(f"layer2.{i}", 32, 8) for i in range(2)]
+    families = _families(stage, lambda b: b.params)
+    assert [[b.name for b in f] for f in families] == [["layer2.0", "layer2.1"], ["layer1.0", "layer1.1", "layer1.2"]]
+    unlike = [block(f"b{i}", 8 + i) for i in range(8)]
+    families = _families(unlike, lambda b: b.params)
+    assert len(families) == 6 and sorted(len(f) for f in families) == [1, 1, 1, 1, 1, 3]
+    assert {b.name for b in families[-1]} == {"b0", "b1", "b2"}  # the least latency shares one point
