@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/depth.py cifar      # zoo ResNet-20 and ResNet-56 at batch 1 and 32, 2x budget:
                                                     # each plan, then the same short recovery, CIFAR-10 accuracy
     .venv/bin/python benchmarks/depth.py resnet50   # torchvision ResNet-50 at 224, batch 1: fidelity only
+                                                    # (initialised weights here: the latency side only
+                                                    # means something; RESULTS.md)
 
 Every plan is found by the engine's own search (engine/search.py) with `depth` off, only and auto,
 verified end to end on ONNX Runtime CPU (2 threads) interleaved with the baseline ("in its
