@@ -132,6 +132,15 @@ def _cells(row: Row) -> str:
             f"| {len(r.dropped)} | {sum(1 for v in r.ratios.values() if v > 0)} | {r.final.params:,}")
 
 
+def _print_table(quality_columns: list[str], lines: list[str]) -> None:
+    """The markdown table of a part: the columns every part shares (`_cells`), then its own."""
+    header = ["model", "batch", "search", "speedup in its search", "side by side", "blocks dropped",
+              "groups narrowed", "params", *quality_columns]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    print("\n".join(lines))
+
+
 def cifar(speedup: float, archs: list[str], batches: list[int], train_images: int, epochs: int,
           calibration: int) -> None:
     sys.path.insert(0, str(HERE))
@@ -179,10 +188,7 @@ def cifar(speedup: float, archs: list[str], batches: list[int], train_images: in
         print(f"  (baseline {base_acc:.2%})", flush=True)
     print(f"\nCIFAR-10, speedup budget {speedup}x, ONNX Runtime CPU 2 threads; recovery: {epochs} epoch(s) of "
           f"distillation on {train_images} training images, the same for every plan")
-    print("| model | batch | search | speedup in its search | side by side | blocks dropped | groups narrowed "
-          "| params | accuracy after pruning (BN recal.) | after recovery | search time | recovery time |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(lines))
+    _print_table(["accuracy after pruning (BN recal.)", "after recovery", "search time", "recovery time"], lines)
 
 
 def resnet50(speedup: float, batch: int) -> None:
@@ -198,10 +204,7 @@ def resnet50(speedup: float, batch: int) -> None:
                      f"| {row.seconds:.0f} s |")
         print(lines[-1], flush=True)
     print(f"\ntorchvision ResNet-50 (initialised weights, fidelity on generated inputs), speedup budget {speedup}x")
-    print("| model | batch | search | speedup in its search | side by side | blocks dropped | groups narrowed "
-          "| params | top-1 agreement | KL to the original | search time |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(lines))
+    _print_table(["top-1 agreement", "KL to the original", "search time"], lines)
 
 
 def main() -> int:
