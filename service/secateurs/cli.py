@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", help="fp32 (default) or fp16 (GPU runtimes)")
     p.add_argument("--probe", metavar="HOST:PORT",
                    help="measure every latency on the `secateurs probe` at this address (credentials: "
-                        "$SECATEURS_PROBE_TOKEN, $SECATEURS_PROBE_TLS_CA, ...)")
+                        "$SECATEURS_PROBE_TOKEN, $SECATEURS_PROBE_TLS_CA, ...; TLS unless on this machine)")
+    p.add_argument("--probe-plaintext", action="store_true",
+                   help="reach a probe off this machine without TLS (its token travels in clear text)")
     p.add_argument("--min-channels", type=int, default=8, help="never prune a group below this (default 8)")
     p.add_argument("--quick", action="store_true", help="short latency protocol (for smoke runs; less stable)")
 
@@ -103,8 +106,11 @@ def _model_spec(args: argparse.Namespace):
 
 
 def _target(args: argparse.Namespace, **extra: Any):
+    from secateurs.engine.latency.probe_client import PLAINTEXT_ENV
     from secateurs.engine.spec import TargetSpec
 
+    if args.probe_plaintext:
+        os.environ[PLAINTEXT_ENV] = "1"  # read where the probe is opened (ProbeCredentials.from_environ)
     return TargetSpec(runtime=args.runtime, precision=args.precision, threads=args.threads,
                       probe_address=args.probe or None, **extra)
 

@@ -80,6 +80,11 @@ class ServiceMetrics:
                                  registry=r)
         self.queued = Gauge("secateurs_jobs_queued", "Jobs waiting for a worker now.", registry=r)
         self.upload_bytes = Counter("secateurs_upload_bytes_total", "Bytes received by UploadBlob.", registry=r)
+        self.blob_bytes = Gauge("secateurs_blob_store_bytes",
+                                "Bytes of uploads and artifacts the server holds now (the quota is "
+                                "--max-blob-bytes).", registry=r)
+        self.collected_bytes = Counter("secateurs_blob_store_collected_bytes_total",
+                                       "Bytes of blobs removed because their retention time passed.", registry=r)
         self.latency_measurements = Counter(
             "secateurs_latency_measurements_total",
             "Models or layers measured with the latency protocol by finished jobs, by runtime.",
@@ -112,10 +117,13 @@ class ServiceMetrics:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def track_jobs(self, *, queued: Callable[[], int], in_progress: Callable[[], int]) -> None:
-        """Read the queue length and running count at each scrape, so they cannot drift."""
+    def track_jobs(self, *, queued: Callable[[], int], in_progress: Callable[[], int],
+                   blob_bytes: Callable[[], int] | None = None) -> None:
+        """Read the queue length, running count and bytes held at each scrape, so they cannot drift."""
         self.queued.set_function(queued)
         self.in_progress.set_function(in_progress)
+        if blob_bytes is not None:
+            self.blob_bytes.set_function(blob_bytes)
 
     def job_started(self, queue_wait_seconds: float | None) -> None:
         """A worker started a job; `queue_wait_seconds` since CreateJob (None: not its first start)."""

@@ -11,7 +11,7 @@ import pytest
 
 from secateurs.api.server import Server, ServerConfig
 from secateurs_client import Client
-from service_helpers import FAKE_RUNNER, ServerProcess
+from service_helpers import FAKE_MODULES, FAKE_RUNNER, ServerProcess
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,6 +34,8 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     def make(**overrides: Any) -> Server:
         config = dict(listen="127.0.0.1:0", data_dir=tmp_path / "data", grace_seconds=5.0,
                       metrics_listen="127.0.0.1:0")
+        if overrides.get("runner") == FAKE_RUNNER:
+            config["allow_modules"] = FAKE_MODULES
         config.update(overrides)
         server = Server(ServerConfig(**config))
         server.start()

@@ -19,6 +19,9 @@ from secateurs_client import Client, build_request, pb
 
 HERE = Path(__file__).parent
 FAKE_RUNNER = "service_fakes:fake_compress"
+# Fake jobs name a `module:` architecture the fake runner never builds; servers that run them allow it.
+FAKE_ARCH = "module:service_fakes:FakeNet"
+FAKE_MODULES = ("service_fakes",)
 QUICK_PROTOCOL = dict(warmup_runs=3, warmup_seconds=0.05, window=20, min_samples=40, max_seconds=2.0)
 
 
@@ -41,7 +44,8 @@ def resnet20_request(**kw: Any) -> pb.CreateJobRequest:
 
 
 def fake_request(mode: str = "ok", **kw: Any) -> pb.CreateJobRequest:
-    return resnet20_request(arch_kwargs={"fake": mode}, **kw)
+    """A job for the fake runner (service_fakes.py), whose behaviour `mode` picks."""
+    return resnet20_request(arch=FAKE_ARCH, arch_kwargs={"fake": mode}, **kw)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

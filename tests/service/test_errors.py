@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 import grpc
 import pytest
 
-from service_helpers import FAKE_RUNNER, fake_request
+from service_helpers import FAKE_MODULES, FAKE_RUNNER, fake_request
 from secateurs.engine.latency.runtimes import unavailable_reason
 from secateurs.api.server import Server
 from secateurs_client import Client, field_violations, pb
@@ -93,6 +93,8 @@ CASES: list[tuple[str, Callable[[Client], Any], Code, str | None]] = [
     ("missing model", _clear("model"), Code.INVALID_ARGUMENT, "model.arch"),
     ("arch without kind", _create(model__arch="resnet20"), Code.INVALID_ARGUMENT, "model.arch"),
     ("unknown zoo arch", _create(model__arch="zoo:resnet9000"), Code.INVALID_ARGUMENT, "model.arch"),
+    ("unknown torchvision arch", _create(model__arch="torchvision:resnet9000"), Code.INVALID_ARGUMENT,
+     "model.arch"),
     ("weights not uploaded", _create(model__weights_blob_id="ab" * 32), Code.INVALID_ARGUMENT,
      "model.weights_blob_id"),
     ("weights id not a digest", _create(model__weights_blob_id="w.pt"), Code.INVALID_ARGUMENT,
@@ -125,12 +127,31 @@ CASES: list[tuple[str, Callable[[Client], Any], Code, str | None]] = [
      "target.precision"),
     ("odd percentile", _create(target__percentile=42.0), Code.INVALID_ARGUMENT, "target.percentile"),
     ("batch too large", _create(target__batch=5000), Code.INVALID_ARGUMENT, "target.batch"),
-    ("probe address without a port", _create(target__probe_address="10.0.0.1"), Code.INVALID_ARGUMENT,
-     "target.probe_address"),
-    ("probe address with a bad port", _create(target__probe_address="10.0.0.1:99999"), Code.INVALID_ARGUMENT,
-     "target.probe_address"),
-    ("torch runtime on a probe", _create(target__runtime="torch-cpu", target__probe_address="10.0.0.1:7000"),
+    ("probe given as an address", _create(target__probe="10.0.0.1:7000"), Code.PERMISSION_DENIED, "target.probe"),
+    ("probe the server does not list", _create(target__probe="edge-9"), Code.PERMISSION_DENIED, "target.probe"),
+    ("torch runtime on a probe", _create(target__runtime="torch-cpu", target__probe="edge-1"),
      Code.INVALID_ARGUMENT, "target.runtime"),
+    ("module: code not allowed", _create(model__arch="module:subprocess:run"), Code.PERMISSION_DENIED,
+     "model.arch"),
+    ("module: outside the allowed package", _create(model__arch="module:os:system"), Code.PERMISSION_DENIED,
+     "model.arch"),
+    ("an object as a constructor argument", _clear("model__arch_kwargs", model__arch="zoo:resnet20",
+                                                   model__arch_kwargs={"num_classes": {"a": 1}}),
+     Code.INVALID_ARGUMENT, "model.arch_kwargs.num_classes"),
+    ("weights asked of a constructor", _clear("model__arch_kwargs", model__arch="torchvision:resnet18",
+                                              model__arch_kwargs={"weights": "DEFAULT"}),
+     Code.INVALID_ARGUMENT, "model.arch_kwargs.weights"),
+    ("a model too large to build", _clear("model__arch_kwargs", model__arch="torchvision:resnet18",
+                                          model__arch_kwargs={"num_classes": 10**9}),
+     Code.RESOURCE_EXHAUSTED, "model.arch_kwargs"),
+    ("a bad constructor argument", _clear("model__arch_kwargs", model__arch="zoo:resnet20",
+                                          model__arch_kwargs={"width": "wide"}),
+     Code.INVALID_ARGUMENT, "model.arch_kwargs"),
+    ("warm-up for ages", _create(target__protocol__warmup_seconds=1e9), Code.INVALID_ARGUMENT,
+     "target.protocol.warmup_seconds"),
+    ("an enormous window", _create(target__protocol__window=10**6), Code.INVALID_ARGUMENT, "target.protocol.window"),
+    ("measurement over the cap", _create(target__protocol__max_seconds=601), Code.INVALID_ARGUMENT,
+     "target.protocol.max_seconds"),
     *([(f"{_MISSING} unavailable here", _create(target__runtime=_MISSING), Code.FAILED_PRECONDITION, None)]
       if _MISSING else []),
     ("recovery with 0 epochs", _create(recovery__epochs=0), Code.INVALID_ARGUMENT, "recovery.epochs"),
@@ -199,7 +220,8 @@ def _strict(tmp_path_factory: pytest.TempPathFactory, data_root: Path | None) ->
     from secateurs.api.server import ServerConfig
 
     server = Server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path_factory.mktemp("data"), token=TOKEN,
-                                 max_upload_bytes=LIMIT, runner=FAKE_RUNNER, data_root=data_root))
+                                 max_upload_bytes=LIMIT, runner=FAKE_RUNNER, data_root=data_root,
+                                 probes={"edge-1": "127.0.0.1:7000"}, allow_modules=FAKE_MODULES))
     server.start()
     return server
 

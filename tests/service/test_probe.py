@@ -69,7 +69,8 @@ def test_probe_describes_the_device_and_measures_interleaved(start_probe, onnx_m
     probe = start_probe()
     target = ProbeTarget(probe.address, RuntimeSettings(threads=1))
     try:
-        assert target.where == {"kind": "probe", "address": probe.address, "probe_version": target.where["probe_version"]}
+        assert target.where == {"kind": "probe", "address": probe.address, "name": None,
+                            "probe_version": target.where["probe_version"]}
         assert target.fingerprint["runtime"] == "onnxruntime-cpu" and target.fingerprint["threads"] == 1
         small, big = (target.load((1, 3, 32, 32), onnx=p) for p in onnx_models)
         s_small, s_big = target.measure([small, big], FAST)
@@ -198,9 +199,10 @@ def test_unreachable_probe_fails_with_the_address() -> None:
 # ---- whole jobs on a server whose target is the probe ---------------------------------------
 
 
-def _job_on_probe(client: Client, weights: Path, address: str, **kw: Any) -> pb.Job:
+def _job_on_probe(client: Client, weights: Path, name: str = "dev", **kw: Any) -> pb.Job:
+    """A job measured on the probe the server lists as `name`."""
     blob = client.upload_blob(weights)
-    request = resnet20_request(weights_blob_id=blob.id, probe_address=address, threads=1, **kw)
+    request = resnet20_request(weights_blob_id=blob.id, probe=name, threads=1, **kw)
     return client.create_job(request)
 
 
@@ -209,7 +211,7 @@ def _report(job: pb.Job) -> dict[str, Any]:
 
 
 def _assert_measured_on_probe(report: dict[str, Any], address: str, before: int, after: pb.ProbeDescription) -> None:
-    assert report["target"]["probe_address"] == address
+    assert report["target"]["probe_address"] == address and report["target"]["probe"] == "dev"
     assert report["target"]["measured_on"]["kind"] == "probe" and report["target"]["measured_on"]["address"] == address
     assert report["device"] == from_struct(after.fingerprint)  # the probe's fingerprint, not the server's
     # every model the job measured was measured by the probe: none in the worker itself
@@ -219,9 +221,9 @@ def _assert_measured_on_probe(report: dict[str, Any], address: str, before: int,
 def test_a_budget_job_measures_everything_on_a_probe_process(make_server, start_probe, resnet20_weights) -> None:
     probe = start_probe()
     before = _describe(probe.address).models_measured
-    server = make_server()
+    server = make_server(probes={"dev": probe.address})
     with Client(server.address, timeout=30) as client:
-        job = _job_on_probe(client, resnet20_weights, probe.address, ratio=None, speedup=1.3)
+        job = _job_on_probe(client, resnet20_weights, ratio=None, speedup=1.3)
         done = client.wait(job.id, timeout=600)
         assert done.state == pb.SUCCEEDED, done.error.message
         report = _report(client.get_job(job.id))
@@ -263,9 +265,12 @@ def test_a_job_measures_on_a_probe_in_its_own_network_namespace(make_server, net
     probe = start_probe("--token", TOKEN, listen=f"{ip}:0", netns=name)
     assert probe.address.startswith(f"{ip}:")
     before = _describe(probe.address, TOKEN).models_measured
-    server = make_server(probe_credentials=ProbeCredentials(token=TOKEN))  # reaches workers, not the job store
+    with pytest.raises(ValueError, match="clear text"):  # off this machine: TLS, or the operator's explicit opt-out
+        make_server(probes={"dev": probe.address}, probe_credentials=ProbeCredentials(token=TOKEN))
+    server = make_server(probes={"dev": probe.address}, probe_plaintext=True,
+                         probe_credentials=ProbeCredentials(token=TOKEN))  # reaches workers, not the job store
     with Client(server.address, timeout=30) as client:
-        job = _job_on_probe(client, resnet20_weights, probe.address)  # a ratio: baseline and benchmark, quickly
+        job = _job_on_probe(client, resnet20_weights)  # a ratio: baseline and benchmark, quickly
         done = client.wait(job.id, timeout=600)
         assert done.state == pb.SUCCEEDED, done.error.message
         report = _report(client.get_job(job.id))
@@ -276,9 +281,9 @@ def test_a_job_measures_on_a_probe_in_its_own_network_namespace(make_server, net
 def test_probe_killed_mid_job_fails_the_job_and_the_server_carries_on(make_server, start_probe,
                                                                       resnet20_weights) -> None:
     probe = start_probe()
-    server = make_server()
+    server = make_server(probes={"dev": probe.address})
     with Client(server.address, timeout=30) as client:
-        job = _job_on_probe(client, resnet20_weights, probe.address, ratio=None, speedup=1.3)
+        job = _job_on_probe(client, resnet20_weights, ratio=None, speedup=1.3)
         # wait until the job is measuring on the probe, then kill it
         wait_for(lambda: _describe(probe.address).models_measured > 0, 300, "the job's first measurement")
         probe.kill()

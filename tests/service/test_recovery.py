@@ -13,7 +13,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service_helpers import QUICK_PROTOCOL, fake_request, image_folder_zip, resnet20_request
+from service_helpers import FAKE_RUNNER, QUICK_PROTOCOL, fake_request, image_folder_zip, resnet20_request
 from secateurs.api.server import Server, ServerConfig, add_serve_arguments, config_from_args
 from secateurs.engine.data import DataSpec, TransformSpec
 from secateurs.engine.recover import RecoverySpec
@@ -103,7 +103,7 @@ def test_uris_resolve_inside_the_data_root(make_server, tmp_path: Path) -> None:
     root = tmp_path / "datasets"
     (root / "cifar10" / "test").mkdir(parents=True)
     (root / "link").symlink_to(root / "cifar10")  # a symlink inside the root stays allowed
-    server = make_server(runner="service_fakes:fake_compress", data_root=root)
+    server = make_server(runner=FAKE_RUNNER, data_root=root)
     with Client(server.address, timeout=10) as client:
         job = client.create_job(fake_request(epochs=1, train_uri=f"file://{root}/cifar10",
                                              val_uri="link/../link", val_split="test"))

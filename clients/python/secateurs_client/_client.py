@@ -38,7 +38,7 @@ def build_request(
     group_ratios: Mapping[str, float] | None = None, importance: str = "", round_to: int = 0,
     exports: Sequence[str] = (), labels: Mapping[str, str] | None = None, runtime: str = "",
     threads: int = 0, percentile: float = 0.0, protocol: Mapping[str, float] | None = None,
-    precision: str = "", batch: int = 0, probe_address: str = "",
+    precision: str = "", batch: int = 0, probe: str = "",
     request_id: str = "", latency_ms: float | None = None, speedup: float | None = None,
     size_bytes: int | None = None, params: int | None = None, macs: int | None = None,
     max_accuracy_drop: float | None = None, epochs: int | None = None, lr: float | None = None,
@@ -52,7 +52,7 @@ def build_request(
     params, macs; max_accuracy_drop only with one of them). `percentile` (50, 90, 95,
     99) is where latency is read, budgets included. The target: `runtime`, `precision`
     ("fp16" on GPU runtimes), `threads`, `batch` (measured and exported at; 0: the input's)
-    and `probe_address` (a `secateurs probe` on the device that measures every figure).
+    and `probe` (the name of a latency probe the server lists, on the device: it measures every figure).
 
     Recovery (fine-tuning with distillation after pruning) is asked for by `epochs`;
     lr, kd_weight, feature_weight, attention_weight, progressive_steps, optimizer and
@@ -65,7 +65,7 @@ def build_request(
         model=pb.ModelSource(arch=arch, weights_blob_id=weights_blob_id),
         pruning=pb.Pruning(group_ratios=dict(group_ratios or {}), importance=importance, round_to=round_to),
         target=pb.Target(runtime=runtime, threads=threads, percentile=percentile, precision=precision, batch=batch,
-                         probe_address=probe_address, protocol=pb.LatencyProtocol(**dict(protocol or {}))),
+                         probe=probe, protocol=pb.LatencyProtocol(**dict(protocol or {}))),
     )
     if arch_kwargs:
         req.model.arch_kwargs.update(dict(arch_kwargs))

@@ -49,7 +49,7 @@ def cmd_compress(client: Client, args: argparse.Namespace) -> int:
         group_ratios=dict(_pair(p, float) for p in args.group_ratio), importance=args.importance,
         round_to=args.round_to, exports=args.export, labels=dict(_pair(p, str) for p in args.label),
         runtime=args.runtime, threads=args.threads, percentile=args.percentile or 0.0, precision=args.precision,
-        batch=args.batch, probe_address=args.probe,
+        batch=args.batch, probe=args.probe,
         request_id=args.request_id or "", latency_ms=args.latency_ms, speedup=args.speedup,
         size_bytes=None if args.size_mb is None else round(args.size_mb * 1e6), params=args.params,
         macs=args.macs, max_accuracy_drop=args.max_accuracy_drop, epochs=args.epochs, lr=args.lr,
@@ -112,7 +112,7 @@ def summary(report: Mapping[str, Any]) -> list[str]:
         target = report.get("target") or {}
         where = target.get("measured_on") or {}
         on = f"{target.get('runtime', '')} {target.get('precision', '')}".strip()
-        on += f" on the probe at {where['address']}" if where.get("kind") == "probe" else ""
+        on += f" on the probe {where.get('name') or where['address']}" if where.get("kind") == "probe" else ""
         lines.append(f"  p{q} latency  {base[f'p{q}_ms']:.3f} ms -> {comp[f'p{q}_ms']:.3f} ms   "
                      f"speedup {lat['speedup']:.2f}x" + (f"   ({on})" if on else ""))
     if size.get("baseline") and size.get("compressed"):
@@ -316,8 +316,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", default="", help="fp32 (default) or fp16 (GPU runtimes)")
     c.add_argument("--threads", type=int, default=0, help="CPU threads of the runtime (default 2)")
     c.add_argument("--batch", type=int, default=0, help="measure (and export) at this batch (default: the input's)")
-    c.add_argument("--probe", default="", metavar="HOST:PORT",
-                   help="measure every latency on the `secateurs probe` at this address (reached by the server)")
+    c.add_argument("--probe", default="", metavar="NAME",
+                   help="measure every latency on the latency probe of this name, one the server lists "
+                        "(secateurs serve --probe NAME=HOST:PORT)")
     c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--request-id", help="idempotency key (default: a new UUID)")
     c.add_argument("--out", type=Path, default=Path("secateurs-out"), help="artifact directory")

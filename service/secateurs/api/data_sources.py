@@ -6,7 +6,8 @@ server has a data root (`--data-root`) and the path, with `..` and symlinks
 resolved, lies inside it: a client must not make a job read arbitrary files of
 the server. Each refusal is an InvalidRequest naming the request field.
 
-What is checked here is what is cheap: the zip's trailer, the path's existence.
+What is checked here is what is cheap: the zip's directory against the archive limits
+(member count, sizes, compression ratio: engine/data.py ArchiveLimits), the path's existence.
 The split and class folders are read when the job starts (the listing of a large
 dataset takes too long for a CreateJob call).
 """
@@ -16,8 +17,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from secateurs.engine.data import DataSpec, TransformSpec, validate_data_spec
-from secateurs.errors import InvalidRequest
+from secateurs.engine.data import DataSpec, TransformSpec, check_archive, validate_data_spec
+from secateurs.errors import InvalidRequest, ResourceExhausted
 from secateurs.jobs.blobs import BlobStore
 from secateurs_client.v1 import compression_pb2 as pb
 
@@ -92,14 +93,27 @@ def _location(src: pb.DataSource, part: str, blobs: BlobStore,
     if blob_id and uri:
         raise _bad(uri_field, f"give {blob_field} or {uri_field}, not both")
     if uri:
-        return resolve_uri(uri, data_root, field=uri_field), uri_field
-    if not blob_id:
+        path, field = resolve_uri(uri, data_root, field=uri_field), uri_field
+    elif not blob_id:
         return None, blob_field
-    # absolute, because the path is stored in the job's spec and read by its worker
-    path = blobs.require(blob_id, field=blob_field).resolve()
-    if not zipfile.is_zipfile(path):
-        raise _bad(blob_field, f"blob {blob_id} is not a zip archive (expected a .zip of <split>/<class>/<image>)")
-    return path, blob_field
+    else:
+        # absolute, because the path is stored in the job's spec and read by its worker
+        path, field = blobs.require(blob_id, field=blob_field).resolve(), blob_field
+        if not zipfile.is_zipfile(path):
+            raise _bad(blob_field, f"blob {blob_id} is not a zip archive (expected a .zip of <split>/<class>/<image>)")
+    if path.is_file():
+        _bounded(path, field)
+    return path, field
+
+
+def _bounded(path: Path, field: str) -> None:
+    """The archive's directory against the engine's limits (a zip bomb is refused here, not in a worker)."""
+    try:
+        check_archive(path)
+    except ResourceExhausted as exc:
+        raise ResourceExhausted(f"{field}: {exc}", field=field) from None
+    except InvalidRequest as exc:
+        raise _bad(field, str(exc)) from None
 
 
 def _preset(name: str, *, train: bool) -> TransformSpec | None:

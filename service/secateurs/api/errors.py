@@ -2,7 +2,7 @@
 
 Errors of the secateurs tree keep their message (it is written for the caller);
 anything else is a bug, logged with its traceback and answered INTERNAL with a
-generic message. An InvalidRequest carries a google.rpc.BadRequest naming the field.
+generic message. An error that names a field carries a google.rpc.BadRequest naming it.
 """
 
 from __future__ import annotations
@@ -15,24 +15,25 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from secateurs.errors import InvalidRequest, SecateursError
-from secateurs.jobs.failures import code_for
+from secateurs.errors import SecateursError, as_secateurs_error, code_for
 
 log = logging.getLogger(__name__)
 
 
 def status_for(exc: BaseException) -> grpc.Status:
     """The status a call answers with when it raised `exc`."""
+    exc = as_secateurs_error(exc)  # a full disk during an upload is RESOURCE_EXHAUSTED, not a bug
     code_name = code_for(exc)
     if isinstance(exc, SecateursError):
         message = str(exc) or type(exc).__name__
     else:
         message = "internal error; the server log has the details"
     status = status_pb2.Status(code=getattr(code_pb2, code_name), message=message)
-    if isinstance(exc, InvalidRequest) and exc.field:
+    field = getattr(exc, "field", None) if isinstance(exc, SecateursError) else None
+    if field:
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=message)]))
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]))
         status.details.append(detail)
     return rpc_status.to_status(status)
 
@@ -46,7 +47,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     @staticmethod
     def _guard(behavior: Callable[..., Any], streams: bool) -> Callable[..., Any]:
         def abort(context: grpc.ServicerContext, exc: Exception) -> None:
-            if not isinstance(exc, SecateursError):
+            if not isinstance(as_secateurs_error(exc), SecateursError):
                 log.exception("unexpected error in a call")
             context.abort_with_status(status_for(exc))
 

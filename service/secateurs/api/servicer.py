@@ -4,13 +4,12 @@ secateurs.errors and mapped by api/errors.py."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Iterator
 
 import grpc
 
 from secateurs.api.convert import PB_TO_STATE, event_to_pb, job_to_pb
-from secateurs.api.validate import spec_from_request
+from secateurs.api.validate import RequestPolicy, spec_from_request
 from secateurs.errors import InvalidRequest
 from secateurs.jobs.service import JobService
 from secateurs.metrics import ServiceMetrics
@@ -22,18 +21,14 @@ MAX_PAGE = 200
 
 
 class CompressionServicer(pb_grpc.CompressionServiceServicer):
-    def __init__(self, jobs: JobService, *, trust_pickle: bool = False, cancel_wait: float = 4.0,
-                 cache_dir: Path | None = None, data_root: Path | None = None,
+    def __init__(self, jobs: JobService, policy: RequestPolicy, *, cancel_wait: float = 4.0,
                  metrics: ServiceMetrics | None = None) -> None:
-        """cache_dir: measurements shared by every job of this server (see ServerConfig.data_dir).
-        data_root: the resolved directory data.*_uri paths must lie in (None: uris are refused).
+        """policy: what the operator allowed requests to ask for (api/validate.py).
         metrics: where received upload bytes are counted."""
         self._jobs = jobs
         self._metrics = metrics
-        self._trust_pickle = trust_pickle
+        self._policy = policy
         self._cancel_wait = cancel_wait
-        self._cache_dir = cache_dir
-        self._data_root = data_root
 
     def UploadBlob(self, request_iterator: Iterator[pb.UploadBlobRequest], context: grpc.ServicerContext) -> pb.Blob:
         first = next(request_iterator, None)
@@ -53,14 +48,14 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
         return pb.Blob(id=blob.sha256, size_bytes=blob.size_bytes, existed=blob.existed)
 
     def CreateJob(self, request: pb.CreateJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        spec = spec_from_request(request, self._jobs.blobs, trust_pickle=self._trust_pickle,
-                                 cache_dir=self._cache_dir, data_root=self._data_root)
+        spec = spec_from_request(request, self._jobs.blobs, self._policy)
         same = pb.CreateJobRequest()
         same.CopyFrom(request)
         same.ClearField("request_id")
         job, _ = self._jobs.create_job(
             spec, request=request.SerializeToString(), request_id=request.request_id or None,
             fingerprint_source=same.SerializeToString(deterministic=True), labels=dict(request.labels),
+            client=client_identity(context),
         )
         return job_to_pb(job, with_report=False)
 
@@ -104,9 +99,24 @@ class CompressionServicer(pb_grpc.CompressionServiceServicer):
             yield pb.ArtifactChunk(offset=0, size_bytes=0, sha256=art.sha256)
 
 
+def client_identity(context: grpc.ServicerContext) -> str:
+    """Who a call comes from, for per-client limits: the common name of its TLS client certificate
+    when mutual TLS is on, else the host it connects from (ports change with every connection)."""
+    auth = context.auth_context() or {}
+    names = auth.get("x509_common_name") or auth.get("x509_subject_alternative_name")
+    if names:
+        return "tls:" + names[0].decode(errors="replace")[:128]
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else rest
+    return f"{kind}:{host}"[:160]
+
+
 def _job_id(job_id: str) -> str:
     if not job_id:
         raise InvalidRequest("job_id: required", field="job_id")
+    if len(job_id) > 64 or not job_id.isalnum():
+        raise InvalidRequest("job_id: not a job id this server issued (32 hex digits)", field="job_id")
     return job_id
 
 

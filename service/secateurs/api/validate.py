@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from google.protobuf import json_format
 
@@ -23,62 +24,81 @@ from secateurs.api.data_sources import data_specs
 from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
 from secateurs.engine.pipeline import validate_spec
 from secateurs.engine.recover import RecoverySpec, validate_recovery_spec
+from secateurs.engine.models import check_model_size, module_admitted
 from secateurs.engine.spec import (DEPTH_MODES, EXPORTS, IMPORTANCES, PRECISIONS, RUNTIMES, CompressSpec, ModelSpec,
-                                   ProtocolSpec, TargetSpec)
+                                   ProtocolSpec, TargetSpec, validate_protocol)
 from secateurs.engine.zoo import ZOO
-from secateurs.errors import InvalidRequest
+from secateurs.errors import InvalidRequest, PermissionDenied, ResourceExhausted
 from secateurs.jobs.blobs import BlobStore
 from secateurs_client.v1 import compression_pb2 as pb
 
 ARCH_PREFIXES = ("zoo", "torchvision", "module")
 MAX_INPUT_ELEMENTS = 1 << 26
+DEFAULT_MAX_MODEL_PARAMS = 500_000_000  # 2 GB of fp32 weights; the pipeline holds several copies
 _LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9_.\-/]{0,61}[a-z0-9])?$")
 _PLACEHOLDER_OUT = Path("/nonexistent")  # the scheduler sets the real one at start
 _JOB_SEED = 0  # the request has no seed; data subsets and recovery use the job's
 
 
-def spec_from_request(
-    req: pb.CreateJobRequest, blobs: BlobStore, *, trust_pickle: bool, cache_dir: Path | None = None,
-    data_root: Path | None = None,
-) -> CompressSpec:
-    """Validate a request and build the job it asks for (raises InvalidRequest).
+@dataclass(frozen=True, kw_only=True)
+class RequestPolicy:
+    """What the operator allowed at start-up; a request can ask for nothing beyond it.
 
-    cache_dir: where the server keeps latency and sensitivity measurements, shared
-    by every job it runs (None: each job measures afresh). data_root: the resolved
-    directory data.*_uri paths must lie in (None: every uri is refused).
+    trust_pickle: accept pickled whole models. allowed_modules: the `--allow-module` entries
+    (`module:` architectures; none: every `module:` is refused). max_model_params: the largest
+    architecture, counted on the meta device (None: no limit). probes: name -> host:port, the
+    only latency probes a job may name. data_root: the resolved directory data.*_uri paths
+    must lie in (None: every uri is refused). cache_dir: where the server keeps latency and
+    sensitivity measurements, shared by every job it runs (None: each job measures afresh).
     """
+
+    trust_pickle: bool = False
+    allowed_modules: tuple[str, ...] = ()
+    max_model_params: int | None = DEFAULT_MAX_MODEL_PARAMS
+    probes: Mapping[str, str] = field(default_factory=dict)
+    data_root: Path | None = None
+    cache_dir: Path | None = None
+
+
+def spec_from_request(req: pb.CreateJobRequest, blobs: BlobStore, policy: RequestPolicy) -> CompressSpec:
+    """Validate a request against the server's policy and build the job it asks for (raises
+    InvalidRequest, PermissionDenied or ResourceExhausted naming the field)."""
     _check_request_id(req.request_id)
     _check_labels(dict(req.labels))
     shape = _input_shape(list(req.input_shape))
-    model = _model(req.model, blobs, trust_pickle=trust_pickle)
-    target = _target(req.target, shape)
+    model = _model(req.model, blobs, policy)
+    target = _target(req.target, shape, policy)
     budget = _budget(req.budget, percentile=target.percentile)
     ratio, group_ratios = _ratios(req.pruning, budget=budget)
     recovery = _recovery(req.recovery) if req.HasField("recovery") else None
-    data, train_data = data_specs(req.data, blobs, data_root=data_root, recovery=recovery is not None,
+    data, train_data = data_specs(req.data, blobs, data_root=policy.data_root, recovery=recovery is not None,
                                   seed=_JOB_SEED)
     importance = req.pruning.importance or "l1"
     if importance not in IMPORTANCES:
-        raise _bad("pruning.importance", f"unknown importance {importance!r} (one of {', '.join(IMPORTANCES)})")
+        raise _bad("pruning.importance", f"unknown importance {_shown(importance)} (one of {', '.join(IMPORTANCES)})")
     round_to = _bounded("pruning.round_to", req.pruning.round_to, 1, 1024, default=8)
     min_channels = _bounded("pruning.min_channels", req.pruning.min_channels, 1, 4096, default=8)
     depth = req.pruning.depth or "auto"
     if depth not in DEPTH_MODES:
-        raise _bad("pruning.depth", f"unknown depth {depth!r} (one of {', '.join(DEPTH_MODES)})")
+        raise _bad("pruning.depth", f"unknown depth {_shown(depth)} (one of {', '.join(DEPTH_MODES)})")
     exports = tuple(req.exports) or EXPORTS
     for name in exports:
         if name not in EXPORTS:
-            raise _bad("exports", f"unknown export {name!r} (one of {', '.join(EXPORTS)})")
+            raise _bad("exports", f"unknown export {_shown(name)} (one of {', '.join(EXPORTS)})")
     if len(set(exports)) != len(exports):
         raise _bad("exports", "exports repeat a name")
     spec = CompressSpec(
         model=model, input_shape=shape, out_dir=_PLACEHOLDER_OUT, ratio=ratio, group_ratios=group_ratios,
         budget=budget, importance=importance, round_to=round_to, min_channels=min_channels,
         target=target, protocol=_protocol(req.target.protocol), exports=exports,
-        cache_dir=cache_dir, data=data, train_data=train_data, recovery=recovery, seed=_JOB_SEED, depth=depth,
+        cache_dir=policy.cache_dir, data=data, train_data=train_data, recovery=recovery, seed=_JOB_SEED,
+        depth=depth,
     )
     with _engine_fields():  # the engine's own checks, so a job never fails for what a request could show
         validate_spec(spec)
+    if not model.arch.startswith("module:"):  # sized on the meta device, before a worker allocates it
+        with _engine_fields():
+            check_model_size(model)
     if spec.target.probe_address is None:  # BackendUnavailable: FAILED_PRECONDITION, with the reason
         from secateurs.engine.latency.runtimes import require
 
@@ -104,22 +124,26 @@ def wire_field(field: str | None) -> str | None:
         return None
     if field.startswith("group_ratios["):
         return "pruning." + field
+    if field.startswith("protocol."):
+        return "target." + field
     return _ENGINE_TO_WIRE.get(field, field)
 
 
 @contextmanager
 def _engine_fields() -> Iterator[None]:
-    """Re-raise the engine's InvalidRequest under the request's field name."""
+    """Re-raise the engine's refusals (a bad value, a limit, what the operator did not allow) under
+    the request's field name, the message starting with it."""
     try:
         yield
-    except InvalidRequest as exc:
+    except (InvalidRequest, PermissionDenied, ResourceExhausted) as exc:
         field = wire_field(exc.field)
         message = str(exc)
         engine_leaf, wire_leaf = (exc.field or "").rpartition(".")[2], (field or "").rpartition(".")[2]
         if engine_leaf != wire_leaf and message.startswith(engine_leaf + " "):
             message = wire_leaf + message[len(engine_leaf):]  # "kd_weight must be..." under distill_kl_weight
         message = message if not field or message.startswith(field) else f"{field}: {message}"
-        raise InvalidRequest(message, field=field) from None
+        exc.args, exc.field = (message,), field
+        raise exc from None
 
 
 def _bad(field: str, message: str) -> InvalidRequest:
@@ -169,17 +193,64 @@ def _recovery(r: pb.Recovery) -> RecoverySpec:
     return spec
 
 
-def _model(model: pb.ModelSource, blobs: BlobStore, *, trust_pickle: bool) -> ModelSpec:
+def _model(model: pb.ModelSource, blobs: BlobStore, policy: RequestPolicy) -> ModelSpec:
     if not model.arch:
         raise _bad("model.arch", "required, e.g. 'zoo:resnet20'")
+    if len(model.arch) > 256 or not model.arch.isprintable():
+        raise _bad("model.arch", "at most 256 printable characters")
     prefix, sep, name = model.arch.partition(":")
     if not sep or not name or prefix not in ARCH_PREFIXES:
-        raise _bad("model.arch", f"{model.arch!r} is not '<{'|'.join(ARCH_PREFIXES)}>:<name>'")
+        raise _bad("model.arch", f"{_shown(model.arch)} is not '<{'|'.join(ARCH_PREFIXES)}>:<name>'")
     if prefix == "zoo" and name not in ZOO:
-        raise _bad("model.arch", f"unknown architecture {model.arch!r}; the zoo has: {', '.join(sorted(ZOO))}")
-    kwargs = _integral(json_format.MessageToDict(model.arch_kwargs)) if model.HasField("arch_kwargs") else {}
+        raise _bad("model.arch", f"unknown architecture {_shown(model.arch)}; the zoo has: {', '.join(sorted(ZOO))}")
+    if prefix == "module":
+        module_name, _, attr = name.partition(":")
+        admitted, _ = module_admitted(module_name, attr, policy.allowed_modules)
+        if not admitted:
+            raise PermissionDenied(
+                f"model.arch: {_shown(model.arch)} names code on the server; this server allows "
+                f"{'only ' + ', '.join(policy.allowed_modules) if policy.allowed_modules else 'no module'} "
+                f"(the operator allows a package with `secateurs serve --allow-module PACKAGE`, or one factory "
+                f"with `--allow-module PACKAGE.MODULE:NAME`)", field="model.arch")
+    kwargs = _kwargs(model.arch_kwargs) if model.HasField("arch_kwargs") else {}
     weights = blobs.require(model.weights_blob_id, field="model.weights_blob_id") if model.weights_blob_id else None
-    return ModelSpec(arch=model.arch, arch_kwargs=kwargs, weights=weights, trust_pickle=trust_pickle)
+    return ModelSpec(arch=model.arch, arch_kwargs=kwargs, weights=weights, trust_pickle=policy.trust_pickle,
+                     allowed_modules=tuple(policy.allowed_modules), max_params=policy.max_model_params)
+
+
+def _kwargs(struct: Any) -> dict[str, Any]:
+    """Constructor arguments as plain JSON values: numbers, strings, booleans and lists of them.
+
+    No objects (a dict could stand for a config a constructor would act on), and nothing named
+    weights*: weights come from the job's blob, and the server never downloads."""
+    kwargs = _integral(json_format.MessageToDict(struct))
+    if len(kwargs) > 32:
+        raise _bad("model.arch_kwargs", "at most 32 arguments")
+    for key, value in kwargs.items():
+        where = f"model.arch_kwargs.{key}" if key.isidentifier() and len(key) <= 64 else "model.arch_kwargs"
+        if where == "model.arch_kwargs":
+            raise _bad(where, f"{_shown(key)} is not an argument name")
+        if key.startswith("weights"):
+            raise _bad(where, "weights come from model.weights_blob_id; the server never downloads any")
+        if not _plain(value):
+            raise _bad(where, "arguments are numbers, strings (at most 256 characters), booleans and lists of "
+                              "them (at most 64 items), not objects")
+    return kwargs
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        return len(value) <= 256
+    if value is None or isinstance(value, (bool, int, float)):
+        return not isinstance(value, float) or math.isfinite(value)
+    if isinstance(value, list):
+        return depth < 2 and len(value) <= 64 and all(_plain(v, depth + 1) for v in value)
+    return False
+
+
+def _shown(text: str) -> str:
+    """A client's string in a message: quoted, and cut short."""
+    return repr(text if len(text) <= 64 else text[:61] + "...")
 
 
 def _integral(value: Any) -> Any:
@@ -241,13 +312,13 @@ def _bounded(field: str, value: int, lo: int, hi: int, *, default: int) -> int:
     return value
 
 
-def _target(t: pb.Target, shape: tuple[int, ...]) -> TargetSpec:
+def _target(t: pb.Target, shape: tuple[int, ...], policy: RequestPolicy) -> TargetSpec:
     runtime = t.runtime or RUNTIMES[0]
     if runtime not in RUNTIMES:
-        raise _bad("target.runtime", f"unknown runtime {runtime!r} (supported: {', '.join(RUNTIMES)})")
+        raise _bad("target.runtime", f"unknown runtime {_shown(runtime)} (supported: {', '.join(RUNTIMES)})")
     precision = t.precision or "fp32"
     if precision not in PRECISIONS:
-        raise _bad("target.precision", f"unknown precision {t.precision!r} (one of {', '.join(PRECISIONS)})")
+        raise _bad("target.precision", f"unknown precision {_shown(t.precision)} (one of {', '.join(PRECISIONS)})")
     batch = _bounded("target.batch", t.batch, 1, 4096, default=0)
     if batch and math.prod((batch, *shape[1:])) > MAX_INPUT_ELEMENTS:
         raise _bad("target.batch", f"batch {batch} makes the input over {MAX_INPUT_ELEMENTS} elements")
@@ -255,18 +326,22 @@ def _target(t: pb.Target, shape: tuple[int, ...]) -> TargetSpec:
         raise _bad("target.percentile", f"must be one of {', '.join(f'{q:g}' for q in PERCENTILES)} "
                                         f"(got {t.percentile:g})")
     threads = _bounded("target.threads", t.threads, 1, 256, default=TargetSpec().threads)
+    address = None
+    if t.probe:
+        address = policy.probes.get(t.probe)
+        if address is None:
+            listed = ", ".join(sorted(policy.probes)) or "none (the operator lists them: --probe NAME=HOST:PORT)"
+            raise PermissionDenied(f"target.probe: this server lists no probe {_shown(t.probe)}; it lists {listed}",
+                                   field="target.probe")
     return TargetSpec(runtime=runtime, threads=threads, percentile=t.percentile or TargetSpec().percentile,
-                      precision=precision, batch=batch, probe_address=t.probe_address or None)
+                      precision=precision, batch=batch, probe_address=address, probe_name=t.probe or None)
 
 
 def _protocol(p: pb.LatencyProtocol) -> ProtocolSpec:
+    """The request's protocol fields over the defaults (0: the default), checked by the engine's bounds."""
     base = ProtocolSpec()
-    values: dict[str, Any] = {}
-    for fd, value in p.ListFields():
-        if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
-            raise _bad(f"target.protocol.{fd.name}", f"must be a positive number (got {value})")
-        values[fd.name] = value
+    values: dict[str, Any] = {fd.name: value for fd, value in p.ListFields()}
     spec = ProtocolSpec(**{**{k: getattr(base, k) for k in base.__dataclass_fields__}, **values})
-    if spec.max_seconds > 600:
-        raise _bad("target.protocol.max_seconds", "at most 600 seconds")
+    with _engine_fields():
+        validate_protocol(spec)
     return spec

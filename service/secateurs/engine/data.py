@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from secateurs.errors import InvalidRequest
+from secateurs.errors import InvalidData, InvalidRequest, ResourceExhausted
 
 SOURCES = ("imagefolder", "digits", "synthetic")
 SPLITS = ("train", "test", "val")
@@ -48,16 +48,54 @@ _PRESETS = {
 Size = int | tuple[int, int]
 
 
-class _DataError(InvalidRequest):
-    """Raised when data cannot be read; field is always "data".
+@dataclass(frozen=True, kw_only=True)
+class ArchiveLimits:
+    """What a dataset archive may hold, checked against its directory before any member is
+    read: a zip bomb (a small file that expands to gigabytes) is refused with the limit named.
 
-    Its constructor takes the message only, so when a DataLoader worker re-raises
-    it in the main process (it rebuilds exceptions from their type and a message),
-    the type and field survive.
+    members: entries in the archive. member_bytes: one member, uncompressed (also the most
+    read of one file from a directory). total_bytes: all members, uncompressed. ratio: the
+    largest compression ratio of a member over 1 MiB (JPEG and PNG images compress little).
+    image_pixels: the largest image decoded (width x height).
     """
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, field="data")
+    members: int = 4_000_000
+    member_bytes: int = 64 << 20
+    total_bytes: int = 256 << 30
+    ratio: float = 100.0
+    image_pixels: int = 1 << 25
+
+
+LIMITS = ArchiveLimits()
+_RATIO_FLOOR = 1 << 20  # small members may compress well (text, tiny PNGs): only large ones count
+
+
+def check_archive(path: Path, limits: ArchiveLimits = LIMITS) -> int:
+    """Check a zip's directory against `limits`; returns its member count. Raises
+    ResourceExhausted(field="data") naming the limit, InvalidData when it is not a zip."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise InvalidData(f"data path is neither a directory nor a readable zip: {path}") from exc
+    if len(infos) > limits.members:
+        raise ResourceExhausted(f"the dataset archive has {len(infos):,} members, over the limit of "
+                                f"{limits.members:,}", field="data")
+    total = 0
+    for info in infos:
+        if info.file_size > limits.member_bytes:
+            raise ResourceExhausted(f"member {info.filename!r} of the dataset archive is {info.file_size:,} bytes "
+                                    f"uncompressed, over the limit of {limits.member_bytes:,} per member",
+                                    field="data")
+        if info.file_size > _RATIO_FLOOR and info.file_size > limits.ratio * max(info.compress_size, 1):
+            raise ResourceExhausted(f"member {info.filename!r} of the dataset archive expands "
+                                    f"{info.file_size / max(info.compress_size, 1):,.0f}x, over the limit of "
+                                    f"{limits.ratio:g}x (a zip bomb?)", field="data")
+        total += info.file_size
+    if total > limits.total_bytes:
+        raise ResourceExhausted(f"the dataset archive holds {total:,} bytes uncompressed, over the limit of "
+                                f"{limits.total_bytes:,}", field="data")
+    return len(infos)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,8 +272,13 @@ class _DirReader:
     def read(self, name: str) -> bytes:
         path = self.root / name
         if not self._inside(path):
-            raise _DataError(f"data file {name!r} points outside the dataset directory")
-        return path.read_bytes()
+            raise InvalidData(f"data file {name!r} points outside the dataset directory")
+        with path.open("rb") as fh:  # never more than the limit: a directory can hold a huge file too
+            data = fh.read(LIMITS.member_bytes + 1)
+        if len(data) > LIMITS.member_bytes:
+            raise ResourceExhausted(f"data file {name!r} is over the limit of {LIMITS.member_bytes:,} bytes",
+                                    field="data")
+        return data
 
     def close(self) -> None:
         pass
@@ -256,10 +299,17 @@ class _ZipReader:
         return self._zip
 
     def names(self, split: str) -> list[str]:
+        check_archive(self.path)
         return self._handle().namelist()
 
     def read(self, name: str) -> bytes:
-        return self._handle().read(name)
+        # The directory was checked against LIMITS; reading stops at the declared size anyway.
+        with self._handle().open(name) as member:
+            data = member.read(LIMITS.member_bytes + 1)
+        if len(data) > LIMITS.member_bytes:
+            raise ResourceExhausted(f"member {name!r} is over the limit of {LIMITS.member_bytes:,} bytes",
+                                    field="data")
+        return data
 
     def close(self) -> None:
         if self._zip is not None and self._pid == os.getpid():
@@ -295,9 +345,12 @@ class ImageFolderDataset(Dataset):
         name, label = self.samples[index]
         try:
             with Image.open(io.BytesIO(self.reader.read(name))) as img:
+                if img.width * img.height > LIMITS.image_pixels:  # known from the header, before decoding
+                    raise ResourceExhausted(f"image {name!r} in {self.where} is {img.width}x{img.height}, over the "
+                                            f"limit of {LIMITS.image_pixels:,} pixels", field="data")
                 array = np.array(img.convert(self.mode), dtype=np.uint8)
         except (OSError, ValueError, EOFError, SyntaxError, zipfile.BadZipFile, Image.DecompressionBombError) as exc:
-            raise _DataError(f"cannot read image {name!r} in {self.where} ({type(exc).__name__})") from exc
+            raise InvalidData(f"cannot read image {name!r} in {self.where} ({type(exc).__name__})") from exc
         x = torch.from_numpy(array).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
         x = x.float().div_(255)
         return (self.transform(x) if self.transform else x), label
@@ -369,7 +422,7 @@ def _load_digits(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tenso
     from sklearn.model_selection import train_test_split
 
     if spec.split not in ("train", "test"):
-        raise InvalidRequest(f"split {spec.split!r} not found in digits; found: test, train", field="data")
+        raise InvalidData(f"split {spec.split!r} not found in digits; found: test, train")
     digits = load_digits()
     train_idx, test_idx = train_test_split(np.arange(len(digits.target)), test_size=_DIGITS_TEST_FRACTION,
                                            stratify=digits.target, random_state=_DIGITS_SPLIT_SEED)
@@ -385,7 +438,7 @@ def _load_digits(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tenso
 def _load_imagefolder(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> ImageFolderDataset:
     path = Path(spec.path or "")
     if not path.exists():
-        raise InvalidRequest(f"data path does not exist: {path}", field="data")
+        raise InvalidData(f"data path does not exist: {path}")
     reader: _DirReader | _ZipReader
     if path.is_dir():
         reader = _DirReader(path)
@@ -395,8 +448,7 @@ def _load_imagefolder(spec: DataSpec, transform: Callable[[torch.Tensor], torch.
         try:
             names = reader.names(spec.split)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise InvalidRequest(f"data path is neither a directory nor a readable zip: {path}",
-                                 field="data") from exc
+            raise InvalidData(f"data path is neither a directory nor a readable zip: {path}") from exc
     where = str(path)
     prefix = _split_prefix(names, spec.split, where)
     classes: set[str] = set()
@@ -411,12 +463,12 @@ def _load_imagefolder(spec: DataSpec, transform: Callable[[torch.Tensor], torch.
         if not name.endswith("/") and not parts[-1].startswith(".") and parts[-1].lower().endswith(IMG_EXTENSIONS):
             files.append((name, parts[0]))
     if not classes:
-        raise InvalidRequest(f"split {spec.split!r} in {where} has no class folders", field="data")
+        raise InvalidData(f"split {spec.split!r} in {where} has no class folders")
     ordered = sorted(classes)
     empty = sorted(classes - {c for _, c in files})
     if empty:
-        raise InvalidRequest(f"split {spec.split!r} in {where} has class folders without images: "
-                             f"{', '.join(empty)}", field="data")
+        raise InvalidData(f"split {spec.split!r} in {where} has class folders without images: "
+                             f"{', '.join(empty)}")
     index = {c: i for i, c in enumerate(ordered)}
     samples = sorted((name, index[c]) for name, c in files)
     keep = _subset([label for _, label in samples], spec.limit, spec.limit_per_class, spec.seed)
@@ -440,8 +492,7 @@ def _split_prefix(names: Sequence[str], split: str, where: str) -> str:
             return f"{root}{split}/"
         if inner:
             found = {f"{root}{d}" for d in inner}
-    raise InvalidRequest(f"split {split!r} not found in {where}; found: {', '.join(sorted(found)) or 'nothing'}",
-                         field="data")
+    raise InvalidData(f"split {split!r} not found in {where}; found: {', '.join(sorted(found)) or 'nothing'}")
 
 
 def _subset(labels: Sequence[int], limit: int | None, per_class: int | None, seed: int) -> list[int]:
@@ -473,9 +524,9 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: 
     InvalidRequest(field="data") for batch_size < 1 or workers < 0.
     """
     if batch_size < 1:
-        raise InvalidRequest(f"batch_size must be >= 1, got {batch_size}", field="data")
+        raise InvalidData(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:
-        raise InvalidRequest(f"workers must be >= 0, got {workers}", field="data")
+        raise InvalidData(f"workers must be >= 0, got {workers}")
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
                       drop_last=drop_last, persistent_workers=workers > 0,

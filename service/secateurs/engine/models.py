@@ -13,14 +13,15 @@ import importlib
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from secateurs.engine.spec import ModelSpec
 from secateurs.engine.zoo import ZOO
-from secateurs.errors import InvalidModel, InvalidRequest, UnsafeModel
+from secateurs.errors import (InvalidModel, InvalidRequest, PermissionDenied, ResourceExhausted, UnsafeModel,
+                              as_secateurs_error)
 
 _SHOWN = 5  # how many offending tensor names an error message lists
 
@@ -54,7 +55,7 @@ def parse_kwargs(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
-            raise InvalidRequest(f"model argument {item!r} must look like name=value", field="model.kwargs")
+            raise InvalidRequest(f"model argument {item!r} must look like name=value", field="model.arch_kwargs")
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -62,8 +63,16 @@ def parse_kwargs(items: list[str]) -> dict[str, Any]:
     return kwargs
 
 
-def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
-    """Instantiate `zoo:<name>`, `torchvision:<name>` or `module:<pkg.mod>:<callable>`."""
+def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *,
+                       allowed_modules: Sequence[str] | None = None) -> nn.Module:
+    """Instantiate `zoo:<name>`, `torchvision:<name>` or `module:<pkg.mod>:<callable>`.
+
+    allowed_modules: None lets `module:` name any importable code (the local command line:
+    the user's own code on the user's own machine); a sequence is the server operator's
+    allow-list (`--allow-module`): `pkg.mod` admits nn.Module subclasses from that package
+    and its submodules, `pkg.mod:callable` admits that one factory too. What is not
+    admitted is refused with PermissionDenied before anything is imported or called.
+    """
     kwargs = dict(kwargs or {})
     kind, _, name = arch.partition(":")
     try:
@@ -82,25 +91,74 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn
                 )
             return torchvision.models.get_model(name, weights=None, **kwargs)
         if kind == "module":
-            module_name, _, attr = name.partition(":")
-            if not module_name or not attr:
-                raise InvalidRequest(
-                    f"architecture {arch!r} must look like module:<package.module>:<callable>", field="model.arch"
-                )
-            try:
-                factory = getattr(importlib.import_module(module_name), attr)
-            except (ImportError, AttributeError) as exc:
-                raise InvalidRequest(f"unknown architecture {arch!r}: {exc}", field="model.arch") from None
-            model = factory(**kwargs)
-            if not isinstance(model, nn.Module):
-                raise InvalidRequest(f"{arch!r} returned {type(model).__name__}, not an nn.Module", field="model.arch")
-            return model
-    except TypeError as exc:  # bad keyword argument for the constructor
-        raise InvalidRequest(f"cannot build {arch!r} with {kwargs}: {exc}", field="model.kwargs") from None
+            return _build_module(arch, name, kwargs, allowed_modules)
+    except (TypeError, ValueError, RuntimeError) as exc:  # a constructor refusing its keyword arguments
+        if isinstance(exc, RuntimeError) and as_secateurs_error(exc) is not exc:
+            raise  # out of memory: not the request's arguments
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise InvalidRequest(f"cannot build {arch!r} with {kwargs}: {first}", field="model.arch_kwargs") from None
     raise InvalidRequest(
         f"unknown architecture {arch!r}: expected zoo:<name>, torchvision:<name> or module:<pkg.mod>:<callable>",
         field="model.arch",
     )
+
+
+def module_admitted(module_name: str, attr: str, allowed: Sequence[str]) -> tuple[bool, bool]:
+    """(whether the allow-list admits importing `module_name`, whether it names `module_name:attr`)."""
+    named = f"{module_name}:{attr}" in allowed
+    package = any(":" not in entry and (module_name == entry or module_name.startswith(entry + "."))
+                  for entry in allowed)
+    return package or named, named
+
+
+def _build_module(arch: str, name: str, kwargs: dict[str, Any], allowed: Sequence[str] | None) -> nn.Module:
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr or not attr.isidentifier():
+        raise InvalidRequest(f"architecture {arch!r} must look like module:<package.module>:<callable>",
+                             field="model.arch")
+    named = True
+    if allowed is not None:
+        admitted, named = module_admitted(module_name, attr, allowed)
+        if not admitted:
+            listed = ", ".join(allowed) if allowed else "none"
+            raise PermissionDenied(
+                f"{arch!r} names code on the server, and this server allows no such module (allowed: {listed}); "
+                f"the operator can allow a package with `secateurs serve --allow-module {module_name}`, or one "
+                f"factory with `--allow-module {module_name}:{attr}`", field="model.arch")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidRequest(f"unknown architecture {arch!r}: {exc}", field="model.arch") from None
+    is_module_class = isinstance(factory, type) and issubclass(factory, nn.Module)
+    if not is_module_class and not named:  # checked before anything is called
+        raise PermissionDenied(
+            f"{arch!r} is a {type(factory).__name__}, not an nn.Module subclass; a factory function runs only "
+            f"when the operator names it: `--allow-module {module_name}:{attr}`", field="model.arch")
+    if not callable(factory):
+        raise InvalidRequest(f"{arch!r} is not callable", field="model.arch")
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise InvalidRequest(f"{arch!r} returned {type(model).__name__}, not an nn.Module", field="model.arch")
+    return model
+
+
+def parameter_count(arch: str, kwargs: Mapping[str, Any] | None = None, *,
+                    allowed_modules: Sequence[str] | None = None) -> int:
+    """Parameters the architecture would have, built on the meta device: no memory is allocated,
+    so a request for an enormous model is refused before it costs anything."""
+    with torch.device("meta"):
+        model = build_architecture(arch, kwargs, allowed_modules=allowed_modules)
+    return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+
+
+def check_model_size(spec: ModelSpec) -> int:
+    """The architecture's parameter count; ResourceExhausted when it is over spec.max_params."""
+    count = parameter_count(spec.arch, spec.arch_kwargs, allowed_modules=spec.allowed_modules)
+    if spec.max_params is not None and count > spec.max_params:
+        raise ResourceExhausted(
+            f"{spec.arch} with {dict(spec.arch_kwargs)} has {count:,} parameters and buffers, over this server's "
+            f"limit of {spec.max_params:,} (--max-model-params)", field="model.arch_kwargs")
+    return count
 
 
 def read_weights(path: Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor] | nn.Module:
@@ -191,12 +249,16 @@ def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
 
 
 def load_model(spec: ModelSpec) -> nn.Module:
-    """Build the architecture and load its weights; returns the model in eval mode."""
+    """Build the architecture and load its weights; returns the model in eval mode.
+
+    The architecture is sized on the meta device first (spec.max_params), so nothing is
+    allocated for a model over the limit."""
     loaded = read_weights(spec.weights, trust_pickle=spec.trust_pickle) if spec.weights else None
     if isinstance(loaded, nn.Module):
         model = loaded
     else:
-        model = build_architecture(spec.arch, spec.arch_kwargs)
+        check_model_size(spec)
+        model = build_architecture(spec.arch, spec.arch_kwargs, allowed_modules=spec.allowed_modules)
         if loaded is not None:
             apply_state_dict(model, loaded)
     return model.eval()

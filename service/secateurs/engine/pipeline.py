@@ -29,7 +29,7 @@ from secateurs.engine.prune import PruneSpec, prune, validate_prune_spec, write_
 from secateurs.engine.search import SearchSpec, search
 from secateurs.engine.sensitivity import Calibration, measure_quality, recalibrate_batchnorm, reference_outputs
 from secateurs.engine.size import count_macs, count_params, file_bytes
-from secateurs.engine.spec import DEPTH_MODES, EXPORTS, RUNTIMES, CompressSpec
+from secateurs.engine.spec import DEPTH_MODES, EXPORTS, RUNTIMES, CompressSpec, validate_protocol
 from secateurs.errors import InvalidRequest, ParityError
 
 STAGES = ("load", "profile", "search", "prune", "recover", "export", "benchmark", "report")
@@ -89,12 +89,7 @@ def validate_spec(spec: CompressSpec) -> None:
     if not 0 < spec.parity_tolerance < 1:
         raise InvalidRequest(f"parity tolerance must be in (0, 1), got {spec.parity_tolerance}",
                              field="parity_tolerance")
-    p = spec.protocol
-    if p.min_samples < 1 or p.window < 1 or p.max_seconds <= 0 or p.tolerance <= 0:
-        raise InvalidRequest("latency protocol values must be positive", field="protocol")
-    if p.interleave not in ("window", "run"):
-        raise InvalidRequest(f"protocol.interleave must be 'window' or 'run', got {p.interleave!r}",
-                             field="protocol.interleave")
+    validate_protocol(spec.protocol)
 
 
 def _validate_target(spec: CompressSpec) -> None:
@@ -111,7 +106,7 @@ def _validate_target(spec: CompressSpec) -> None:
         host, sep, port = t.probe_address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise InvalidRequest(f"probe address must be host:port, got {t.probe_address!r}",
-                                 field="target.probe_address")
+                                 field="target.probe")
         if t.runtime.startswith("torch-"):
             raise InvalidRequest(f"{t.runtime} measures in the service's process; a probe measures ONNX models "
                                  f"(onnxruntime-cpu, onnxruntime-cuda, tensorrt)", field="target.runtime")
@@ -288,7 +283,7 @@ def compress(
             "budget_shortfall": budget_shortfall(final, spec.budget) if spec.budget is not None else None,
             "target": {"runtime": spec.target.runtime, "threads": spec.target.threads, "percentile": q,
                        "batch": shape[0], "precision": spec.target.precision,
-                       "probe_address": spec.target.probe_address,
+                       "probe": spec.target.probe_name, "probe_address": spec.target.probe_address,
                        # every latency figure of the job (baseline, search, verification, benchmark)
                        "measured_on": {**latency.where, "device_id": fingerprint["id"]}},
             "device": fingerprint,
@@ -434,7 +429,9 @@ def build_calibration(spec: CompressSpec, shape: tuple[int, ...]) -> Calibration
 
 
 def _where(where: dict[str, Any]) -> str:
-    return f"the probe at {where['address']}" if where.get("kind") == "probe" else "this host"
+    if where.get("kind") != "probe":
+        return "this host"
+    return f"the probe {where['name']} ({where['address']})" if where.get("name") else f"the probe at {where['address']}"
 
 
 def _search_section(result: Any, spec: CompressSpec) -> dict[str, Any]:

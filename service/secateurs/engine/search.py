@@ -125,7 +125,8 @@ class _Target:
     def __init__(self, spec: SearchSpec, input_shape: tuple[int, ...], cache: MeasurementCache,
                  runtime: LatencyTarget) -> None:
         self.spec, self.shape, self.cache, self.runtime = spec, input_shape, cache, runtime
-        self.fingerprint = runtime.fingerprint  # a probe's when measuring remotely: the cache keys on it
+        self.fingerprint = runtime.fingerprint  # a probe's when measuring remotely, as it reports it
+        self.cache_id = runtime.cache_id  # a probe's configured identity: what the cache keys on
         self.model_id = ""  # set once the weights are hashed; keys end-to-end measurements
         self.baseline_source: tuple[Path, nn.Module] = (Path(), nn.Identity())  # set with the baseline session
         # torch.compile per layer would take longer than the search: layers alone run eager
@@ -136,7 +137,7 @@ class _Target:
     def key(self, *parts: Any) -> str:
         """Cache key of an end-to-end measurement: device, runtime settings, protocol, model, plan."""
         t, p = self.spec.target, self.spec.protocol
-        return cache_key("e2e", self.fingerprint["id"], t.runtime, t.threads, t.precision, vars(p),
+        return cache_key("e2e", self.cache_id, t.runtime, t.threads, t.precision, vars(p),
                          self.spec.budget.percentile, self.model_id, *parts)
 
     def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None, module: nn.Module | None = None) -> Any:
@@ -147,7 +148,7 @@ class _Target:
 
     def layer_ms(self, layer: LayerShape) -> float:
         t, runtime = self.spec.target, self.layer_runtime
-        key = cache_key("layer", runtime.fingerprint["id"], runtime.settings.runtime, t.threads, t.precision,
+        key = cache_key("layer", runtime.cache_id, runtime.settings.runtime, t.threads, t.precision,
                         layer.key())
         cached = self.cache.get(key)
         if cached is not None:

@@ -7,11 +7,13 @@ checks included), so every caller gets the same messages.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from secateurs.engine.budget import Budget
+from secateurs.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from secateurs.engine.data import DataSpec
@@ -38,17 +40,25 @@ class ModelSpec:
     weights: a .safetensors file or a torch state dict (read with weights_only=True);
         None keeps the constructor's initialisation.
     trust_pickle: allow a whole pickled nn.Module (only for trusted servers).
+    allowed_modules: what `module:` may name (engine/models.py build_architecture); None:
+        anything importable (the local command line), a tuple: a server's allow-list.
+    max_params: refuse an architecture with more parameters and buffers than this, counted
+        on the meta device before anything is allocated (None: no limit).
     """
 
     arch: str
     arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
     weights: Path | None = None
     trust_pickle: bool = False
+    allowed_modules: tuple[str, ...] | None = None
+    max_params: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProtocolSpec:
-    """Latency measurement protocol (see engine/latency/protocol.py)."""
+    """Latency measurement protocol (see engine/latency/protocol.py). PROTOCOL_MAXIMA bounds
+    each number a request can set, so no request holds a measurement (or a probe's one
+    measurement lock) for long."""
 
     warmup_runs: int = 20
     warmup_seconds: float = 0.5
@@ -59,13 +69,39 @@ class ProtocolSpec:
     interleave: str = "window"  # "window": A's window, B's window, ...; "run": A B A B run by run
 
 
+# The largest value of each protocol field a job may ask for (validated with the rest of the spec).
+PROTOCOL_MAXIMA: dict[str, float] = {"warmup_runs": 10_000, "warmup_seconds": 60.0, "window": 10_000,
+                                     "min_samples": 100_000, "max_seconds": 600.0, "tolerance": 1.0}
+
+
+def validate_protocol(p: ProtocolSpec) -> None:
+    """Every field finite, positive where it must be, and at most its PROTOCOL_MAXIMA value;
+    raises InvalidRequest(field="protocol.<name>") naming the first bad one."""
+    for name, most in PROTOCOL_MAXIMA.items():
+        value = getattr(p, name)
+        least = 0 if name in ("warmup_runs", "warmup_seconds") else 1 if name in ("window", "min_samples") else None
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                (value < least if least is not None else value <= 0):
+            raise InvalidRequest(f"protocol.{name} must be a {'non-negative' if least == 0 else 'positive'} number, "
+                                 f"got {value!r}", field=f"protocol.{name}")
+        if value > most:
+            raise InvalidRequest(f"protocol.{name} must be at most {most:g}, got {value:g}", field=f"protocol.{name}")
+    if p.interleave not in ("window", "run"):
+        raise InvalidRequest(f"protocol.interleave must be 'window' or 'run', got {p.interleave!r}",
+                             field="protocol.interleave")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TargetSpec:
     """Where latency is measured.
 
     batch: the batch measured, and exported (0: the batch of the input shape).
     probe_address: host:port of a `secateurs probe` on the device; every latency figure
-        of the job is measured there (None: in this process).
+        of the job is measured there (None: in this process). Over the API it comes from the
+        server's own list of probes, never from the request.
+    probe_name: the name that list gives the probe (None from the command line); the
+        measurement cache keys on the configured name and address, not on what a probe
+        says about itself.
     """
 
     runtime: str = "onnxruntime-cpu"
@@ -74,6 +110,7 @@ class TargetSpec:
     precision: str = "fp32"
     batch: int = 0
     probe_address: str | None = None
+    probe_name: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from secateurs.errors import InvalidRequest
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -41,7 +43,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+            raise InvalidRequest(f"CIFAR ResNet depth must be 6n+2, got {depth}", field="model.arch_kwargs")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)

@@ -6,8 +6,6 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from secateurs.errors import SecateursError
-
 
 class JobState(str, enum.Enum):
     """Life of a job: QUEUED -> RUNNING -> one of the terminal states."""
@@ -21,10 +19,6 @@ class JobState(str, enum.Enum):
     @property
     def terminal(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-class RequestConflict(SecateursError):
-    """Raised when a request_id is reused with a different request."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +59,8 @@ class JobRecord:
     last_sequence: int = 0
     attempts: int = 0  # times a worker started it; more than 1 after a server restart resumed it
     artifacts: tuple[ArtifactRecord, ...] = ()
+    client: str = ""  # who created it (api/servicer.py client_identity), for per-client limits
+    artifacts_expired: float | None = None  # when its artifacts were removed after the retention time
 
 
 @dataclass(frozen=True, kw_only=True)

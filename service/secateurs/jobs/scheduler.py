@@ -12,11 +12,13 @@ import logging
 import multiprocessing as mp
 import shutil
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from secateurs.errors import as_secateurs_error, code_for, reason_for
 from secateurs.jobs.blobs import BlobStore
 from secateurs.jobs.records import ArtifactRecord, JobError, JobRecord, JobState
 from secateurs.jobs.store import JobStore
@@ -41,14 +43,18 @@ class Scheduler:
         self, store: JobStore, blobs: BlobStore, *, work_dir: Path, workers: int = 1,
         runner: str = DEFAULT_RUNNER, cancel_grace: float = 2.0, max_attempts: int = 3,
         metrics: ServiceMetrics | None = None, worker_env: dict[str, str] | None = None,
+        memory_bytes: int | None = None, heartbeat_timeout: float = 60.0,
     ) -> None:
         """metrics: where job starts, events and ends are counted (the workers cannot: they are
-        other processes). worker_env: environment variables set in each worker (probe credentials)."""
+        other processes). worker_env: environment variables set in each worker (probe credentials).
+        memory_bytes: each worker's address-space limit (None: none). heartbeat_timeout: a worker
+        silent this long is killed and its job fails `worker_unresponsive`."""
         self._store, self._blobs = store, blobs
         self._work_dir, self._workers, self._runner = work_dir, workers, runner
         self._cancel_grace, self.max_attempts = cancel_grace, max_attempts
         self.metrics = metrics
         self.worker_env = dict(worker_env or {})
+        self.memory_bytes, self.heartbeat_timeout = memory_bytes, heartbeat_timeout
         self._running: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -138,6 +144,8 @@ class _Run:
         self._store, self._blobs = scheduler._store, scheduler._blobs
         self._runner, self._cancel_grace = scheduler._runner, scheduler._cancel_grace
         self._env = scheduler.worker_env
+        self._memory_bytes, self._heartbeat_timeout = scheduler.memory_bytes, scheduler.heartbeat_timeout
+        self._unresponsive = False
         self.job = job
         self.out_dir = scheduler._work_dir / job.id
         self._cancel_event = _CTX.Event()
@@ -161,8 +169,11 @@ class _Run:
             self._run()
         except Exception as exc:  # noqa: BLE001 - a supervisor bug must still end the job
             log.exception("supervising job %s failed", self.job.id)
+            shutil.rmtree(self.out_dir, ignore_errors=True)  # first: a full disk needs the room to record the end
+            seen = as_secateurs_error(exc)
             self._store.finish_job(self.job.id, JobState.FAILED, error=JobError(
-                reason="internal", message=f"server error while running the job: {type(exc).__name__}"))
+                reason=reason_for(seen), code=code_for(seen),
+                message=f"server error while running the job: {type(seen).__name__}: {seen}"[:500]))
             self._count_end(self.job.id)
         finally:
             if self._ended():  # else kept for the attempt that resumes
@@ -182,7 +193,7 @@ class _Run:
         self._proc = _CTX.Process(
             target=worker_main, name=f"secateurs-worker-{self.job.id}",
             args=(self._runner, self.job.id, self.job.spec_json, str(self.out_dir), send, self._cancel_event,
-                  self._env),
+                  self._env, self._memory_bytes),
         )
         self._proc.start()
         self._started = time.monotonic()
@@ -196,17 +207,30 @@ class _Run:
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
         last_message = ""
+        heard = time.monotonic()
         while True:
             self._enforce_cancel()
+            if time.monotonic() - heard > self._heartbeat_timeout and self._proc.is_alive():
+                log.warning("job %s: worker pid %s silent for %.0f s; killing it", self.job.id, self._proc.pid,
+                            self._heartbeat_timeout)
+                self._unresponsive = True
+                self._proc.kill()
             try:
                 if not recv.poll(0.25):
                     continue
                 kind, payload = recv.recv()
             except (EOFError, OSError):
                 break
+            heard = time.monotonic()
+            if kind == "heartbeat":
+                continue
             if kind == "event":
                 last_message = payload.get("message") or last_message
-                store.append_event(self.job.id, **payload)
+                try:
+                    store.append_event(self.job.id, **payload)
+                except sqlite3.OperationalError as exc:  # a full disk: lose the event, not the job's end
+                    log.warning("job %s: event not recorded: %s", self.job.id, exc)
+                    continue
                 if self._metrics is not None:
                     self._metrics.job_event(payload)
             elif kind == "result":
@@ -236,27 +260,36 @@ class _Run:
 
     def _end(self, result: dict | None, error: dict | None, exitcode: int | None, last: str) -> None:
         store, job_id = self._store, self.job.id
-        if self._interrupted:
+        if self._interrupted:  # its work directory stays: the next attempt resumes from it
             store.requeue(job_id, "the server shut down while the job was running", max_attempts=self._max_attempts)
-        elif result is not None:
+            return
+        if result is not None:
             artifacts = []
             for name, path in result["artifacts"].items():
                 stored = self._blobs.ingest(Path(path))
                 artifacts.append(ArtifactRecord(name=name, filename=Path(path).name,
                                                 sha256=stored.sha256, size_bytes=stored.size_bytes))
             store.finish_job(job_id, JobState.SUCCEEDED, report_json=result["report"], artifacts=artifacts)
-        elif self._cancel_at is not None or (error and error["code"] == "CANCELLED"):
-            store.finish_job(job_id, JobState.CANCELLED, error=JobError(
-                reason="cancelled", message="cancelled on request", code="CANCELLED"))
-        elif error is not None:
+            return
+        shutil.rmtree(self.out_dir, ignore_errors=True)  # first: on a full disk, recording the end needs the room
+        state, why = self._failure(error, exitcode, last)
+        store.finish_job(job_id, state, error=why)
+
+    def _failure(self, error: dict | None, exitcode: int | None, last: str) -> tuple[JobState, JobError]:
+        """The end of a job that produced no result, and why."""
+        after = f"; last event: {last}" if last else ""
+        if self._unresponsive:
+            return JobState.FAILED, JobError(reason="worker_unresponsive", message=(
+                f"the worker sent nothing for {self._heartbeat_timeout:.0f} s (stopped, or hung outside Python) "
+                f"and was killed{after}"))
+        if self._cancel_at is not None or (error and error["code"] == "CANCELLED"):
+            return JobState.CANCELLED, JobError(reason="cancelled", message="cancelled on request", code="CANCELLED")
+        if error is not None:
             if error["code"] == "INTERNAL":
-                log.error("job %s failed:\n%s", job_id, error["traceback"])
-            store.finish_job(job_id, JobState.FAILED, error=JobError(
-                reason=error["reason"], message=f"{error['type']}: {error['message']}",
-                field=error["field"], code=error["code"]))
-        else:
-            store.finish_job(job_id, JobState.FAILED, error=JobError(
-                reason="worker_crashed", message=_death(exitcode) + (f"; last event: {last}" if last else "")))
+                log.error("job %s failed:\n%s", self.job.id, error["traceback"])
+            return JobState.FAILED, JobError(reason=error["reason"], message=f"{error['type']}: {error['message']}",
+                                             field=error["field"], code=error["code"])
+        return JobState.FAILED, JobError(reason="worker_crashed", message=_death(exitcode) + after)
 
 
 def _death(exitcode: int | None) -> str:

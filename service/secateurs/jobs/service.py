@@ -23,6 +23,8 @@ from secateurs.jobs.store import JobStore
 class Limits:
     max_upload_bytes: int = 4 << 30
     max_queued_jobs: int = 100
+    max_queued_per_client: int | None = 20
+    retention_seconds: float = 7 * 86400.0
 
 
 class JobService:
@@ -53,16 +55,20 @@ class JobService:
 
     def create_job(
         self, spec: CompressSpec, *, request: bytes, fingerprint_source: bytes,
-        request_id: str | None, labels: Mapping[str, str],
+        request_id: str | None, labels: Mapping[str, str], client: str = "",
     ) -> tuple[JobRecord, bool]:
-        """Queue a job (or return the one this request_id already made)."""
+        """Queue a job (or return the one this request_id already made). `client` names who asks,
+        for the per-client limit on queued jobs."""
         self._accepting()
         job_id = uuid.uuid4().hex
+        uses = [self.blobs.sha_of(p) for p in (spec.model.weights, spec.data and spec.data.path,
+                                              spec.train_data and spec.train_data.path)]
         job, created = self.store.create_job(
             job_id=job_id, request_id=request_id,
             fingerprint=hashlib.sha256(fingerprint_source).hexdigest(), request=request,
             spec_json=spec_to_json(dataclasses.replace(spec, job_id=job_id)), labels=labels,
-            max_queued=self.limits.max_queued_jobs,
+            max_queued=self.limits.max_queued_jobs, client=client,
+            max_queued_per_client=self.limits.max_queued_per_client, blobs=[u for u in uses if u],
         )
         if created:
             self.scheduler.wake()
@@ -106,6 +112,9 @@ class JobService:
 
     def artifact(self, job_id: str, name: str) -> tuple[ArtifactRecord, Path]:
         job = self.store.get_job(job_id)
+        if job.artifacts_expired is not None:
+            raise BlobNotFound(f"job {job_id}'s artifacts were removed when its retention time passed "
+                               f"(--retention); its report stays in GetJob")
         for art in job.artifacts:
             if name in (art.name, art.filename):
                 return art, self.blobs.open(art.sha256)

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from secateurs.errors import JobNotFound, ResourceExhausted
+from secateurs.errors import InvalidRequest, JobNotFound, RequestConflict, ResourceExhausted
 from secateurs.jobs.records import (
-    ArtifactRecord, BlobRecord, EventRecord, JobError, JobRecord, JobState, RequestConflict,
+    ArtifactRecord, BlobRecord, EventRecord, JobError, JobRecord, JobState,
 )
 
 _SCHEMA = """
@@ -36,9 +36,16 @@ CREATE TABLE IF NOT EXISTS jobs (
   report_json TEXT,
   cancel_requested INTEGER NOT NULL DEFAULT 0,
   last_sequence INTEGER NOT NULL DEFAULT 0,
-  attempts INTEGER NOT NULL DEFAULT 0
+  attempts INTEGER NOT NULL DEFAULT 0,
+  client TEXT NOT NULL DEFAULT '',
+  artifacts_expired REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, rowid);
+CREATE TABLE IF NOT EXISTS job_blobs (
+  job_id TEXT NOT NULL, sha256 TEXT NOT NULL,
+  PRIMARY KEY (job_id, sha256)
+);
+CREATE INDEX IF NOT EXISTS job_blobs_sha ON job_blobs(sha256);
 CREATE TABLE IF NOT EXISTS job_labels (
   job_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
   PRIMARY KEY (job_id, key)
@@ -73,8 +80,12 @@ class JobStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
-        if "attempts" not in columns:  # a data directory from before jobs could resume
-            self._db.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+        # data directories from before jobs could resume, had clients, or expired their artifacts
+        for column, ddl in (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("client", "TEXT NOT NULL DEFAULT ''"),
+                            ("artifacts_expired", "REAL")):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {ddl}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_client ON jobs(client, state)")
         self._lock = threading.RLock()
         self.changed = threading.Condition(threading.Lock())
 
@@ -105,10 +116,12 @@ class JobStore:
 
     def create_job(
         self, *, job_id: str, request_id: str | None, fingerprint: str, request: bytes,
-        spec_json: str, labels: Mapping[str, str], max_queued: int,
+        spec_json: str, labels: Mapping[str, str], max_queued: int, client: str = "",
+        max_queued_per_client: int | None = None, blobs: Iterable[str] = (),
     ) -> tuple[JobRecord, bool]:
         """Insert a QUEUED job; return (job, created). An existing request_id with the same
-        fingerprint returns that job; with another fingerprint raises RequestConflict."""
+        fingerprint returns that job; with another fingerprint raises RequestConflict.
+        `blobs`: the uploads the job reads, kept from garbage collection while it is live."""
 
         def tx(db: sqlite3.Connection) -> tuple[str, bool]:
             if request_id:
@@ -120,14 +133,24 @@ class JobStore:
             queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state='QUEUED'").fetchone()[0]
             if queued >= max_queued:
                 raise ResourceExhausted(f"job queue is full ({queued} queued jobs)")
+            if max_queued_per_client is not None:
+                mine = db.execute("SELECT COUNT(*) FROM jobs WHERE state='QUEUED' AND client=?",
+                                  (client,)).fetchone()[0]
+                if mine >= max_queued_per_client:
+                    raise ResourceExhausted(f"this client already has {mine} queued jobs, the most one client may "
+                                            f"have queued (--max-queued-per-client {max_queued_per_client})")
+            for sha in set(blobs):  # collected since CreateJob checked it: say so rather than fail later
+                if db.execute("SELECT 1 FROM blobs WHERE sha256=?", (sha,)).fetchone() is None:
+                    raise InvalidRequest(f"blob {sha} is no longer held (its retention time passed); upload it again")
             now = time.time()
             db.execute(
-                "INSERT INTO jobs (id, request_id, fingerprint, request, spec_json, labels, state, created)"
-                " VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO jobs (id, request_id, fingerprint, request, spec_json, labels, state, created, client)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 (job_id, request_id or None, fingerprint, request, spec_json,
-                 json.dumps(dict(labels), sort_keys=True), JobState.QUEUED.value, now),
+                 json.dumps(dict(labels), sort_keys=True), JobState.QUEUED.value, now, client),
             )
             db.executemany("INSERT INTO job_labels VALUES (?,?,?)", [(job_id, k, v) for k, v in labels.items()])
+            db.executemany("INSERT OR IGNORE INTO job_blobs VALUES (?,?)", [(job_id, b) for b in set(blobs)])
             self._event(db, job_id, stage="job", kind="state", message="queued", state=JobState.QUEUED)
             return job_id, True
 
@@ -311,8 +334,11 @@ class JobStore:
         """Record a stored blob; return True when it was already known."""
 
         def tx(db: sqlite3.Connection) -> bool:
-            cur = db.execute("INSERT OR IGNORE INTO blobs VALUES (?,?,?)", (sha256, size_bytes, time.time()))
-            return cur.rowcount == 0
+            existed = db.execute("SELECT 1 FROM blobs WHERE sha256=?", (sha256,)).fetchone() is not None
+            # sent (or produced) again: its retention time starts again
+            db.execute("INSERT INTO blobs VALUES (?,?,?) ON CONFLICT(sha256) DO UPDATE SET created=excluded.created",
+                       (sha256, size_bytes, time.time()))
+            return existed
 
         return self._write(tx)
 
@@ -320,6 +346,36 @@ class JobStore:
         rows = self._read("SELECT * FROM blobs WHERE sha256=?", (sha256,))
         return BlobRecord(sha256=rows[0]["sha256"], size_bytes=rows[0]["size_bytes"],
                           created=rows[0]["created"]) if rows else None
+
+    def blob_bytes(self) -> int:
+        """Bytes of every blob held (uploads and artifacts)."""
+        return int(self._read("SELECT COALESCE(SUM(size_bytes), 0) FROM blobs")[0][0])
+
+    def expire(self, *, now: float, retention: float) -> tuple[list[str], list[str]]:
+        """Garbage collection, in one transaction. Jobs that ended more than `retention` ago lose
+        their artifacts (the job and its report stay); then every blob is forgotten that is older
+        than `retention`, read by no QUEUED or RUNNING job, and an artifact of no job.
+        Returns (jobs whose artifacts expired, sha256 of the blobs forgotten: their files go next)."""
+
+        def tx(db: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            cutoff = now - retention
+            old = [r["id"] for r in db.execute(
+                "SELECT id FROM jobs WHERE ended IS NOT NULL AND ended < ? AND artifacts_expired IS NULL "
+                "AND EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = jobs.id)", (cutoff,))]
+            for job_id in old:
+                db.execute("DELETE FROM artifacts WHERE job_id=?", (job_id,))
+                db.execute("UPDATE jobs SET artifacts_expired=? WHERE id=?", (now, job_id))
+            gone = [r["sha256"] for r in db.execute(
+                "SELECT sha256 FROM blobs b WHERE created < ? "
+                "AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.sha256 = b.sha256) "
+                "AND NOT EXISTS (SELECT 1 FROM job_blobs r JOIN jobs j ON j.id = r.job_id "
+                "                WHERE r.sha256 = b.sha256 AND j.state IN ('QUEUED', 'RUNNING'))", (cutoff,))]
+            db.executemany("DELETE FROM blobs WHERE sha256=?", [(sha,) for sha in gone])
+            db.execute("DELETE FROM job_blobs WHERE job_id IN (SELECT id FROM jobs WHERE ended IS NOT NULL "
+                       "AND ended < ?)", (cutoff,))
+            return old, gone
+
+        return self._write(tx)
 
     # -- rows -> records ---------------------------------------------------------
 
@@ -335,6 +391,7 @@ class JobStore:
             created=r["created"], started=r["started"], ended=r["ended"], stage=r["stage"],
             progress=r["progress"], error=error, report_json=r["report_json"],
             cancel_requested=bool(r["cancel_requested"]), last_sequence=r["last_sequence"], attempts=r["attempts"],
+            client=r["client"], artifacts_expired=r["artifacts_expired"],
             artifacts=tuple(ArtifactRecord(name=a["name"], filename=a["filename"], sha256=a["sha256"],
                                            size_bytes=a["size_bytes"]) for a in arts),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import signal
 import threading
 import time
@@ -18,10 +19,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
-from secateurs.jobs.failures import code_for, reason_for
+from secateurs.errors import as_secateurs_error, code_for, reason_for
 from secateurs.jobs.specs import spec_from_json
 
 DEFAULT_RUNNER = "secateurs.engine.pipeline:compress"
+HEARTBEAT_SECONDS = 2.0  # the supervisor kills a worker silent for its heartbeat timeout
 
 
 def resolve_runner(name: str) -> Callable[..., Any]:
@@ -31,14 +33,19 @@ def resolve_runner(name: str) -> Callable[..., Any]:
 
 
 def worker_main(runner: str, job_id: str, spec_json: str, out_dir: str, conn: Connection, cancel: Any,
-                env: dict[str, str] | None = None) -> None:
+                env: dict[str, str] | None = None, memory_bytes: int | None = None) -> None:
     """Entry point of the spawned process. env: variables the job reads (the latency probe's
-    credentials), passed here so they are never stored with the job."""
+    credentials), passed here so they are never stored with the job. memory_bytes: the
+    address space the worker may use (RLIMIT_AS); past it allocations fail, and the job
+    ends out_of_memory instead of the machine's OOM killer choosing a victim."""
     os.environ.update(env or {})
+    if memory_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     # Ctrl-C in a terminal reaches the whole process group; the server decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(os.getppid())
     send = _sender(conn)
+    _heartbeat(send)
     send("event", {"stage": "job", "kind": "log", "message": f"worker pid {os.getpid()} started",
                    "data": {"pid": os.getpid()}})
     try:
@@ -48,9 +55,10 @@ def worker_main(runner: str, job_id: str, spec_json: str, out_dir: str, conn: Co
         report = json.dumps(result.report, default=str)
         send("result", {"report": report, "artifacts": {k: str(v) for k, v in result.artifacts.items()}})
     except BaseException as exc:  # noqa: BLE001 - everything becomes the job's cause
-        send("error", {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__,
-                       "field": getattr(exc, "field", None), "code": code_for(exc),
-                       "reason": reason_for(exc), "traceback": traceback.format_exc(limit=8)[-4000:]})
+        seen = as_secateurs_error(exc)  # a full disk, memory past the limit: the tree's errors
+        send("error", {"type": type(seen).__name__, "message": str(seen) or type(seen).__name__,
+                       "field": getattr(seen, "field", None), "code": code_for(seen),
+                       "reason": reason_for(seen), "traceback": traceback.format_exc(limit=8)[-4000:]})
     finally:
         conn.close()
 
@@ -66,6 +74,17 @@ def _sender(conn: Connection) -> Callable[[str, dict[str, Any]], None]:
             os._exit(3)  # the server is gone; nobody will read what we make
 
     return send
+
+
+def _heartbeat(send: Callable[[str, dict[str, Any]], None]) -> None:
+    """A thread that tells the supervisor every HEARTBEAT_SECONDS that the worker still runs."""
+
+    def beat() -> None:
+        while True:
+            send("heartbeat", {})
+            time.sleep(HEARTBEAT_SECONDS)
+
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
 
 
 def _event_dict(event: Any) -> dict[str, Any]:

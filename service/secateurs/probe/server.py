@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from secateurs.addresses import is_loopback
 from secateurs.api.auth import TokenInterceptor
 from secateurs.api.errors import ErrorInterceptor
 from secateurs.api.tls import server_credentials
@@ -41,7 +43,10 @@ class ProbeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
-    max_model_bytes: int = 2 << 30
+    max_model_bytes: int = 2 << 30  # one request's models in all
+    max_store_bytes: int = 8 << 30  # models kept on disk between requests
+    store_dir: Path | None = None  # where uploads go; None: a temporary directory of this process
+    insecure: bool = False  # listen off loopback without a token or mutual TLS
     grace_seconds: float = 5.0
 
 
@@ -50,13 +55,21 @@ class ProbeServer:
 
     def __init__(self, config: ProbeConfig) -> None:
         self.config = config
+        host = config.listen.rpartition(":")[0]
+        if not is_loopback(host) and not (config.token or config.tls_client_ca) and not config.insecure:
+            raise ValueError(f"refusing to serve on {config.listen} without a token or mutual TLS: anyone who "
+                             f"reaches it could occupy the device; give --token (or $SECATEURS_PROBE_TOKEN), "
+                             f"--tls-client-ca, or --insecure")
+        self._tmp = None if config.store_dir else tempfile.TemporaryDirectory(prefix="secateurs-probe-")
+        store_dir = config.store_dir or Path(self._tmp.name)
         interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
         if config.token:
             interceptors.append(TokenInterceptor(config.token))
         # Few threads: measurements run one at a time; Describe and health answer meanwhile.
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe"),
                                  interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
-        self.servicer = LatencyProbeServicer(max_model_bytes=config.max_model_bytes)
+        self.servicer = LatencyProbeServicer(store_dir=store_dir, max_model_bytes=config.max_model_bytes,
+                                             max_store_bytes=config.max_store_bytes)
         pb_grpc.add_LatencyProbeServicer_to_server(self.servicer, self._grpc)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
@@ -79,6 +92,8 @@ class ProbeServer:
     def stop(self, grace: float | None = None) -> None:
         self.health.enter_graceful_shutdown()
         self._grpc.stop(self.config.grace_seconds if grace is None else grace).wait()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def __enter__(self) -> "ProbeServer":
         self.start()
@@ -100,7 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle; enables mutual TLS")
     parser.add_argument("--max-model-bytes", type=int, default=d.max_model_bytes,
-                        help="largest model accepted, and the bytes of models kept (default %(default)s)")
+                        help="most bytes of models one request may send (default %(default)s)")
+    parser.add_argument("--max-store-bytes", type=int, default=d.max_store_bytes,
+                        help="bytes of models kept on disk between requests (default %(default)s)")
+    parser.add_argument("--store-dir", type=Path, default=None,
+                        help="directory for uploaded models (default: a temporary one, removed at exit)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="listen off loopback without --token or --tls-client-ca")
     parser.add_argument("--grace", type=float, default=d.grace_seconds,
                         help="seconds in-flight measurements get on SIGTERM (default %(default)s)")
     return parser
@@ -118,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     config = ProbeConfig(listen=args.listen, token=args.token or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
                          tls_client_ca=args.tls_client_ca, max_model_bytes=args.max_model_bytes,
+                         max_store_bytes=args.max_store_bytes, store_dir=args.store_dir, insecure=args.insecure,
                          grace_seconds=args.grace)
     try:
         server = ProbeServer(config)

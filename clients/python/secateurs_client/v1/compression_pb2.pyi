@@ -97,38 +97,42 @@ class LatencyProtocol(_message.Message):
     def __init__(self, warmup_runs: _Optional[int] = ..., warmup_seconds: _Optional[float] = ..., window: _Optional[int] = ..., min_samples: _Optional[int] = ..., max_seconds: _Optional[float] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class Target(_message.Message):
-    __slots__ = ("runtime", "threads", "batch", "precision", "percentile", "probe_address", "protocol")
+    __slots__ = ("runtime", "threads", "batch", "precision", "percentile", "probe", "protocol")
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     PERCENTILE_FIELD_NUMBER: _ClassVar[int]
-    PROBE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     runtime: str
     threads: int
     batch: int
     precision: str
     percentile: float
-    probe_address: str
+    probe: str
     protocol: LatencyProtocol
-    def __init__(self, runtime: _Optional[str] = ..., threads: _Optional[int] = ..., batch: _Optional[int] = ..., precision: _Optional[str] = ..., percentile: _Optional[float] = ..., probe_address: _Optional[str] = ..., protocol: _Optional[_Union[LatencyProtocol, _Mapping]] = ...) -> None: ...
+    def __init__(self, runtime: _Optional[str] = ..., threads: _Optional[int] = ..., batch: _Optional[int] = ..., precision: _Optional[str] = ..., percentile: _Optional[float] = ..., probe: _Optional[str] = ..., protocol: _Optional[_Union[LatencyProtocol, _Mapping]] = ...) -> None: ...
 
 class DataSource(_message.Message):
-    __slots__ = ("train_blob_id", "train_uri", "val_blob_id", "val_uri", "preset", "val_split")
+    __slots__ = ("train_blob_id", "train_uri", "val_blob_id", "val_uri", "preset", "val_split", "calibration_samples", "evaluation_samples")
     TRAIN_BLOB_ID_FIELD_NUMBER: _ClassVar[int]
     TRAIN_URI_FIELD_NUMBER: _ClassVar[int]
     VAL_BLOB_ID_FIELD_NUMBER: _ClassVar[int]
     VAL_URI_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
     VAL_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     train_blob_id: str
     train_uri: str
     val_blob_id: str
     val_uri: str
     preset: str
     val_split: str
-    def __init__(self, train_blob_id: _Optional[str] = ..., train_uri: _Optional[str] = ..., val_blob_id: _Optional[str] = ..., val_uri: _Optional[str] = ..., preset: _Optional[str] = ..., val_split: _Optional[str] = ...) -> None: ...
+    calibration_samples: int
+    evaluation_samples: int
+    def __init__(self, train_blob_id: _Optional[str] = ..., train_uri: _Optional[str] = ..., val_blob_id: _Optional[str] = ..., val_uri: _Optional[str] = ..., preset: _Optional[str] = ..., val_split: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., evaluation_samples: _Optional[int] = ...) -> None: ...
 
 class Recovery(_message.Message):
     __slots__ = ("epochs", "lr", "distill_kl_weight", "distill_feature_weight", "distill_attention_weight", "progressive_steps", "optimizer", "batch_size")
@@ -409,14 +413,16 @@ class ProbeProtocol(_message.Message):
     def __init__(self, warmup_runs: _Optional[int] = ..., warmup_seconds: _Optional[float] = ..., window: _Optional[int] = ..., min_samples: _Optional[int] = ..., max_seconds: _Optional[float] = ..., tolerance: _Optional[float] = ..., interleave: _Optional[str] = ...) -> None: ...
 
 class ProbeModel(_message.Message):
-    __slots__ = ("sha256", "size_bytes", "input_shape")
+    __slots__ = ("sha256", "size_bytes", "input_shape", "fresh_session")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    FRESH_SESSION_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     size_bytes: int
     input_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    fresh_session: bool
+    def __init__(self, sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., fresh_session: _Optional[bool] = ...) -> None: ...
 
 class MeasureHeader(_message.Message):
     __slots__ = ("runtime", "precision", "threads", "protocol", "models", "seed")

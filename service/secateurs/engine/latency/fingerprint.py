@@ -61,3 +61,8 @@ def _version(module: str) -> str | None:
         return __import__(module).__version__
     except ImportError:
         return None
+
+
+def cache_identity(*parts: object) -> str:
+    """A short id for measurements taken by one configured target (what the cache keys on)."""
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]

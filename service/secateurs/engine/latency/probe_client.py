@@ -9,7 +9,13 @@ gRPC status. Cancelling a job cancels the call in flight.
 
 Credentials (the probe's --token, TLS) come from the environment of the process that
 measures, so they are never stored with a job: SECATEURS_PROBE_TOKEN,
-SECATEURS_PROBE_TLS_CA, SECATEURS_PROBE_TLS_CERT, SECATEURS_PROBE_TLS_KEY.
+SECATEURS_PROBE_TLS_CA, SECATEURS_PROBE_TLS_CERT, SECATEURS_PROBE_TLS_KEY. A probe off
+this machine is reached over TLS only, unless SECATEURS_PROBE_PLAINTEXT=1 says the
+operator accepts sending the token in clear text.
+
+The measurement cache keys on who the probe is configured to be (its name and address
+in the server's list, and the runtime settings), never on the fingerprint it reports:
+a probe cannot write figures under another device's key by describing itself falsely.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 
+from secateurs.addresses import is_loopback, split_host_port
+from secateurs.engine.latency.fingerprint import cache_identity
 from secateurs.engine.latency.protocol import LatencyStats, count_measured
 from secateurs.engine.latency.runtimes import TORCH_RUNTIMES, RuntimeSettings
 from secateurs.engine.latency.wire import from_struct, protocol_to_pb, stats_from_pb
 from secateurs.engine.spec import ProtocolSpec
-from secateurs.errors import BackendUnavailable, InvalidRequest, ProbeUnavailable
+from secateurs.errors import BackendUnavailable, InvalidRequest, PermissionDenied, ProbeUnavailable
 from secateurs_client.v1 import compression_pb2 as pb
 from secateurs_client.v1 import compression_pb2_grpc as pb_grpc
 
@@ -36,6 +44,7 @@ ATTEMPTS = 3  # per measurement, on UNAVAILABLE or a deadline
 BACKOFF_SECONDS = (1.0, 3.0)
 _ENV = {"token": "SECATEURS_PROBE_TOKEN", "tls_ca": "SECATEURS_PROBE_TLS_CA",
         "tls_cert": "SECATEURS_PROBE_TLS_CERT", "tls_key": "SECATEURS_PROBE_TLS_KEY"}
+PLAINTEXT_ENV = "SECATEURS_PROBE_PLAINTEXT"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,18 +55,33 @@ class ProbeCredentials:
     tls_ca: Path | None = None  # CA that signed the probe's certificate; set: TLS
     tls_cert: Path | None = None  # client certificate, for a probe requiring mutual TLS
     tls_key: Path | None = None
+    plaintext: bool = False  # reach a probe off this machine without TLS (the operator's explicit choice)
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> ProbeCredentials:
         env = os.environ if env is None else env
         paths = {k: Path(env[v]) if env.get(v) else None for k, v in _ENV.items() if k != "token"}
-        return cls(token=env.get(_ENV["token"]) or None, **paths)
+        return cls(token=env.get(_ENV["token"]) or None, plaintext=env.get(PLAINTEXT_ENV) == "1", **paths)
 
     def to_environ(self) -> dict[str, str]:
         """The variables `from_environ` reads (for a worker process)."""
-        return {_ENV[k]: str(v) for k, v in vars(self).items() if v is not None}
+        out = {_ENV[k]: str(v) for k, v in vars(self).items() if k in _ENV and v is not None}
+        if self.plaintext:
+            out[PLAINTEXT_ENV] = "1"
+        return out
 
     def channel(self, address: str) -> grpc.Channel:
+        """A channel to the probe; plain text only to this machine or when `plaintext` allows it."""
+        if not (self.tls_ca or self.tls_cert) and not self.plaintext:
+            try:
+                host, _ = split_host_port(address)
+            except ValueError:
+                raise InvalidRequest(f"probe address must be host:port, got {address!r}", field="target.probe") from None
+            if not is_loopback(host):
+                raise PermissionDenied(
+                    f"the probe at {address} is off this machine and no probe TLS is configured: its token would "
+                    f"travel in clear text (give the probe CA, SECATEURS_PROBE_TLS_CA / --probe-tls-ca, or allow "
+                    f"plain text with SECATEURS_PROBE_PLAINTEXT=1 / --probe-plaintext)", field="target.probe")
         if self.tls_ca or self.tls_cert:
             key = self.tls_key.read_bytes() if self.tls_key else None
             chain = self.tls_cert.read_bytes() if self.tls_cert else None
@@ -68,18 +92,22 @@ class ProbeCredentials:
 
 @dataclass(frozen=True)
 class RemoteModel:
-    """A model to measure on the probe: its ONNX bytes, named by their digest."""
+    """A model to measure on the probe: its ONNX bytes, named by their digest. `fresh`: measure it
+    in a session the probe opens for this measurement, not one it kept."""
 
     sha256: str
     data: bytes
     input_shape: tuple[int, ...]
+    fresh: bool = False
 
 
 class ProbeTarget:
     """Every measurement on the probe at `address`; see the module docstring."""
 
     def __init__(self, address: str, settings: RuntimeSettings, *, seed: int = 0,
-                 credentials: ProbeCredentials | None = None, connect_timeout: float = 10.0) -> None:
+                 credentials: ProbeCredentials | None = None, connect_timeout: float = 10.0,
+                 name: str | None = None) -> None:
+        """name: what the server's probe list calls it (None from the command line)."""
         if settings.runtime in TORCH_RUNTIMES:
             raise InvalidRequest(f"{settings.runtime} measures in the service's process; a probe measures "
                                  f"ONNX models (onnxruntime-cpu, onnxruntime-cuda, tensorrt)", field="target.runtime")
@@ -96,14 +124,17 @@ class ProbeTarget:
         if status is None or not status.available:
             reason = status.reason if status is not None else "the probe does not know it"
             raise BackendUnavailable(f"runtime {settings.runtime} is unavailable on the probe at {address}: {reason}")
-        self.fingerprint: dict[str, Any] = from_struct(description.fingerprint)
-        self.where: dict[str, Any] = {"kind": "probe", "address": address, "probe_version": description.version}
+        self.fingerprint: dict[str, Any] = from_struct(description.fingerprint)  # as reported: for the report
+        self.cache_id = cache_identity("probe", name, address, settings.runtime, settings.threads, settings.precision)
+        self.where: dict[str, Any] = {"kind": "probe", "address": address, "name": name,
+                                      "probe_version": description.version}
 
-    def load(self, input_shape: tuple[int, ...], *, onnx: Path | bytes | None = None, module: Any = None) -> RemoteModel:
+    def load(self, input_shape: tuple[int, ...], *, onnx: Path | bytes | None = None, module: Any = None,
+             fresh: bool = False) -> RemoteModel:
         if onnx is None:
             raise BackendUnavailable(f"{self.settings.runtime} on a probe measures an ONNX model; none was given")
         data = onnx if isinstance(onnx, bytes) else Path(onnx).read_bytes()
-        return RemoteModel(hashlib.sha256(data).hexdigest(), data, tuple(input_shape))
+        return RemoteModel(hashlib.sha256(data).hexdigest(), data, tuple(input_shape), fresh)
 
     def measure(self, models: list[RemoteModel], protocol: ProtocolSpec,
                 should_stop: Callable[[], None] | None = None) -> list[LatencyStats]:
@@ -159,8 +190,8 @@ class ProbeTarget:
         header = pb.MeasureHeader(
             runtime=self.settings.runtime, precision=self.settings.precision, threads=self.settings.threads,
             protocol=protocol_to_pb(protocol), seed=self.seed,
-            models=[pb.ProbeModel(sha256=m.sha256, size_bytes=len(m.data) if s else 0, input_shape=m.input_shape)
-                    for m, s in zip(models, send)])
+            models=[pb.ProbeModel(sha256=m.sha256, size_bytes=len(m.data) if s else 0, input_shape=m.input_shape,
+                                  fresh_session=m.fresh) for m, s in zip(models, send)])
 
         def requests() -> Iterator[pb.MeasureRequest]:
             yield pb.MeasureRequest(header=header)

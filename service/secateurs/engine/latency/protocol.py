@@ -125,13 +125,21 @@ def _agree(medians: list[float], tolerance: float) -> bool:
     return len(last) == 3 and max(last) <= min(last) * (1 + tolerance)
 
 
-def _warm_up(backends: list[LatencyBackend], protocol: ProtocolSpec) -> None:
+def _warm_up(backends: list[LatencyBackend], protocol: ProtocolSpec,
+             should_stop: Callable[[], None] | None = None) -> None:
+    """Run each model until both warm-up floors are reached (runs and seconds), checking
+    `should_stop` every round, and never past max_seconds: a slow model with many warm-up
+    runs asked for cannot hold the device longer than a measurement may."""
     start = time.perf_counter()
     runs = 0
     while runs < protocol.warmup_runs or time.perf_counter() - start < protocol.warmup_seconds:
         for backend in backends:
             backend.samples(1)
         runs += 1
+        if should_stop is not None:
+            should_stop()
+        if time.perf_counter() - start >= protocol.max_seconds:
+            break
 
 
 def measure(backend: LatencyBackend, protocol: ProtocolSpec,
@@ -148,7 +156,7 @@ def measure_interleaved(backends: list[LatencyBackend], protocol: ProtocolSpec,
     medians of each agree within the tolerance, or when max_seconds has passed
     (then stable=False for those that had not settled).
     """
-    _warm_up(backends, protocol)
+    _warm_up(backends, protocol, should_stop)
     samples: list[list[float]] = [[] for _ in backends]
     medians: list[list[float]] = [[] for _ in backends]
     parts: list[dict[str, list[float]]] = [{} for _ in backends]

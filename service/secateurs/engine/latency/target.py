@@ -22,11 +22,14 @@ from secateurs.engine.spec import ProtocolSpec, TargetSpec
 
 class LatencyTarget(Protocol):
     settings: RuntimeSettings
-    fingerprint: dict[str, Any]  # of the device and runtime settings that measure; `id` keys the cache
-    where: dict[str, Any]  # {"kind": "local"} or {"kind": "probe", "address": ...}
+    fingerprint: dict[str, Any]  # of the device and runtime settings that measure, as the device reports it
+    cache_id: str  # what the measurement cache keys on: this host's fingerprint id, or a probe's configured identity
+    where: dict[str, Any]  # {"kind": "local"} or {"kind": "probe", "address": ..., "name": ...}
 
-    def load(self, input_shape: tuple[int, ...], *, onnx: Path | bytes | None = None, module: Any = None) -> Any:
-        """A handle on one model ready to measure (ONNX for ONNX runtimes, the module for torch ones)."""
+    def load(self, input_shape: tuple[int, ...], *, onnx: Path | bytes | None = None, module: Any = None,
+             fresh: bool = False) -> Any:
+        """A handle on one model ready to measure (ONNX for ONNX runtimes, the module for torch ones);
+        `fresh`: in a newly opened session (a local target always opens one)."""
 
     def measure(self, models: list[Any], protocol: ProtocolSpec,
                 should_stop: Callable[[], None] | None = None) -> list[LatencyStats]:
@@ -46,9 +49,11 @@ class LocalTarget:
         self.settings, self.seed = settings, seed
         self.fingerprint = device_fingerprint(runtime=settings.runtime, provider=provider_of(settings.runtime),
                                               threads=settings.threads, precision=settings.precision)
+        self.cache_id = self.fingerprint["id"]
         self.where: dict[str, Any] = {"kind": "local"}
 
-    def load(self, input_shape: tuple[int, ...], *, onnx: Path | bytes | None = None, module: Any = None) -> Any:
+    def load(self, input_shape: tuple[int, ...], *, onnx: Path | bytes | None = None, module: Any = None,
+             fresh: bool = False) -> Any:
         return open_backend(self.settings, tuple(input_shape), onnx=onnx, module=module, seed=self.seed)
 
     def measure(self, models: list[Any], protocol: ProtocolSpec,
@@ -70,5 +75,5 @@ def open_target(target: TargetSpec, *, seed: int = 0) -> LatencyTarget:
         from secateurs.engine.latency.probe_client import ProbeCredentials, ProbeTarget
 
         return ProbeTarget(target.probe_address, settings_of(target), seed=seed,
-                           credentials=ProbeCredentials.from_environ())
+                           credentials=ProbeCredentials.from_environ(), name=target.probe_name)
     return LocalTarget(settings_of(target), seed=seed)
