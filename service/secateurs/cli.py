@@ -60,8 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--depth", choices=("auto", "off", "only"), default="auto",
                         help="whole residual blocks: auto (default) lets the search drop them where that costs "
                              "less quality than narrowing channels; off: channels only; only: blocks only")
-    compress.add_argument("--data", type=Path, help="ImageFolder directory or .zip for calibration and accuracy")
-    compress.add_argument("--data-split", default="test", help="split of --data to calibrate on (default test)")
+    compress.add_argument("--data", type=Path,
+                          help="ImageFolder directory or .zip whose --data-split the accuracy is measured on; "
+                               "calibration comes from its train split (or --train-data's), never from that one")
+    compress.add_argument("--data-split", default="test", help="split of --data to evaluate on (default test)")
+    compress.add_argument("--calibration-samples", type=int, default=128,
+                          help="images that score plans, as many again recalibrate BatchNorm (default 128)")
+    compress.add_argument("--evaluation-samples", type=int, default=None,
+                          help="a seeded subset of the evaluation split to measure accuracy on (default: all)")
     compress.add_argument("--data-preset", default=None, help="transform preset: cifar10 or imagenet")
     recovery = compress.add_argument_group("recovery (fine-tuning and distillation after pruning)")
     recovery.add_argument("--epochs", type=int, help="recover for this many epochs (off when not given)")
@@ -219,7 +225,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
             preset = TransformSpec.preset(args.data_preset, train=True) if args.data_preset else None
             train_data = DataSpec(source="imagefolder", path=args.train_data, split="train", transform=preset,
                                   seed=args.seed)
+            if data is None:  # only a train split: evaluate on a seeded part of it, never trained on
+                from secateurs.engine.calibration import held_out
+
+                data, train_data = held_out(train_data, TransformSpec.preset(args.data_preset)
+                                            if args.data_preset else None)
     spec = CompressSpec(
+        calibration_samples=args.calibration_samples, evaluation_samples=args.evaluation_samples,
         model=_model_spec(args), input_shape=parse_input_shape(args.input), out_dir=args.out,
         ratio=args.ratio, group_ratios=ratios, budget=budget, data=data, cache_dir=args.cache_dir,
         recovery=recovery, train_data=train_data,
@@ -256,19 +268,12 @@ def summary(report: dict) -> str:
             u = search["uniform"]
             lines.append(f"  vs uniform  L1 ratio {u['measured']['uniform_ratio']:.2f} at {u['measured']['speedup']:.2f}x: "
                          f"quality loss {u['quality']['loss']:.4f} vs searched {search['quality_after']['loss']:.4f}")
-    if report.get("recovery"):
-        rec = report["recovery"]
-        before, after = report["quality"]["before"], report["quality"]["after"]
-        if after.get("accuracy") is not None:
-            lines.append(f"  accuracy    {before['accuracy']:.2%} -> {after['accuracy']:.2%} after "
-                         f"{len(rec['history'])} epoch(s) of recovery")
-        else:
-            lines.append(f"  fidelity    top-1 agreement {after['agreement']:.2%} after {len(rec['history'])} "
-                         f"epoch(s) of label-free distillation")
+    lines.append(quality_line(report, "  "))
     if report.get("accuracy_floor"):
         floor = report["accuracy_floor"]
         lines.append(f"  floor       max drop {floor['max_drop']:.2%}, measured {floor['drop']:.2%}: "
-                     f"{'met' if floor['met'] else 'MISSED by ' + format(floor['missed_by'], '.2%')}")
+                     f"{'met' if floor['met'] else 'MISSED by ' + format(floor['missed_by'], '.2%')}"
+                     f" ({floor.get('outcome', '')})")
     return "\n".join([
         f"{report['model']['arch']} {'x'.join(map(str, report['model']['input_shape']))} "
         f"on {report['target']['runtime']} ({report['target']['threads']} threads"
@@ -284,6 +289,22 @@ def summary(report: dict) -> str:
         f"top-1 agreement {report['parity']['top1_agreement']}",
         *lines,
     ])
+
+
+def quality_line(report: dict, indent: str) -> str:
+    """Accuracy before and after on the evaluation images, with their count and the 95% interval;
+    fidelity to the original model when there were no labels."""
+    quality = report.get("quality") or {}
+    before, after = quality.get("before") or {}, quality.get("after") or {}
+    rec = report.get("recovery")
+    how = f" after {len(rec['history'])} epoch(s) of {'label-free distillation' if rec['label_free'] else 'recovery'}" \
+        if rec else ""
+    n = after.get("samples", 0)
+    if after.get("accuracy") is not None:
+        lo, hi = after["interval"]
+        return (f"{indent}accuracy    {before['accuracy']:.2%} -> {after['accuracy']:.2%} on {n:,} evaluation "
+                f"images (95% interval {lo:.1%}-{hi:.1%}){how}")
+    return f"{indent}fidelity    top-1 agreement {after.get('agreement', 0):.2%} on {n:,} generated inputs{how}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

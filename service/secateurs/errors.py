@@ -99,7 +99,7 @@ class DiskFull(ResourceExhausted):
 
 
 class Cancelled(SecateursError):
-    """Raised inside a stage when its job's cancel token was set."""
+    """Raised when a stage finds its job's cancel token set."""
 
 
 class Unauthenticated(SecateursError):
@@ -160,6 +160,12 @@ def as_secateurs_error(exc: BaseException) -> BaseException:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"no space left on the server's disk ({_first_line(exc) or 'ENOSPC'})")
     return exc
+
+
+def machine_limit(exc: BaseException) -> bool:
+    """Whether an exception is the machine running out (memory, disk), not the input's fault: a
+    handler that turns library errors into "unsupported model" must let these through."""
+    return isinstance(as_secateurs_error(exc), (OutOfMemory, DiskFull))
 
 
 def code_for(exc: BaseException) -> str:

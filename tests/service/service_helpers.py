@@ -45,7 +45,8 @@ def resnet20_request(**kw: Any) -> pb.CreateJobRequest:
 
 def fake_request(mode: str = "ok", **kw: Any) -> pb.CreateJobRequest:
     """A job for the fake runner (service_fakes.py), whose behaviour `mode` picks."""
-    return resnet20_request(arch=FAKE_ARCH, arch_kwargs={"fake": mode}, **kw)
+    kwargs = {"fake": mode, **kw.pop("arch_kwargs", {})}
+    return resnet20_request(arch=FAKE_ARCH, arch_kwargs=kwargs, **kw)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -94,7 +94,7 @@ def test_deferrable_operator_runs_a_job_through_its_trigger(airflow_python: Path
                                               "compress_without_val_split": "failed"}, log[-8000:]
     assert log.count("running trigger in line") == 2  # both tasks deferred, and their triggers ran
     # The failed job fails its task with the server's reason.
-    assert "ended FAILED: invalid_request:" in log, log[-8000:]
+    assert "ended FAILED: invalid_data:" in log, log[-8000:]
 
     result = json.loads((out / "xcom.json").read_text())
     job_id = result["job_id"]

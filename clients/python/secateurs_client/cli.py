@@ -128,7 +128,10 @@ def summary(report: Mapping[str, Any]) -> list[str]:
         if not report.get("budget_met") and miss:
             verdict += f", short by {miss:.0%}" if miss < 1 else f", {miss + 1:.1f}x off"
         reason = f" ({search['reason']})" if search.get("reason") else ""
-        if search.get("budget_met") and not report.get("budget_met"):
+        floor = report.get("accuracy_floor") or {}
+        if floor and not floor.get("met"):
+            reason = f" (the accuracy limit: {floor.get('outcome', 'missed')})"
+        elif search.get("budget_met") and not report.get("budget_met"):
             reason = " (the search's own measurements met it; the final benchmark did not)"
         lines.append(f"  budget       {_limits(budget)}: {verdict}{reason}")
     lines.extend(_recovery_lines(report))
@@ -136,23 +139,30 @@ def summary(report: Mapping[str, Any]) -> list[str]:
 
 
 def _recovery_lines(report: Mapping[str, Any]) -> list[str]:
-    """Accuracy after recovery with labelled val data, else fidelity to the original model."""
+    """Accuracy on the evaluation images (their count, the 95% interval) before and after, else
+    fidelity to the original model; and the accuracy limit, when there was one."""
     rec = report.get("recovery")
-    if not rec:
-        return []
     quality = report.get("quality") or {}
     before, after = quality.get("before") or {}, quality.get("after") or {}
-    epochs = len(rec.get("history") or [])
-    how = "label-free distillation" if rec.get("label_free") else "recovery"
+    how = ""
+    if rec:
+        how = (f" after {len(rec.get('history') or [])} epoch(s) of "
+               f"{'label-free distillation' if rec.get('label_free') else 'recovery'}")
+    n = int(after.get("samples") or 0)
+    lines = []
     if after.get("accuracy") is not None:
         was = f"{before['accuracy']:.2%} -> " if before.get("accuracy") is not None else ""
-        line = f"  accuracy     {was}{after['accuracy']:.2%} after {epochs} epoch(s) of {how}"
+        lo, hi = after.get("interval") or (0.0, 1.0)
+        lines.append(f"  accuracy     {was}{after['accuracy']:.2%} on {n:,} evaluation images "
+                     f"(95% interval {lo:.1%}-{hi:.1%}){how}")
     elif after.get("agreement") is not None:
-        line = f"  fidelity     top-1 agreement {after['agreement']:.2%} after {epochs} epoch(s) of {how}"
-    else:
-        line = f"  recovery     {epochs} epoch(s) of {how}"
+        lines.append(f"  fidelity     top-1 agreement {after['agreement']:.2%} on {n:,} held-out inputs{how}")
+    floor = report.get("accuracy_floor")
+    if floor:
+        lines.append(f"  floor        max drop {floor['max_drop']:.2%}, measured {floor['drop']:.2%}: "
+                     + ("met" if floor["met"] else f"MISSED by {floor['missed_by']:.2%}"))
     # the note matters when accuracy could not be measured; otherwise it says what the line says
-    return [line] + ([f"  note         {rec['note']}"] if rec.get("label_free") and rec.get("note") else [])
+    return lines + ([f"  note         {rec['note']}"] if rec and rec.get("label_free") and rec.get("note") else [])
 
 
 def _limits(budget: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+from secateurs.engine.calibration import held_out
 from secateurs.engine.data import DataSpec, TransformSpec, check_archive, validate_data_spec
 from secateurs.errors import InvalidRequest, ResourceExhausted
 from secateurs.jobs.blobs import BlobStore
@@ -52,7 +53,10 @@ def data_specs(
         train = DataSpec(source="imagefolder", path=train_path, split="train", seed=seed,
                          transform=train_transform)
         _check(train, path_field=train_field, split_field=train_field)
+        if val is None:  # only a train split: evaluate on a seeded part of it that recovery never trains on
+            val, train = held_out(train, val_transform)
     return val, train
+
 
 
 def resolve_uri(uri: str, data_root: Path | None, *, field: str) -> Path:

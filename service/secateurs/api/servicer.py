@@ -115,8 +115,9 @@ def client_identity(context: grpc.ServicerContext) -> str:
 def _job_id(job_id: str) -> str:
     if not job_id:
         raise InvalidRequest("job_id: required", field="job_id")
-    if len(job_id) > 64 or not job_id.isalnum():
-        raise InvalidRequest("job_id: not a job id this server issued (32 hex digits)", field="job_id")
+    if len(job_id) > 64 or not job_id.isprintable():
+        raise InvalidRequest("job_id: at most 64 printable characters (the ids this server issues are 32 hex "
+                             "digits)", field="job_id")
     return job_id
 
 

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from google.protobuf import json_format
-
 from secateurs.api.data_sources import data_specs
 from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
 from secateurs.engine.pipeline import validate_spec
@@ -88,6 +86,8 @@ def spec_from_request(req: pb.CreateJobRequest, blobs: BlobStore, policy: Reques
     if len(set(exports)) != len(exports):
         raise _bad("exports", "exports repeat a name")
     spec = CompressSpec(
+        calibration_samples=req.data.calibration_samples or CompressSpec.calibration_samples,
+        evaluation_samples=req.data.evaluation_samples or None,
         model=model, input_shape=shape, out_dir=_PLACEHOLDER_OUT, ratio=ratio, group_ratios=group_ratios,
         budget=budget, importance=importance, round_to=round_to, min_channels=min_channels,
         target=target, protocol=_protocol(req.target.protocol), exports=exports,
@@ -115,7 +115,8 @@ _ENGINE_TO_WIRE = {"protocol": "target.protocol", "model.kwargs": "model.arch_kw
                    "recovery.kd_weight": "recovery.distill_kl_weight",
                    "recovery.feature_weight": "recovery.distill_feature_weight",
                    "recovery.attention_weight": "recovery.distill_attention_weight",
-                   "data.transform": "data.preset"}
+                   "data.transform": "data.preset", "calibration_samples": "data.calibration_samples",
+                   "evaluation_samples": "data.evaluation_samples"}
 
 
 def wire_field(field: str | None) -> str | None:
@@ -223,7 +224,7 @@ def _kwargs(struct: Any) -> dict[str, Any]:
 
     No objects (a dict could stand for a config a constructor would act on), and nothing named
     weights*: weights come from the job's blob, and the server never downloads."""
-    kwargs = _integral(json_format.MessageToDict(struct))
+    kwargs = {key: _value(v) for key, v in struct.fields.items()}
     if len(kwargs) > 32:
         raise _bad("model.arch_kwargs", "at most 32 arguments")
     for key, value in kwargs.items():
@@ -253,15 +254,18 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 64 else text[:61] + "...")
 
 
-def _integral(value: Any) -> Any:
-    """Struct numbers are doubles; constructors want 10, not 10.0."""
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    return value
+def _value(v: Any) -> Any:
+    """A google.protobuf.Value as plain Python; Struct numbers are doubles, constructors want 10, not
+    10.0. NaN and infinities stay floats (refused by _plain); an object stays a dict (refused too)."""
+    kind = v.WhichOneof("kind")
+    if kind == "number_value":
+        n = v.number_value
+        return int(n) if math.isfinite(n) and n.is_integer() and abs(n) < 2**53 else n
+    if kind == "list_value":
+        return [_value(x) for x in v.list_value.values]
+    if kind == "struct_value":
+        return {k: _value(x) for k, x in v.struct_value.fields.items()}
+    return {"string_value": v.string_value, "bool_value": v.bool_value}.get(kind)
 
 
 _BUDGET_LIMITS = ("latency_ms", "speedup", "size_bytes", "params", "macs", "max_accuracy_drop")

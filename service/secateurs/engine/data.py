@@ -16,6 +16,7 @@ seed, so epochs replay exactly; with workers=0 it depends on the caller's RNG.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import zipfile
@@ -154,6 +155,11 @@ class DataSpec:
         imagefolder, 1 for digits).
     shape: synthetic only, the shape of one sample, e.g. (3, 32, 32).
     distribution: synthetic only, "normal" (standard normal) or "uniform" ([0, 1)).
+    holdout: with a fraction of the split held out (by a seeded hash of each image's name, so
+        the same images whatever the limit or order), "held" keeps only those and "kept" only
+        the others: a split carved in two that never share an image (evaluation and training
+        from one train split). None: the whole split.
+    holdout_fraction: the part held out (default 0.1).
     """
 
     source: str
@@ -166,6 +172,8 @@ class DataSpec:
     channels: int | None = None
     shape: tuple[int, ...] | None = None
     distribution: str = "normal"
+    holdout: str | None = None
+    holdout_fraction: float = 0.1
 
 
 def validate_data_spec(spec: DataSpec) -> None:
@@ -191,6 +199,10 @@ def validate_data_spec(spec: DataSpec) -> None:
         raise bad("seed", f"seed must be >= 0, got {spec.seed}")
     if spec.channels is not None and spec.channels not in (1, 3):
         raise bad("channels", f"channels must be 1 or 3, got {spec.channels}")
+    if spec.holdout is not None and spec.holdout not in ("held", "kept"):
+        raise bad("holdout", f"holdout must be 'held' or 'kept', got {spec.holdout!r}")
+    if not 0 < spec.holdout_fraction < 1:
+        raise bad("holdout_fraction", f"holdout_fraction must be in (0, 1), got {spec.holdout_fraction}")
     if spec.source == "imagefolder" and spec.path is None:
         raise bad("path", "source 'imagefolder' needs a path (a directory or a .zip)")
     if spec.source == "synthetic":
@@ -366,8 +378,9 @@ class DigitsDataset(Dataset):
     labelled = True
 
     def __init__(self, images: torch.Tensor, targets: list[int],
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None, ids: list[str] | None = None) -> None:
         self.images, self.targets, self.transform = images, targets, transform
+        self.ids = ids or [f"digits/{i}" for i in range(len(targets))]  # the image's index in the whole set
         self.classes = [str(d) for d in range(10)]
         self.num_classes: int | None = 10
 
@@ -427,12 +440,13 @@ def _load_digits(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tenso
     train_idx, test_idx = train_test_split(np.arange(len(digits.target)), test_size=_DIGITS_TEST_FRACTION,
                                            stratify=digits.target, random_state=_DIGITS_SPLIT_SEED)
     idx = np.sort(train_idx if spec.split == "train" else test_idx)
+    idx = idx[_held_out([f"digits/{i}" for i in idx], spec)]
     targets = [int(t) for t in digits.target[idx]]
     keep = _subset(targets, spec.limit, spec.limit_per_class, spec.seed)
     images = torch.from_numpy(digits.images[idx[keep]].astype(np.float32) / 16.0).unsqueeze(1)
     if spec.channels == 3:
         images = images.expand(-1, 3, -1, -1).contiguous()
-    return DigitsDataset(images, [targets[i] for i in keep], transform)
+    return DigitsDataset(images, [targets[i] for i in keep], transform, ids=[f"digits/{int(idx[i])}" for i in keep])
 
 
 def _load_imagefolder(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> ImageFolderDataset:
@@ -471,6 +485,7 @@ def _load_imagefolder(spec: DataSpec, transform: Callable[[torch.Tensor], torch.
                              f"{', '.join(empty)}")
     index = {c: i for i, c in enumerate(ordered)}
     samples = sorted((name, index[c]) for name, c in files)
+    samples = [samples[i] for i in _held_out([name for name, _ in samples], spec)]
     keep = _subset([label for _, label in samples], spec.limit, spec.limit_per_class, spec.seed)
     mode = "L" if spec.channels == 1 else "RGB"
     return ImageFolderDataset(reader, [samples[i] for i in keep], ordered, mode=mode, transform=transform, where=where)
@@ -493,6 +508,15 @@ def _split_prefix(names: Sequence[str], split: str, where: str) -> str:
         if inner:
             found = {f"{root}{d}" for d in inner}
     raise InvalidData(f"split {split!r} not found in {where}; found: {', '.join(sorted(found)) or 'nothing'}")
+
+
+def _held_out(ids: Sequence[str], spec: DataSpec) -> list[int]:
+    """The positions spec.holdout keeps: those whose seeded hash falls in the held-out fraction, or the others."""
+    if spec.holdout is None:
+        return list(range(len(ids)))
+    limit = int(spec.holdout_fraction * 2**64)
+    held = [int.from_bytes(hashlib.sha256(f"{spec.seed}:{i}".encode()).digest()[:8], "big") < limit for i in ids]
+    return [n for n, h in enumerate(held) if h == (spec.holdout == "held")]
 
 
 def _subset(labels: Sequence[int], limit: int | None, per_class: int | None, seed: int) -> list[int]:

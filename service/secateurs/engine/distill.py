@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secateurs.engine.latency.devicelock import computing
+
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher || student) of the softened outputs, times T^2 so gradients keep their scale (Hinton 2015)."""
@@ -218,15 +220,16 @@ def evaluate(model: nn.Module, loader: Iterable[Any], teacher: nn.Module | None 
                 break
             x, y = split_batch(batch)
             x = x.to(device)
-            out = model(x).float()
+            with computing():
+                out = model(x).float()
+                ref = teacher(x).float() if teacher is not None else None
             n += x.shape[0]
             if y is not None:
                 y = y.to(device)
                 mask = y >= 0
                 labelled += int(mask.sum())
                 correct += int((out.argmax(-1)[mask] == y[mask]).sum())
-            if teacher is not None:
-                ref = teacher(x).float()
+            if ref is not None:
                 agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
                 kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
                                      reduction="sum"))

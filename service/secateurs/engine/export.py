@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from secateurs.errors import ParityError, UnsupportedModel
+from secateurs.engine.latency.devicelock import computing
+from secateurs.errors import ParityError, UnsupportedModel, machine_limit
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -57,9 +58,12 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_
     errors = []
     for exporter in ("dynamo", "torchscript"):
         try:
-            _export(model, example, path, exporter, dynamic_batch)
+            with computing():  # seconds of CPU: never while another job measures
+                _export(model, example, path, exporter, dynamic_batch)
             break
         except Exception as exc:  # each exporter fails in its own ways
+            if machine_limit(exc):
+                raise  # a full disk or memory: the machine's limit, not the model's
             errors.append(f"{exporter}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     else:
         raise UnsupportedModel("ONNX export failed: " + " | ".join(errors))

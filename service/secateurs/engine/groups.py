@@ -9,7 +9,7 @@ prunable or not and why).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -17,8 +17,9 @@ import torch_pruning as tp
 from torch import nn
 
 from secateurs.engine.attention import convert_attention
+from secateurs.engine.importance import head_norm, importance_of
 from secateurs.engine.size import forward_with_hooks, layer_macs
-from secateurs.errors import UnsupportedModel
+from secateurs.errors import UnsupportedModel, machine_limit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,11 +33,13 @@ class GroupInfo:
     macs_share: float
     prunable: bool
     reason: str = ""
+    step: int = 1  # the channels come in this many equal groups (a grouped convolution's): widths are multiples
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "channels": self.channels, "unit": self.unit, "layers": list(self.layers),
             "macs_share": round(self.macs_share, 6), "prunable": self.prunable, "reason": self.reason,
+            "step": self.step,
         }
 
 
@@ -48,6 +51,17 @@ class GraphContext:
     pruner: tp.pruner.BasePruner
     heads: dict[nn.Module, int]  # qkv Linear -> number of heads
     classifier: str
+    criterion: str = "l1"
+    held: dict[str, str] = field(default_factory=dict)  # group root -> why the pruner must leave it whole
+
+    @property
+    def head_norm(self) -> int:
+        return head_norm(self.criterion)
+
+    @property
+    def importance(self) -> Any:
+        """The criterion that ranks channels within a group (engine/importance.py)."""
+        return self.pruner.importance
 
     @property
     def graph(self) -> tp.DependencyGraph:
@@ -81,12 +95,12 @@ def find_classifier(model: nn.Module, example: torch.Tensor) -> str:
     return order[-1]
 
 
-def prepare(model: nn.Module, example: torch.Tensor, *, importance: Any = None,
+def prepare(model: nn.Module, example: torch.Tensor, *, criterion: str = "l1",
             ratios: dict[nn.Module, float] | None = None) -> GraphContext:
     """Convert attention to a head-prunable form (in place) and build the dependency graph.
 
-    `ratios` maps width-group root layers to the ratio the pruner applies (analysis
-    passes none). Heads are removed separately (prune.remove_heads) because the
+    `criterion`: the importance that ranks channels (engine/importance.py). `ratios` maps
+    width-group root layers to the ratio the pruner applies (analysis passes none). Heads are removed separately (prune.remove_heads) because the
     pruner's own head logic mixes head and width removal. Raises UnsupportedModel
     when the graph cannot be built.
     """
@@ -97,16 +111,26 @@ def prepare(model: nn.Module, example: torch.Tensor, *, importance: Any = None,
     try:
         pruner = tp.pruner.BasePruner(
             model, example,
-            importance=importance or tp.importance.GroupMagnitudeImportance(p=1),
+            importance=importance_of(criterion),
             pruning_ratio=0.0,
             pruning_ratio_dict=ratios or {},
             ignored_layers=[model.get_submodule(classifier)],
         )
     except Exception as exc:  # Torch-Pruning raises many kinds; the user needs one clear message
+        if machine_limit(exc):
+            raise
         raise UnsupportedModel(
             f"cannot build the dependency graph of this model: {type(exc).__name__}: {exc}"
         ) from exc
-    return GraphContext(model=model, pruner=pruner, heads=heads, classifier=classifier)
+    ctx = GraphContext(model=model, pruner=pruner, heads=heads, classifier=classifier, criterion=criterion)
+    # Groups the pruner cannot cut (nor score) are held whole: it must never see them.
+    for name, group in list(ctx.iter_groups()):
+        multiplied = _feeds_channel_multiplier(ctx, group)
+        if multiplied:
+            ctx.held[name] = (f"feeds {multiplied}, a depthwise convolution with a channel multiplier: its input "
+                              f"sets its groups (its multiplier is pruned instead)")
+            pruner.ignored_layers.append(model.get_submodule(name))
+    return ctx
 
 
 def describe_groups(ctx: GraphContext, example: torch.Tensor, *, min_channels: int = 8) -> list[GroupInfo]:
@@ -128,11 +152,30 @@ def describe_groups(ctx: GraphContext, example: torch.Tensor, *, min_channels: i
                                    macs_share=share, prunable=n > 1, reason="" if n > 1 else "a single head"))
             continue
         channels = ctx.graph.get_out_channels(group[0].dep.target.module)
+        step = int(ctx.pruner._get_channel_groups(group))  # the pruner's own count of equal channel groups
         prunable, reason = True, ""
         if channels is None:
             prunable, reason = False, "channel count unknown to the dependency graph"
         elif channels <= min_channels:
             prunable, reason = False, f"{channels} channels, at or below the floor of {min_channels}"
+        elif channels % step:
+            prunable, reason = False, f"{channels} channels do not split into {step} equal groups"
         infos.append(GroupInfo(name=name, channels=int(channels or 0), unit="channels", layers=tuple(layers),
-                               macs_share=share, prunable=prunable, reason=reason))
+                               macs_share=share, prunable=prunable, reason=reason, step=step if prunable else 1))
+    for name, reason in ctx.held.items():
+        module = ctx.model.get_submodule(name)
+        infos.append(GroupInfo(name=name, channels=int(ctx.graph.get_out_channels(module) or 0), unit="channels",
+                               layers=(name,), macs_share=macs.get(name, 0) / total, prunable=False, reason=reason))
     return infos
+
+
+def _feeds_channel_multiplier(ctx: GraphContext, group: Any) -> str | None:
+    """The name of a depthwise convolution with a channel multiplier (groups == in_channels <
+    out_channels) whose inputs this group's channels are, or None. Removing one of its inputs
+    would have to remove a block of its outputs and a group, which the pruner cannot do."""
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, nn.Conv2d) and 1 < module.groups == module.in_channels < module.out_channels \
+                and not ctx.graph.is_out_channel_pruning_fn(dep.handler):
+            return ctx.name_of(module)
+    return None

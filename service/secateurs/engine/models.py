@@ -21,7 +21,7 @@ from torch import nn
 from secateurs.engine.spec import ModelSpec
 from secateurs.engine.zoo import ZOO
 from secateurs.errors import (InvalidModel, InvalidRequest, PermissionDenied, ResourceExhausted, UnsafeModel,
-                              as_secateurs_error)
+                              machine_limit)
 
 _SHOWN = 5  # how many offending tensor names an error message lists
 
@@ -93,7 +93,7 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *,
         if kind == "module":
             return _build_module(arch, name, kwargs, allowed_modules)
     except (TypeError, ValueError, RuntimeError) as exc:  # a constructor refusing its keyword arguments
-        if isinstance(exc, RuntimeError) and as_secateurs_error(exc) is not exc:
+        if machine_limit(exc):
             raise  # out of memory: not the request's arguments
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise InvalidRequest(f"cannot build {arch!r} with {kwargs}: {first}", field="model.arch_kwargs") from None
@@ -270,6 +270,8 @@ def check_runs(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
         with torch.no_grad():
             out = model(torch.zeros(input_shape))
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+        if machine_limit(exc):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidRequest(
             f"the model cannot run on input shape {'x'.join(map(str, input_shape))}: {first}",

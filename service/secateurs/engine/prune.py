@@ -22,8 +22,10 @@ from torch import nn
 from secateurs.engine.attention import SelfAttention, convert_attention
 from secateurs.engine.blocks import drop_blocks, find_blocks, replace_with_identity
 from secateurs.engine.groups import GroupInfo, describe_groups, prepare
+from secateurs.engine.importance import accumulate_gradients, head_norm
+from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.spec import IMPORTANCES
-from secateurs.errors import InvalidRequest, UnsupportedModel
+from secateurs.errors import InvalidRequest, UnsupportedModel, machine_limit
 
 PLAN_VERSION = 1
 
@@ -75,10 +77,18 @@ class PruneResult:
     groups: list[GroupInfo]
 
 
-def kept_count(channels: int, ratio: float, *, round_to: int = 8, min_channels: int = 8) -> int:
-    """Channels to keep for `ratio`: nearest multiple of round_to, at least the floor, at most all."""
+def kept_count(channels: int, ratio: float, *, round_to: int = 8, min_channels: int = 8, step: int = 1) -> int:
+    """Channels to keep for `ratio`: nearest multiple of round_to, at least the floor, at most all.
+
+    step > 1: the channels come in `step` equal groups (those of a grouped convolution), and the
+    same number is kept in each, so the count is a multiple of step; round_to gives way to it.
+    """
     if ratio <= 0 or channels <= min_channels:
         return channels
+    if step > 1:
+        per_group = channels // step
+        keep_each = max(1, round(per_group * (1 - ratio)), -(-min_channels // step))
+        return min(per_group, keep_each) * step
     keep = round(channels * (1 - ratio) / round_to) * round_to
     keep = max(keep, min_channels, round_to)
     return min(keep, channels)
@@ -106,26 +116,6 @@ def validate_prune_spec(spec: PruneSpec) -> None:
         raise InvalidRequest(f"min_channels must be >= 1, got {spec.min_channels}", field="min_channels")
 
 
-def _importance(name: str) -> tp.importance.Importance:
-    return {
-        "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
-        "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-        "bn_scale": lambda: tp.importance.BNScaleImportance(),
-        "taylor": lambda: tp.importance.GroupTaylorImportance(),
-    }[name]()
-
-
-def _accumulate_gradients(model: nn.Module, batches: Iterable[torch.Tensor], reference: nn.Module) -> None:
-    """First-order Taylor importance needs gradients: use KL to the unpruned model's outputs,
-    so it works without labels."""
-    model.zero_grad()
-    for x in batches:
-        with torch.no_grad():
-            target = F.softmax(reference(x), dim=-1)
-        loss = F.kl_div(F.log_softmax(model(x), dim=-1), target, reduction="batchmean")
-        loss.backward()
-
-
 def requested_ratios(spec: PruneSpec, groups: list[GroupInfo]) -> dict[str, float]:
     """Group name -> ratio, checked against the model's groups."""
     by_name = {g.name: g for g in groups}
@@ -146,6 +136,12 @@ def requested_ratios(spec: PruneSpec, groups: list[GroupInfo]) -> dict[str, floa
 def prune(model: nn.Module, example: torch.Tensor, spec: PruneSpec,
           batches: Iterable[torch.Tensor] | None = None) -> PruneResult:
     """Prune a copy of `model`; the original is left untouched (it is the teacher and baseline)."""
+    with computing():  # graph building and surgery are seconds of CPU on a large model
+        return _prune(model, example, spec, batches)
+
+
+def _prune(model: nn.Module, example: torch.Tensor, spec: PruneSpec,
+           batches: Iterable[torch.Tensor] | None) -> PruneResult:
     validate_prune_spec(spec)
     analysed = prepare(copy.deepcopy(model), example)
     groups = describe_groups(analysed, example, min_channels=spec.min_channels)
@@ -163,22 +159,23 @@ def prune(model: nn.Module, example: torch.Tensor, spec: PruneSpec,
             if keep < g.channels:
                 head_keep[g.name] = keep
         else:
-            keep = kept_count(g.channels, r, round_to=spec.round_to, min_channels=spec.min_channels)
+            keep = kept_count(g.channels, r, round_to=spec.round_to, min_channels=spec.min_channels, step=g.step)
             if keep < g.channels:
                 module_ratio[g.name] = 1 - (keep + 0.5) / g.channels  # +0.5: the pruner truncates
         planned[g.name] = (g.channels, keep)
 
     # Build again so the pruner knows each root module's ratio (its scopes are fixed at construction).
-    ctx = prepare(pruned, example, importance=_importance(spec.importance),
+    ctx = prepare(pruned, example, criterion=spec.importance,
                   ratios={pruned.get_submodule(n): r for n, r in module_ratio.items()})
     if spec.importance == "taylor":
-        _accumulate_gradients(pruned, batches or [example], model)
+        accumulate_gradients(pruned, batches or [example], model)
     try:
         ctx.pruner.step()
         for name, keep in head_keep.items():
-            remove_heads(ctx.graph, pruned.get_submodule(name.rsplit(".", 1)[0]), keep,
-                         p=2 if spec.importance == "l2" else 1)
+            remove_heads(ctx.graph, pruned.get_submodule(name.rsplit(".", 1)[0]), keep, p=head_norm(spec.importance))
     except Exception as exc:
+        if machine_limit(exc):
+            raise
         raise UnsupportedModel(f"pruning failed inside the dependency graph: {type(exc).__name__}: {exc}") from exc
     pruned.zero_grad(set_to_none=True)
     heads = _sync_attributes(pruned)
@@ -268,6 +265,8 @@ def _check_forward(model: nn.Module, example: torch.Tensor) -> None:
         with torch.no_grad():
             model(example)
     except Exception as exc:
+        if machine_limit(exc):
+            raise
         raise UnsupportedModel(
             f"the pruned model no longer runs ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
             f"a layer keeps a width the dependency graph does not know about"

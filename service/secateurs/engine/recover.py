@@ -29,6 +29,7 @@ from torch import nn
 from secateurs.engine.distill import (Distiller, FeatureTaps, LossWeights, evaluate, find_feature_points, loss_parts,
                                       split_batch)
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
+from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.sensitivity import recalibrate_batchnorm
 from secateurs.errors import BackendUnavailable, InvalidRequest
 
@@ -274,18 +275,18 @@ class _Run:
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 amp = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
-                with amp:
+                with computing(), amp:  # a step never runs while another job measures on these cores
                     logits = student(x)
                     ref = None
                     if teacher is not None and self.weights.needs_teacher:
                         with torch.no_grad():
                             ref = teacher(x)
                     parts = loss_parts(logits, ref, y, self.weights, self.distiller, s_taps.outputs, t_taps.outputs)
-                loss = sum(parts.values(), torch.zeros((), device=self.device))
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                    loss = sum(parts.values(), torch.zeros((), device=self.device))
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
                 self.step += 1
                 steps += 1
                 seen += x.shape[0]

@@ -69,7 +69,8 @@ class JointQuality:
             self.ctx.model, self.calib, self.reference,
             lambda: [masked(self.ctx, name, self.groups[name], width) for name, width in pruned]
             + ([bypassed(self.ctx.model, dropped)] if dropped else []),
-            cache=self.cache, kind="joint-quality", key=cache_key("joint-quality", self.model_id, self.data_id, *parts))
+            cache=self.cache, kind="joint-quality",
+            key=cache_key("joint-quality", self.model_id, self.data_id, self.ctx.criterion, *parts))
         self.evaluations += measured
         return quality
 

@@ -36,6 +36,7 @@ from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budge
 from secateurs.engine.events import CancelCheck, check_cancel
 from secateurs.engine.export import export_onnx
 from secateurs.engine.groups import GroupInfo, describe_groups, prepare
+from secateurs.engine.importance import accumulate_gradients
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.costmodel import GroupLayers
 from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers, layer_module, layer_onnx
@@ -78,6 +79,10 @@ class SearchSpec:
     seed: int = 0
     refine_evaluations: int = 40  # whole-plan quality measurements per round; 0 turns refinement off
     depth: str = "auto"  # "auto": channels and whole blocks; "off": channels only; "only": blocks only
+    dynamic_batch: bool = False  # how the baseline was exported: candidates are exported (and keyed) alike
+    # A limit on the drop of the candidates' own quality (accuracy on the calibration images, or top-1
+    # agreement without labels): a plan over it does not count as meeting the budget. None: no limit.
+    max_accuracy_drop: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -117,6 +122,7 @@ class SearchResult:
     cache: dict[str, int]
     dropped: list[str] = field(default_factory=list)
     blocks: list[dict[str, Any]] = field(default_factory=list)
+    chosen: int = 0  # the trace id of the candidate returned
 
 
 class _Target:
@@ -138,10 +144,11 @@ class _Target:
         """Cache key of an end-to-end measurement: device, runtime settings, protocol, model, plan."""
         t, p = self.spec.target, self.spec.protocol
         return cache_key("e2e", self.cache_id, t.runtime, t.threads, t.precision, vars(p),
-                         self.spec.budget.percentile, self.model_id, *parts)
+                         self.spec.budget.percentile, self.spec.dynamic_batch, self.model_id, *parts)
 
-    def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None, module: nn.Module | None = None) -> Any:
-        return self.runtime.load(shape or self.shape, onnx=path, module=module)
+    def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None, module: nn.Module | None = None,
+                *, fresh: bool = False) -> Any:
+        return self.runtime.load(shape or self.shape, onnx=path, module=module, fresh=fresh)
 
     def measure(self, models: list[Any], protocol: ProtocolSpec, cancel: CancelCheck | None = None) -> list[Any]:
         return self.runtime.measure(models, protocol, should_stop=lambda: check_cancel(cancel))
@@ -181,7 +188,9 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
     q = spec.budget.percentile
     try:
         # analyse
-        ctx = prepare(copy.deepcopy(model), example)
+        ctx = prepare(copy.deepcopy(model), example, criterion=spec.importance)
+        if spec.importance == "taylor":  # the criterion's gradients, from the job's calibration batches
+            accumulate_gradients(ctx.model, calib.inputs, model)
         groups = [g for g in describe_groups(ctx, example, min_channels=spec.min_channels) if g.prunable]
         layers = collect_layers(ctx.model, example)
         members = GroupLayers(ctx, groups, layers)
@@ -197,11 +206,8 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         progress(0.02, "measuring the baseline")
         base_backend = target.backend(baseline_onnx, module=model)
         target.baseline_source = (baseline_onnx, model)
-        base_key = target.key("baseline")
-        base_ms = cache.get(base_key)
-        if base_ms is None:
-            base_ms = target.measure([base_backend], spec.protocol, cancel)[0].percentile(q)
-            cache.put(base_key, "e2e", base_ms)
+        # always measured here: every budget is set against it (a figure cached by a busy run would skew them all)
+        base_ms = target.measure([base_backend], spec.protocol, cancel)[0].percentile(q)
         baseline = Measurement(latency_ms=base_ms, speedup=1.0,
                                size_bytes=file_bytes(baseline_onnx), params=count_params(model),
                                macs=count_macs(model, example))
@@ -434,10 +440,14 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             # ...unless that leaves the bracket the measurements have established
             if any(not too_fast.get(n, 0.0) < aims[n] < too_slow.get(n, float("inf")) for n in aims):
                 _bisect(aims, too_slow, too_fast)
-        best = _choose(trace, spec.precision)
+        within = _floor(spec, quality_before)
+        best = _decided_fresh(trace, models, spec, target, base_backend, baseline, example, cancel, within)
         best_model = models[best.id]
-        met = best.shortfall == 0
-        if not met and not reason:
+        met = best.shortfall == 0 and within(best)
+        if best.shortfall == 0 and not within(best):
+            reason = (f"no plan measured within the budget kept its accuracy drop within {spec.max_accuracy_drop:.2%} "
+                      f"(on the calibration images); the least-harmed plan within the budget is returned")
+        elif not met and not reason:
             reason = (f"no plan within {spec.max_rounds} verification rounds met every budget; closest misses by "
                       f"{best.shortfall:.1%}")
         elif met and best.slack > spec.precision:
@@ -476,7 +486,7 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                       for b in blocks]
         return SearchResult(
             widths=best.widths, ratios={n: 1 - best.widths[n] / c for n, c in full.items()}, model=best_model,
-            dropped=dropped, blocks=block_rows,
+            dropped=dropped, blocks=block_rows, chosen=best.id,
             budget_met=met, reason=reason, baseline=baseline, final=final, quality_before=quality_before,
             quality_after=best.quality, trace=trace, uniform=uniform.to_dict() if uniform else None,
             latency_model=latency_summary, groups=group_rows, cache={"hits": cache.hits, "misses": cache.misses})
@@ -524,16 +534,52 @@ def _bisect(aims: dict[str, float], too_slow: dict[str, float], too_fast: dict[s
     return moved
 
 
-def _choose(trace: list[Candidate], precision: float) -> Candidate:
-    """Best candidate: within the budget and within `precision` of it, least quality loss; else
-    within the budget, least loss; else the smallest miss."""
+def _choose(trace: list[Candidate], precision: float,
+            within: Callable[[Candidate], bool] = lambda c: True) -> Candidate:
+    """Best candidate: within the budget (and the accuracy limit) and within `precision` of it,
+    least quality loss; else within them, least loss; else within the budget alone, least loss
+    (the accuracy limit cannot be met there); else the smallest miss."""
     trace = [c for c in trace if c.stage in ("search", "infeasible-check")] or [
         c for c in trace if c.stage == "calibration"]  # the solver proposed only plans already measured
-    in_band = [c for c in trace if c.shortfall == 0 and c.slack <= precision]
-    met = [c for c in trace if c.shortfall == 0]
-    if in_band or met:
-        return min(in_band or met, key=lambda c: c.quality["loss"])
+    met = [c for c in trace if c.shortfall == 0 and within(c)]
+    in_band = [c for c in met if c.slack <= precision]
+    fast = [c for c in trace if c.shortfall == 0]
+    if in_band or met or fast:
+        return min(in_band or met or fast, key=lambda c: c.quality["loss"])
     return min(trace, key=lambda c: c.shortfall)
+
+
+def _floor(spec: SearchSpec, before: dict[str, Any]) -> Callable[[Candidate], bool]:
+    """Whether a candidate's own quality is within spec.max_accuracy_drop of the original's
+    (accuracy with labels, else top-1 agreement), on the calibration images."""
+    if spec.max_accuracy_drop is None:
+        return lambda c: True
+
+    def within(c: Candidate) -> bool:
+        if before.get("accuracy") is not None and c.quality.get("accuracy") is not None:
+            return before["accuracy"] - c.quality["accuracy"] <= spec.max_accuracy_drop
+        return 1.0 - c.quality["agreement"] <= spec.max_accuracy_drop
+
+    return within
+
+
+def _decided_fresh(trace: list[Candidate], models: dict[int, nn.Module], spec: SearchSpec, target: _Target,
+                   base_backend: Any, baseline: Measurement, example: torch.Tensor, cancel: CancelCheck | None,
+                   within: Callable[[Candidate], bool]) -> Candidate:
+    """The best candidate, with a figure measured in this job: a plan whose figure came from the
+    cache (another job's run) is measured again before it is chosen, the near-budget re-check
+    included; should it miss now, the next best is considered, each candidate at most once."""
+    checked: set[int] = set()
+    while True:
+        best = _choose(trace, spec.precision, within)
+        if best.measured.get("cached") != 1.0 or best.id in checked or best.id not in models:
+            return best
+        checked.add(best.id)
+        measured = _measure_candidate(models[best.id], example, best.widths, spec, target, base_backend, baseline,
+                                      cancel, fresh=True)
+        final = _measurement(measured)
+        best.measured = dict(measured, cached=0.0, remeasured=1.0)
+        best.shortfall, best.slack = budget_shortfall(final, spec.budget), budget_slack(final, spec.budget)
 
 
 def _ceilings(budget: Budget, baseline: Measurement) -> dict[str, float]:
@@ -588,17 +634,19 @@ def _steps(model: LayerLatencyModel, members: GroupLayers, groups: list[GroupInf
 
 def _measure_candidate(model: nn.Module, example: torch.Tensor, plan: dict[str, int], spec: SearchSpec,
                        target: _Target, base_backend: Any, baseline: Measurement,
-                       cancel: CancelCheck | None) -> dict[str, float]:
-    """Export and measure interleaved with the baseline; the same plan on the same model and
-    target is the same measurement, so it is cached (and marked cached in the report)."""
+                       cancel: CancelCheck | None, *, fresh: bool = False) -> dict[str, float]:
+    """Export and measure interleaved with the baseline. The same plan on the same model and target
+    is the same measurement, so another job's figure may steer the search (marked cached in the
+    report); `fresh` measures it here and now, the baseline in a new session too: what decides a
+    job's result is never read from the cache."""
     key = target.key("plan", sorted(plan.items()))
-    cached = target.cache.get(key)
+    cached = None if fresh else target.cache.get(key)
     if cached is not None:
         return dict(cached, cached=1.0)
     q = spec.budget.percentile
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "candidate.onnx"
-        export_onnx(model, example, path)
+        export_onnx(model, example, path, dynamic_batch=spec.dynamic_batch)
         runs = []
         for session in range(RECHECK_SESSIONS):
             if session and not _near_latency_budget(runs[0], spec.budget):
@@ -608,8 +656,10 @@ def _measure_candidate(model: nn.Module, example: torch.Tensor, plan: dict[str, 
             # RESULTS.md). Near the budget that decides which side a plan falls on, so it is
             # measured again in fresh sessions, the baseline's too, and the median run counts.
             source, original = target.baseline_source
-            base_session = base_backend if not session else target.backend(source, module=original)
-            base, cand = target.measure([base_session, target.backend(path, module=model)], spec.protocol, cancel)
+            new = bool(session) or fresh
+            base_session = target.backend(source, module=original, fresh=True) if new else base_backend
+            candidate = target.backend(path, module=model, fresh=new)
+            base, cand = target.measure([base_session, candidate], spec.protocol, cancel)
             runs.append({"latency_ms": cand.percentile(q), "speedup": base.percentile(q) / cand.percentile(q),
                          "baseline_latency_ms": base.percentile(q), "stable": float(base.stable and cand.stable)})
         measured = dict(sorted(runs, key=lambda r: r["speedup"])[len(runs) // 2], sessions=float(len(runs)),
@@ -632,7 +682,7 @@ def _verify(model, example, plan, groups, predicted, spec, target, base_backend,
     ratios = {g.name: 1 - plan[g.name] / g.channels for g in groups if plan.get(g.name, g.channels) < g.channels}
     pruned = prune(model, example, PruneSpec(group_ratios=ratios, importance=spec.importance,
                                              round_to=spec.round_to, min_channels=spec.min_channels,
-                                             drop_blocks=tuple(dropped_in(plan)))).model
+                                             drop_blocks=tuple(dropped_in(plan))), batches=calib.inputs).model
     measured = _measure_candidate(pruned, example, plan, spec, target, base_backend, baseline, cancel)
     final = _measurement(measured)
     with recalibrated(pruned, calib.recalibration if calib.real else None):
@@ -646,7 +696,8 @@ def _verify(model, example, plan, groups, predicted, spec, target, base_backend,
 
 
 def _uniform_plan(groups: list[GroupInfo], ratio: float, spec: SearchSpec) -> dict[str, int]:
-    return {g.name: (kept_count(g.channels, ratio, round_to=spec.round_to, min_channels=spec.min_channels)
+    return {g.name: (kept_count(g.channels, ratio, round_to=spec.round_to, min_channels=spec.min_channels,
+                                step=g.step)
                      if g.unit == "channels" else max(1, round(g.channels * (1 - ratio)))) for g in groups}
 
 
@@ -687,13 +738,14 @@ def _uniform_comparison(model, example, best, groups, spec, target, base_backend
     if "latency_ms" not in best.predicted or not groups:
         return None
     want = baseline.latency_ms / best.measured["speedup"]
+    classical = replace(spec, importance="l1")  # the classical method ranks channels by L1, whatever the job's
     ratio = _least_uniform_ratio(groups, spec, lambda plan: predict(plan)["latency_ms"] <= want) or 0.95
     tried: list[tuple[float, Candidate]] = []
     for _ in range(3):
         plan = _uniform_plan(groups, ratio, spec)
         if any(c.widths == plan for _, c in tried):
             break
-        candidate, _ = _verify(model, example, plan, groups, predict(plan), spec, target, base_backend, baseline,
+        candidate, _ = _verify(model, example, plan, groups, predict(plan), classical, target, base_backend, baseline,
                                calib, reference, None, index, "uniform", cancel)
         candidate.measured["uniform_ratio"] = ratio
         tried.append((ratio, candidate))

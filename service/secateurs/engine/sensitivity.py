@@ -28,6 +28,7 @@ from torch import nn
 from secateurs.engine.blocks import BlockInfo, bypassed
 from secateurs.engine.groups import GraphContext, GroupInfo
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
+from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.prune import kept_count, kept_heads, weakest_heads
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -66,7 +67,7 @@ class Quality:
 
 
 def reference_outputs(model: nn.Module, calib: Calibration) -> list[torch.Tensor]:
-    with torch.no_grad():
+    with torch.no_grad(), computing():
         return [model(x) for x in calib.inputs]
 
 
@@ -74,7 +75,8 @@ def measure_quality(model: nn.Module, calib: Calibration, reference: Sequence[to
     kl = agree = ce = ce_ref = correct = n = 0.0
     with torch.no_grad():
         for i, (x, ref) in enumerate(zip(calib.inputs, reference)):
-            out = model(x)
+            with computing():
+                out = model(x)
             kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
                                  reduction="sum"))
             agree += float((out.argmax(-1) == ref.argmax(-1)).sum())
@@ -123,7 +125,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
     try:
         with torch.no_grad():
             for x in batches:
-                model(x)
+                with computing():
+                    model(x)
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
@@ -141,7 +144,7 @@ def masked(ctx: GraphContext, group_name: str, info: GroupInfo, keep: int) -> It
     module = ctx.model.get_submodule(group_name)
     if info.unit == "heads":
         attention = ctx.model.get_submodule(group_name.rsplit(".", 1)[0])  # heads groups are SelfAttention.qkv
-        drop = weakest_heads(attention, info.channels - keep)
+        drop = weakest_heads(attention, info.channels - keep, p=ctx.head_norm)
         head_dim = attention.proj.in_features // attention.num_heads
         idx = torch.tensor([h * head_dim + i for h in drop for i in range(head_dim)], dtype=torch.long)
         hooks.append(attention.proj.register_forward_pre_hook(
@@ -150,8 +153,13 @@ def masked(ctx: GraphContext, group_name: str, info: GroupInfo, keep: int) -> It
         graph = ctx.graph
         handler = graph.get_pruner_of_module(module).prune_out_channels
         group = graph.get_pruning_group(module, handler, list(range(info.channels)))
-        scores = tp.importance.GroupMagnitudeImportance(p=1)(group)
-        drop = torch.argsort(scores)[: info.channels - keep].tolist()
+        scores = ctx.importance(group)  # the job's criterion: the channels the final pruning removes
+        if info.step > 1:  # as the pruner does: the same positions in each of the step groups
+            per_group = info.channels // info.step
+            weakest = torch.argsort(scores.view(info.step, per_group).mean(0))[: per_group - keep // info.step]
+            drop = sorted(int(p) + g * per_group for g in range(info.step) for p in weakest)
+        else:
+            drop = torch.argsort(scores)[: info.channels - keep].tolist()
         group = graph.get_pruning_group(module, handler, sorted(drop))
         for dep, idxs in group:
             target = dep.target.module
@@ -173,7 +181,8 @@ def group_widths(info: GroupInfo, ratios: Sequence[float], *, round_to: int, min
     if info.unit == "heads":
         widths = {kept_heads(info.channels, r) for r in ratios}
     else:
-        widths = {kept_count(info.channels, r, round_to=round_to, min_channels=min_channels) for r in ratios}
+        widths = {kept_count(info.channels, r, round_to=round_to, min_channels=min_channels, step=info.step)
+                  for r in ratios}
     return sorted(widths, reverse=True)
 
 
@@ -198,7 +207,7 @@ def sensitivity(ctx: GraphContext, groups: Sequence[GroupInfo], widths: dict[str
         for width in plan[info.name]:
             result[info.name][width], _ = cached_quality(
                 ctx.model, calib, reference, lambda: [masked(ctx, info.name, info, width)], cache=cache,
-                kind="sensitivity", key=cache_key("sensitivity", model_id, data_id, info.name, width))
+                kind="sensitivity", key=cache_key("sensitivity", model_id, data_id, ctx.criterion, info.name, width))
             done += 1
             if on_progress:
                 on_progress(done, total)

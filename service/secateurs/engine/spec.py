@@ -121,9 +121,12 @@ class CompressSpec:
     (group name -> ratio; unnamed groups are left whole), or `budget` (the search
     chooses per-group ratios that meet it, measured on the target).
 
-    data: calibration/validation data (labelled: accuracy; none: fidelity on
-    generated inputs). train_data: what recovery trains on (none: label-free
-    distillation on generated inputs). recovery: fine-tuning and distillation
+    data: the evaluation data, whose split the reported quality is measured on (labelled:
+    accuracy; none: fidelity on generated inputs). train_data: what recovery trains on (none:
+    label-free distillation on generated inputs). calibration_samples: images that score plans
+    (and as many again recalibrate BatchNorm), drawn from a train split and never evaluated on
+    (engine/calibration.py). evaluation_samples: a seeded subset of the evaluation split (None:
+    all of it, but any calibration image). recovery: fine-tuning and distillation
     after pruning (none: the pruned model is returned as pruned, BatchNorm
     recalibrated when there is data). cache_dir: measurements cached across jobs.
     job_id: the server's id of the job, copied into the report (None from the command line).
@@ -145,7 +148,8 @@ class CompressSpec:
     data: DataSpec | None = None
     train_data: DataSpec | None = None
     recovery: RecoverySpec | None = None
-    calibration_samples: int = 64
+    calibration_samples: int = 128
+    evaluation_samples: int | None = None
     cache_dir: Path | None = None
     dynamic_batch: bool = False
     parity_tolerance: float = 1e-3

@@ -131,16 +131,25 @@ class Curve:
         return vs[i - 1] + f * (vs[i] - vs[i - 1])
 
 
-def width_grid(full: int, *, round_to: int = 8, points: int = 8) -> list[int]:
-    """Widths at which a layer dimension is measured: full and multiples of round_to below it."""
-    if full <= round_to:
+def width_grid(full: int, *, round_to: int = 8, points: int = 8, step: int = 1) -> list[int]:
+    """Widths at which a layer dimension is measured: full and multiples of round_to below it.
+
+    step > 1: the dimension of a grouped convolution, which only takes multiples of its groups
+    (a one-layer model at any other width would not be a valid convolution)."""
+    unit = step if step > 1 else round_to
+    if full <= unit:
         return [full]
     grid = {full}
     for k in range(1, points):
-        w = int(round(full * k / points / round_to)) * round_to
+        w = int(round(full * k / points / unit)) * unit
         if 0 < w < full:
             grid.add(w)
     return sorted(grid)
+
+
+def _step(shape: LayerShape) -> int:
+    """The multiple a layer's widths move in: its groups, for a grouped (not depthwise) convolution."""
+    return 1 if shape.kind != "conv" or shape.depthwise else shape.groups
 
 
 class LayerLatencyModel:
@@ -153,22 +162,26 @@ class LayerLatencyModel:
         self.in_curves: dict[str, Curve] = {}
         self.out_curves: dict[str, Curve] = {}
         todo = [(n, s) for n, s in layers.items()]
-        total = sum(len(width_grid(s.cin, round_to=round_to)) + len(width_grid(s.cout, round_to=round_to))
-                    for _, s in todo)
+
+        def grids(s: LayerShape) -> tuple[list[int], list[int]]:
+            return (width_grid(s.cin, round_to=round_to, step=_step(s)),
+                    width_grid(s.cout, round_to=round_to, step=_step(s)))
+
+        total = sum(len(a) + len(b) for a, b in (grids(s) for _, s in todo))
         done = 0
         for name, shape in todo:
             full = measure(shape)
             self.full[name] = full
+            in_grid, out_grid = grids(shape)
             if shape.depthwise:  # one width: in and out move together
-                points = {w: measure(shape.resized(w, w)) if w != shape.cin else full
-                          for w in width_grid(shape.cin, round_to=round_to)}
+                points = {w: measure(shape.resized(w, w)) if w != shape.cin else full for w in in_grid}
                 self.in_curves[name] = self.out_curves[name] = Curve(points)
             else:
                 self.in_curves[name] = Curve({w: measure(shape.resized(w, shape.cout)) if w != shape.cin else full
-                                              for w in width_grid(shape.cin, round_to=round_to)})
+                                              for w in in_grid})
                 self.out_curves[name] = Curve({w: measure(shape.resized(shape.cin, w)) if w != shape.cout else full
-                                               for w in width_grid(shape.cout, round_to=round_to)})
-            done += len(width_grid(shape.cin, round_to=round_to)) + len(width_grid(shape.cout, round_to=round_to))
+                                               for w in out_grid})
+            done += len(in_grid) + len(out_grid)
             if on_progress:
                 on_progress(done, total)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from secateurs.engine.latency.devicelock import measuring
 from secateurs.engine.latency.protocol import LatencyStats, measure_interleaved
 from secateurs.engine.latency.runtimes import RuntimeSettings, open_backend, provider_of, require
 from secateurs.engine.spec import ProtocolSpec, TargetSpec
@@ -58,7 +59,8 @@ class LocalTarget:
 
     def measure(self, models: list[Any], protocol: ProtocolSpec,
                 should_stop: Callable[[], None] | None = None) -> list[LatencyStats]:
-        return measure_interleaved(models, protocol, should_stop)
+        with measuring():  # alone on the machine's cores (engine/latency/devicelock.py)
+            return measure_interleaved(models, protocol, should_stop)
 
     def close(self) -> None:
         pass

@@ -1,0 +1,216 @@
+"""The job's data in two roles that never share an image: calibration and evaluation.
+
+    calibration  BatchNorm recalibration, sensitivity, every search decision (the quality of
+                 each candidate, the refinement, the choice between plans) and recovery's
+                 per-epoch monitoring: `calibration_samples` images to score plans and as many
+                 again to recalibrate BatchNorm
+    evaluation   the accuracy the report gives, before and after, and the accuracy limit:
+                 the evaluation split without any calibration image (`evaluation_samples` of
+                 it, seeded, or all of it), with its sample count and a 95% Wilson interval
+
+Calibration comes from a train split (of the training data, else of the evaluation data's
+archive when it has one), so the default never calibrates on the split users report on.
+Only when there is no train split apart from the evaluation split is calibration carved
+from it (seeded), and the evaluation is the rest; the report says so. Without data both
+roles are generated inputs from different seeds, and quality is fidelity to the original.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from secateurs.engine.data import DataSpec, SyntheticDataset, load_dataset
+from secateurs.engine.latency.devicelock import computing
+from secateurs.engine.sensitivity import Calibration
+from secateurs.errors import InvalidData, InvalidRequest
+
+GENERATED_EVALUATION = 256  # generated inputs the fidelity of a job without data is measured on
+_EVALUATION_SEED = 7919  # generated evaluation inputs never repeat the calibration ones (seed + 1)
+_REFERENCE_CACHE_LIMIT = 20_000_000  # logits kept from the original model's pass (floats)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluation:
+    """What the reported quality is measured on: `indices` of `dataset`, in batches."""
+
+    dataset: Dataset
+    indices: list[int]
+    labelled: bool
+    batch_size: int = 64
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from DataLoader(Subset(self.dataset, self.indices), batch_size=self.batch_size, shuffle=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataRoles:
+    """The two roles, the ids of the images in each (disjoint), and what the report says of them."""
+
+    calibration: Calibration
+    evaluation: Evaluation
+    calibration_ids: list[str]
+    evaluation_ids: list[str]
+    summary: dict[str, Any]
+
+
+def build_roles(data: DataSpec | None, train: DataSpec | None, shape: tuple[int, ...], *, calibration_samples: int,
+                evaluation_samples: int | None, seed: int) -> DataRoles:
+    """The calibration and evaluation sets of a job (see the module docstring)."""
+    n = calibration_samples
+    if data is None:
+        return _generated(shape, n, evaluation_samples or max(GENERATED_EVALUATION, n), seed)
+    evaluated = load_dataset(data)
+    source, note, carve = _calibration_source(data, train, evaluated)
+    if len(evaluated) < (2 * n + 1 if carve else 1):
+        raise InvalidData(f"the {data.split} split has {len(evaluated)} images: too few to "
+                          + ("calibrate on 2x" + str(n) + " and evaluate on the rest" if carve else "evaluate on"))
+    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed)).tolist()
+    picked = order[: 2 * n]
+    rest = order[2 * n:] if carve else list(range(len(evaluated)))
+    if evaluation_samples is not None and evaluation_samples < len(rest):
+        chosen = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed + 1))[:evaluation_samples]
+        rest = [rest[i] for i in sorted(chosen.tolist())]
+    calibration = _materialise(source, picked, n, shape)
+    evaluation = Evaluation(dataset=evaluated, indices=sorted(rest), labelled=bool(evaluated.labelled))
+    calibration_ids = [_sample_id(source, i) for i in picked]
+    evaluation_ids = [_sample_id(evaluated, i) for i in evaluation.indices]
+    if set(calibration_ids) & set(evaluation_ids):  # never expected: stop rather than report a selected figure
+        raise InvalidRequest("calibration and evaluation data share images; give a separate train split",
+                             field="data")
+    summary = {"calibration": {"split": data.split if carve else "train", "samples": min(n, len(picked)),
+                               "recalibration_samples": max(0, len(picked) - n), "note": note},
+               "evaluation": {"split": data.split, "samples": len(evaluation),
+                              "of": len(evaluated) - (len(picked) if carve else 0),
+                              "note": "never seen by the search or recovery" + (
+                                  f"; a seeded {data.holdout_fraction:.0%} of the {data.split} split held out, "
+                                  f"which recovery does not train on" if data.holdout == "held" else "")}}
+    return DataRoles(calibration=calibration, evaluation=evaluation, calibration_ids=calibration_ids,
+                     evaluation_ids=evaluation_ids, summary=summary)
+
+
+def held_out(train: DataSpec, transform: Any) -> tuple[DataSpec, DataSpec]:
+    """(evaluation, training) from one train split, when there is no other: a seeded part held out
+    (DataSpec.holdout) to evaluate on, with `transform` (no augmentation), and the rest to train on."""
+    return replace(train, transform=transform, holdout="held"), replace(train, holdout="kept")
+
+
+def _calibration_source(data: DataSpec, train: DataSpec | None, evaluated: Any) -> tuple[Any, str, bool]:
+    """The dataset calibration draws from, what the report says of it, and whether it is carved
+    from the evaluation split itself."""
+    candidates = [("the training data", replace(train, split="train", transform=data.transform, limit=None,
+                                                limit_per_class=None))] if train is not None else []
+    candidates.append(("the train split of the evaluation data", replace(data, split="train", limit=None,
+                                                                         limit_per_class=None)))
+    for where, spec in candidates:
+        if _same_images(spec, data):
+            continue
+        try:
+            return load_dataset(spec), f"{where} (split train, without augmentation)", False
+        except InvalidData:
+            continue  # no train split there
+    return evaluated, (f"carved, seeded, from the {data.split} split (no separate train split was given); "
+                       f"the evaluation is the rest of it"), True
+
+
+def _same_images(a: DataSpec, b: DataSpec) -> bool:
+    """Whether two specs can share images: one split of one file, not two sides of one holdout."""
+    sides = {a.holdout, b.holdout}
+    return a.split == b.split and a.path is not None and b.path is not None and \
+        Path(a.path).resolve() == Path(b.path).resolve() and sides != {"held", "kept"}
+
+
+def _generated(shape: tuple[int, ...], n: int, evaluated: int, seed: int) -> DataRoles:
+    generator = torch.Generator().manual_seed(seed + 1)
+    batch = min(16, n)
+    inputs = [torch.randn((min(batch, n - i),) + tuple(shape[1:]), generator=generator) for i in range(0, n, batch)]
+    dataset = SyntheticDataset(tuple(shape[1:]), evaluated, seed + _EVALUATION_SEED, "normal")
+    evaluation = Evaluation(dataset=dataset, indices=list(range(evaluated)), labelled=False)
+    summary = {"calibration": {"split": None, "samples": n, "recalibration_samples": 0,
+                               "note": "generated inputs (no data)"},
+               "evaluation": {"split": None, "samples": evaluated, "of": evaluated,
+                              "note": "generated inputs of another seed: quality is fidelity to the original "
+                                      "model, not accuracy"}}
+    return DataRoles(calibration=Calibration(inputs=inputs), evaluation=evaluation,
+                     calibration_ids=[f"generated/{seed + 1}/{i}" for i in range(n)],
+                     evaluation_ids=[f"generated/{seed + _EVALUATION_SEED}/{i}" for i in range(evaluated)],
+                     summary=summary)
+
+
+def _materialise(dataset: Any, picked: list[int], n: int, shape: tuple[int, ...]) -> Calibration:
+    """The picked images as tensors: the first n score plans, the others recalibrate BatchNorm."""
+    xs, ys = zip(*(dataset[i] for i in picked))
+    if tuple(xs[0].shape) != tuple(shape[1:]):
+        raise InvalidRequest(f"data samples have shape {tuple(xs[0].shape)}, the model input is {tuple(shape[1:])}; "
+                             f"set the data transform (resize/crop)", field="data")
+    x, y = torch.stack(xs), torch.tensor(ys)
+    batch = min(16, n)
+    scoring, recal = x[:n], x[n:]
+    labels = list(y[:n].split(batch)) if dataset.labelled else None
+    return Calibration(inputs=list(scoring.split(batch)), labels=labels, real=True,
+                       recalibration=list(recal.split(batch)) if len(recal) else None)
+
+
+def _sample_id(dataset: Any, index: int) -> str:
+    """What names one image: its member path in an ImageFolder, else its split and index."""
+    samples = getattr(dataset, "samples", None)
+    if samples is not None:
+        return str(samples[index][0])
+    ids = getattr(dataset, "ids", None)
+    return str(ids[index]) if ids is not None else f"{type(dataset).__name__}/{index}"
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (accuracy) measured on n samples."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class Evaluator:
+    """Quality on the evaluation set: accuracy (with labels), top-1 agreement and KL with the
+    original model, each with its sample count. The original's outputs are kept from its own
+    pass when they are small enough, else computed again beside each model."""
+
+    def __init__(self, evaluation: Evaluation, original: nn.Module) -> None:
+        self.evaluation, self.original = evaluation, original
+        self._reference: list[torch.Tensor] | None = None
+
+    def quality(self, model: nn.Module) -> dict[str, Any]:
+        """Accuracy (None without labels) with its Wilson interval, agreement, KL, and the sample count."""
+        keep = self._reference is None and model is self.original
+        kept: list[torch.Tensor] = []
+        correct = agree = n = 0
+        kl = 0.0
+        with torch.no_grad():
+            for i, (x, y) in enumerate(self.evaluation.batches()):
+                with computing():
+                    out = model(x)
+                    ref = self._reference[i] if self._reference is not None else (
+                        out if model is self.original else self.original(x))
+                if keep:
+                    kept.append(out)
+                n += x.shape[0]
+                agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
+                kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
+                                     reduction="sum"))
+                if self.evaluation.labelled:
+                    correct += int((out.argmax(-1) == y).sum())
+        if keep and sum(t.numel() for t in kept) <= _REFERENCE_CACHE_LIMIT:
+            self._reference = kept
+        accuracy = correct / n if self.evaluation.labelled and n else None
+        return {"accuracy": accuracy, "interval": list(wilson(correct, n)) if accuracy is not None else None,
+                "agreement": agree / n if n else None, "kl": kl / n if n else None, "samples": n}
