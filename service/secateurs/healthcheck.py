@@ -44,7 +44,8 @@ def check(address: str, *, service: str = "", timeout: float = 3.0, root_certifi
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `secateurs-healthcheck`."""
     parser = argparse.ArgumentParser(prog="secateurs-healthcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--address", default=os.environ.get("SECATEURS_HEALTH_ADDRESS") or DEFAULT_ADDRESS,
                         help=f"host:port (default: $SECATEURS_HEALTH_ADDRESS, else {DEFAULT_ADDRESS})")
@@ -55,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tls-cert", type=Path, help="PEM client certificate chain (mutual TLS)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     parser.add_argument("--tls-server-name", help="name to check the server's certificate against")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")

@@ -158,9 +158,26 @@ def test_probe_daemonset_runs_on_gpu_nodes() -> None:
     args = build_parser().parse_args(container["args"][1:])
     assert args.listen == "0.0.0.0:50052"
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"probe": 50052}
-    for probe in ("readinessProbe", "livenessProbe"):  # the probe serves grpc.health.v1 too
-        assert container[probe]["grpc"] == {"port": 50052}, probe
+    assert args.tls_cert and args.tls_key  # the token travels over TLS only
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    tls = {v["name"]: v for v in pod["volumes"]}[mounts[str(args.tls_cert.parent)]]["secret"]["secretName"]
+    assert {"tls.crt", "tls.key", "ca.crt"} <= set(objects[("Secret", tls)]["stringData"])
+    from secateurs.healthcheck import build_parser as health_parser
+
+    for probe in ("readinessProbe", "livenessProbe"):  # grpc.health.v1 over TLS, from inside the container
+        command = container[probe]["exec"]["command"]
+        health = health_parser().parse_args(command[1:])
+        assert command[0] == "secateurs-healthcheck" and health.tls and health.address.endswith(":50052")
     assert [e["name"] for e in container["env"]] == ["SECATEURS_PROBE_TOKEN"]
+    # The servers list the probes jobs may name, and trust the CA that signed the probes' certificate.
+    server = _server(objects[("Deployment", "secateurs")])
+    serve = parse_serve_args(server["args"][1:])
+    assert serve.probe_tls_ca.name == "ca.crt" and serve.probes_file
+    server_mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
+    server_volumes = {v["name"]: v for v in objects[("Deployment", "secateurs")]["spec"]["template"]["spec"]["volumes"]}
+    assert server_volumes[server_mounts[str(serve.probe_tls_ca.parent)]]["secret"]["secretName"] == tls
+    listing = server_volumes[server_mounts[str(serve.probes_file[0].parent)]]["configMap"]["name"]
+    assert serve.probes_file[0].name in objects[("ConfigMap", listing)]["data"]
     # The servers present the token the probes require.
     server_env = {e["name"]: e for e in _server(objects[("Deployment", "secateurs")])["env"]}
     assert server_env["SECATEURS_PROBE_TOKEN"]["valueFrom"] == container["env"][0]["valueFrom"]

@@ -16,7 +16,7 @@ import sys
 import threading
 from concurrent import futures
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
@@ -70,6 +70,7 @@ class ServerConfig:
     # The only latency probes jobs may name (target.probe): name -> host:port. A probe off this
     # machine needs probe TLS (probe_credentials.tls_ca) unless probe_plaintext says otherwise.
     probes: Mapping[str, str] = field(default_factory=dict)
+    probes_files: tuple[Path, ...] = ()  # NAME=HOST:PORT lines, read when the server is made
     probe_plaintext: bool = False
     max_blob_bytes: int = 64 << 30  # uploads and artifacts held in all; beyond: RESOURCE_EXHAUSTED
     retention_seconds: float = 7 * 86400.0  # artifacts of ended jobs, and blobs no live job uses, after this
@@ -92,7 +93,8 @@ class Server:
     """Owns the store, the scheduler and the gRPC server, from start to stop."""
 
     def __init__(self, config: ServerConfig) -> None:
-        self.config = config
+        probes = {**config.probes, **parse_probes((), config.probes_files)}  # ValueError naming the line
+        self.config = config = replace(config, probes=probes)
         data = config.data_dir
         _check_exposure(config)  # before the lock: a bad option leaves nothing behind
         data_root = _data_root(config.data_root)
@@ -273,7 +275,11 @@ def parse_probes(entries: Sequence[str], files: Sequence[Path] = ()) -> dict[str
     """`NAME=host:port` entries (and lines of probe files, `#` comments allowed) -> {name: address}."""
     lines = list(entries)
     for path in files:
-        lines += [ln.split("#", 1)[0].strip() for ln in Path(path).read_text().splitlines()]
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"--probes-file {path}: {exc.strerror or exc}") from None
+        lines += [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
     probes: dict[str, str] = {}
     for line in filter(None, lines):
         name, sep, address = line.partition("=")
@@ -385,9 +391,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         except ValueError as exc:
             raise SystemExit(f"--metrics-listen: {exc}") from None
     try:
-        probes = parse_probes(args.probe, args.probes_file)
+        probes = parse_probes(args.probe)
         retention = parse_duration(args.retention)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     memory = default_worker_memory() if args.worker_memory_limit is None else (args.worker_memory_limit or None)
     return ServerConfig(
@@ -397,6 +403,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         trust_pickle=args.trust_pickle, data_root=args.data_root, grace_seconds=args.grace, runner=args.runner,
         metrics_listen=metrics_listen, allow_modules=tuple(args.allow_module),
         max_model_params=args.max_model_params or None, insecure=args.insecure, probes=probes,
+        probes_files=tuple(args.probes_file),
         probe_plaintext=args.probe_plaintext, max_blob_bytes=args.max_blob_bytes, retention_seconds=retention,
         max_queued_per_client=args.max_queued_per_client, worker_memory_bytes=memory,
         heartbeat_timeout=args.heartbeat_timeout,

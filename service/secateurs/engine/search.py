@@ -157,7 +157,7 @@ class _Target:
         t, runtime = self.spec.target, self.layer_runtime
         key = cache_key("layer", runtime.cache_id, runtime.settings.runtime, t.threads, t.precision,
                         layer.key())
-        cached = self.cache.get(key)
+        cached = self.cache.get(key, kind="layer")
         if cached is not None:
             return float(cached)
         model = runtime.load(layer.input_shape, onnx=layer_onnx(layer),
@@ -489,7 +489,7 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             dropped=dropped, blocks=block_rows, chosen=best.id,
             budget_met=met, reason=reason, baseline=baseline, final=final, quality_before=quality_before,
             quality_after=best.quality, trace=trace, uniform=uniform.to_dict() if uniform else None,
-            latency_model=latency_summary, groups=group_rows, cache={"hits": cache.hits, "misses": cache.misses})
+            latency_model=latency_summary, groups=group_rows, cache=cache.counts())
     finally:
         cache.close()
         if owned:
@@ -640,7 +640,7 @@ def _measure_candidate(model: nn.Module, example: torch.Tensor, plan: dict[str, 
     report); `fresh` measures it here and now, the baseline in a new session too: what decides a
     job's result is never read from the cache."""
     key = target.key("plan", sorted(plan.items()))
-    cached = None if fresh else target.cache.get(key)
+    cached = None if fresh else target.cache.get(key, kind="e2e")
     if cached is not None:
         return dict(cached, cached=1.0)
     q = spec.budget.percentile

@@ -265,7 +265,7 @@ def cached_quality(model: nn.Module, calib: Calibration, reference: Sequence[tor
                    key: str) -> tuple[Quality, bool]:
     """Quality of `model` while `changes()` (masks, bypassed blocks) are applied, after BatchNorm
     recalibration on real data, cached under `key`. Returns (quality, whether it was measured now)."""
-    cached = cache.get(key)
+    cached = cache.get(key, kind=kind)
     if cached is not None:
         return Quality(**cached), False
     with ExitStack() as stack:

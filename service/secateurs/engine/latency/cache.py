@@ -40,6 +40,7 @@ class MeasurementCache:
         self.max_age_seconds = max_age_days * 86400.0
         self.hits = 0
         self.misses = 0
+        self.misses_by_kind: dict[str, int] = {}  # layer, sensitivity, e2e, ...: what had to be measured
         self._lock = threading.Lock()
         self._memory: dict[str, Any] = {}
         self._db: sqlite3.Connection | None = None
@@ -54,7 +55,8 @@ class MeasurementCache:
                     self._db.execute(f"ALTER TABLE measurements ADD COLUMN {column} {kind}")
             self._db.commit()
 
-    def get(self, key: str) -> Any | None:
+    def get(self, key: str, kind: str = "") -> Any | None:
+        """The value stored under `key`, or None (a miss, counted under `kind`)."""
         with self._lock:
             if key in self._memory:
                 self.hits += 1
@@ -64,6 +66,7 @@ class MeasurementCache:
                 if self._db else None
             if row is None:
                 self.misses += 1
+                self.misses_by_kind[kind] = self.misses_by_kind.get(kind, 0) + 1
                 return None
             self.hits += 1
             self._memory[key] = value = json.loads(row[0])
@@ -76,6 +79,10 @@ class MeasurementCache:
                 self._db.execute("INSERT OR REPLACE INTO measurements (key, kind, value, version, created) "
                                  "VALUES (?, ?, ?, ?, ?)", (key, kind, json.dumps(value), CACHE_VERSION, time.time()))
                 self._db.commit()
+
+    def counts(self) -> dict[str, Any]:
+        """Hits and misses, and the misses by kind (what this job measured because no job had)."""
+        return {"hits": self.hits, "misses": self.misses, "misses_by_kind": dict(self.misses_by_kind)}
 
     def close(self) -> None:
         if self._db is not None:

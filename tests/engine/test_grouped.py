@@ -1,0 +1,92 @@
+"""Grouped convolutions (ResNeXt, RegNet) and depthwise ones with a channel multiplier: widths
+that respect the groups in the plan, the surgery and the latency model, and budgets met end to end."""
+
+from __future__ import annotations
+
+import copy
+
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from secateurs.engine.budget import Budget
+from secateurs.engine.export import export_onnx
+from secateurs.engine.groups import describe_groups, prepare
+from secateurs.engine.latency.layers import LayerShape, collect_layers, layer_onnx, width_grid
+from secateurs.engine.models import build_architecture
+from secateurs.engine.prune import PruneSpec, prune
+from secateurs.engine.search import SearchSpec, search
+from secateurs.engine.sensitivity import Calibration
+from secateurs.engine.spec import ProtocolSpec
+
+FAST = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=60, max_seconds=2.0)
+X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+class ChannelMultiplier(nn.Module):
+    """A depthwise convolution that doubles its channels (groups == in_channels < out_channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1, groups=32), nn.BatchNorm2d(64), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(64, 64, 1), nn.BatchNorm2d(64), nn.ReLU())
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.dw(self.stem(x))).mean((2, 3)))
+
+
+def _models() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {"regnet_x_400mf": build_architecture("torchvision:regnet_x_400mf").eval(),
+            "resnext50_32x4d": build_architecture("torchvision:resnext50_32x4d").eval(),
+            "channel_multiplier": ChannelMultiplier().eval()}
+
+
+MODELS = _models()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_pruned_widths_are_whole_groups_and_what_was_planned(name: str) -> None:
+    model = MODELS[name]
+    groups = describe_groups(prepare(copy.deepcopy(model), X), X)
+    assert any(g.step > 1 for g in groups)  # the family's grouped widths are known
+    result = prune(model, X, PruneSpec(ratio=0.4))
+    assert all(g["planned"] == g["after"] for g in result.plan.groups)  # the search's widths are the model's
+    assert sum(g["after"] < g["before"] for g in result.plan.groups) > 0
+    for layer in collect_layers(result.model, X).values():
+        assert layer.cin % layer.groups == 0 and layer.cout % layer.groups == 0
+    result.model(X)
+
+
+def test_a_multipliers_input_is_held_and_its_multiplier_is_pruned() -> None:
+    groups = {g.name: g for g in describe_groups(prepare(copy.deepcopy(MODELS["channel_multiplier"]), X), X)}
+    assert not groups["stem.0"].prunable and "channel multiplier" in groups["stem.0"].reason
+    assert groups["dw.0"].prunable and groups["dw.0"].step == 32
+
+
+def test_the_latency_model_measures_grouped_layers_at_valid_widths() -> None:
+    shape = LayerShape(kind="conv", cin=400, cout=400, input_shape=(1, 400, 7, 7), kernel=(3, 3), padding=(1, 1),
+                       groups=25)
+    grid = width_grid(400, round_to=8, step=25)
+    assert grid[-1] == 400 and all(w % 25 == 0 for w in grid) and len(grid) > 3
+    for w in grid:
+        session = ort.InferenceSession(layer_onnx(shape.resized(w, 400)), providers=["CPUExecutionProvider"])
+        assert session.run(None, {"x": torch.randn(1, w, 7, 7).numpy()})[0].shape == (1, 400, 7, 7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_latency_budget_on_a_grouped_family_is_met(name: str, tmp_path) -> None:
+    model = MODELS[name]
+    export_onnx(model, X, tmp_path / "baseline.onnx")
+    calib = Calibration(inputs=[torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))])
+    result = search(model, X, tmp_path / "baseline.onnx",
+                    SearchSpec(budget=Budget(speedup=1.25), protocol=FAST, cache_dir=tmp_path, arch=name,
+                               refine_evaluations=8, depth="off", max_rounds=4, tighten_rounds=0), calib)
+    assert result.budget_met, result.reason
+    assert result.final.speedup >= 1.25
+    layers = collect_layers(result.model, X)
+    assert all(s.cin % s.groups == 0 and s.cout % s.groups == 0 for s in layers.values())
