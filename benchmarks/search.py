@@ -30,7 +30,7 @@ from secateurs.engine.sensitivity import Calibration
 from secateurs.engine.spec import ProtocolSpec
 
 HERE = Path(__file__).resolve().parent
-PROTOCOL = ProtocolSpec(warmup_runs=10, warmup_seconds=0.5, window=50, min_samples=200, max_seconds=20.0)
+PROTOCOL = ProtocolSpec(warmup_runs=10, warmup_seconds=0.5, window=50, min_samples=200, max_seconds=4.0)
 MODELS = [("torchvision:resnet50", (1, 3, 224, 224)), ("torchvision:mobilenet_v2", (1, 3, 224, 224)),
           ("zoo:resnet56", (1, 3, 32, 32))]
 

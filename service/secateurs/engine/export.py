@@ -18,6 +18,7 @@ import warnings
 from contextlib import redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,18 +46,19 @@ class Parity:
         return asdict(self)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool = False) -> dict:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool = False,
+                exporters: Sequence[str] | None = None) -> dict:
     """Write an ONNX model (opset 18, input 'input', output 'output') and check it.
 
     Uses the dynamo-based exporter; falls back to the TorchScript exporter for models it
-    cannot trace. Returns what was used ({"exporter", "opset"}).
+    cannot trace (`exporters` gives another order). Returns what was used ({"exporter", "opset"}).
     """
     import onnx
 
     model = model.eval()
     path = Path(path)
     errors = []
-    for exporter in ("dynamo", "torchscript"):
+    for exporter in exporters or ("dynamo", "torchscript"):
         try:
             with computing():  # seconds of CPU: never while another job measures
                 _export(model, example, path, exporter, dynamic_batch)

@@ -22,9 +22,7 @@ cannot be met ends with budget_met=False, the best reachable point and the reaso
 from __future__ import annotations
 
 import copy
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,31 +30,25 @@ import torch
 from torch import nn
 
 from secateurs.engine.blocks import BlockInfo, block_key, dropped_in, find_blocks
-from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack, latency_ceiling
+from secateurs.engine.budget import Budget, Measurement, latency_ceiling
 from secateurs.engine.events import CancelCheck, check_cancel
-from secateurs.engine.export import export_onnx
 from secateurs.engine.groups import GroupInfo, describe_groups, prepare
 from secateurs.engine.importance import accumulate_gradients
-from secateurs.engine.latency.cache import MeasurementCache, cache_key
+from secateurs.engine.latency.cache import MeasurementCache
 from secateurs.engine.costmodel import GroupLayers
-from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers, layer_module, layer_onnx
-from secateurs.engine.latency.target import LatencyTarget, LocalTarget, open_target
-from secateurs.engine.prune import PruneSpec, kept_count, prune
+from secateurs.engine.latency.layers import LayerLatencyModel, collect_layers
+from secateurs.engine.latency.target import LatencyTarget, open_target
+from secateurs.engine.prune import kept_count
 from secateurs.engine.refine import JointQuality, refine
 from secateurs.engine.sensitivity import (Calibration, Quality, block_importance, group_widths, measure_quality,
-                                          model_identity, quality_at, recalibrated, reference_outputs, sensitivity)
+                                          channels_last, model_identity, quality_at, reference_outputs,
+                                          sensitivity)
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.solver import Option, solve
 from secateurs.engine.spec import ProtocolSpec, TargetSpec
+from secateurs.engine.verify import Candidate, MeasuringTarget, Verifier, measurement, steering_protocol
 
 RATIO_GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
-# A plan measured within this of its latency budget is measured in this many sessions in all.
-RECHECK_BAND = 0.10
-RECHECK_SESSIONS = 3
-# Layers alone are measured briefly: they are many, each is fast, and the verification
-# loop corrects what their sum mispredicts.
-LAYER_PROTOCOL = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=5, min_samples=15, max_seconds=0.3,
-                              tolerance=0.1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,25 +77,6 @@ class SearchSpec:
     max_accuracy_drop: float | None = None
 
 
-@dataclass(kw_only=True)
-class Candidate:
-    id: int
-    parent: int | None
-    stage: str  # "search" | "infeasible-check" | "uniform"
-    widths: dict[str, int]
-    predicted: dict[str, float]
-    measured: dict[str, float]
-    quality: dict[str, Any]
-    shortfall: float
-    slack: float
-    start: float
-    end: float
-    refinement: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass(frozen=True, kw_only=True)
 class SearchResult:
     widths: dict[str, int]
@@ -125,48 +98,6 @@ class SearchResult:
     chosen: int = 0  # the trace id of the candidate returned
 
 
-class _Target:
-    """Measures models on the job's target (this process or a probe) with the job's protocol."""
-
-    def __init__(self, spec: SearchSpec, input_shape: tuple[int, ...], cache: MeasurementCache,
-                 runtime: LatencyTarget) -> None:
-        self.spec, self.shape, self.cache, self.runtime = spec, input_shape, cache, runtime
-        self.fingerprint = runtime.fingerprint  # a probe's when measuring remotely, as it reports it
-        self.cache_id = runtime.cache_id  # a probe's configured identity: what the cache keys on
-        self.model_id = ""  # set once the weights are hashed; keys end-to-end measurements
-        self.baseline_source: tuple[Path, nn.Module] = (Path(), nn.Identity())  # set with the baseline session
-        # torch.compile per layer would take longer than the search: layers alone run eager
-        compiled = runtime.settings.runtime.startswith("torch-compile")
-        self.layer_runtime = LocalTarget(replace(runtime.settings, runtime=runtime.settings.runtime.replace(
-            "torch-compile", "torch")), seed=spec.seed) if compiled else runtime
-
-    def key(self, *parts: Any) -> str:
-        """Cache key of an end-to-end measurement: device, runtime settings, protocol, model, plan."""
-        t, p = self.spec.target, self.spec.protocol
-        return cache_key("e2e", self.cache_id, t.runtime, t.threads, t.precision, vars(p),
-                         self.spec.budget.percentile, self.spec.dynamic_batch, self.model_id, *parts)
-
-    def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None, module: nn.Module | None = None,
-                *, fresh: bool = False) -> Any:
-        return self.runtime.load(shape or self.shape, onnx=path, module=module, fresh=fresh)
-
-    def measure(self, models: list[Any], protocol: ProtocolSpec, cancel: CancelCheck | None = None) -> list[Any]:
-        return self.runtime.measure(models, protocol, should_stop=lambda: check_cancel(cancel))
-
-    def layer_ms(self, layer: LayerShape) -> float:
-        t, runtime = self.spec.target, self.layer_runtime
-        key = cache_key("layer", runtime.cache_id, runtime.settings.runtime, t.threads, t.precision,
-                        layer.key())
-        cached = self.cache.get(key, kind="layer")
-        if cached is not None:
-            return float(cached)
-        model = runtime.load(layer.input_shape, onnx=layer_onnx(layer),
-                             module=layer_module(layer) if runtime.settings.takes_module else None)
-        stats = runtime.measure([model], LAYER_PROTOCOL)[0]
-        self.cache.put(key, "layer", stats.p50_ms)
-        return stats.p50_ms
-
-
 def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: SearchSpec, calib: Calibration,
            *, latency_target: LatencyTarget | None = None,
            on_progress: Callable[[float, str, dict], None] | None = None,
@@ -184,11 +115,12 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
     latency_target = latency_target or open_target(spec.target, seed=spec.seed)
     cache = MeasurementCache(Path(spec.cache_dir) / "measurements.sqlite" if spec.cache_dir else None)
     shape = tuple(example.shape)
-    target = _Target(spec, shape, cache, latency_target)
+    target = MeasuringTarget(spec, shape, cache, latency_target)
     q = spec.budget.percentile
     try:
         # analyse
         ctx = prepare(copy.deepcopy(model), example, criterion=spec.importance)
+        channels_last(ctx.model)  # the analysis copy: what sensitivity and refinement evaluate, faster so
         if spec.importance == "taylor":  # the criterion's gradients, from the job's calibration batches
             accumulate_gradients(ctx.model, calib.inputs, model)
         groups = [g for g in describe_groups(ctx, example, min_channels=spec.min_channels) if g.prunable]
@@ -206,8 +138,12 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         progress(0.02, "measuring the baseline")
         base_backend = target.backend(baseline_onnx, module=model)
         target.baseline_source = (baseline_onnx, model)
-        # always measured here: every budget is set against it (a figure cached by a busy run would skew them all)
-        base_ms = target.measure([base_backend], spec.protocol, cancel)[0].percentile(q)
+        # it steers (the aims), so it may be an earlier job's; the decisive figure has a fresh baseline of its own
+        base_key = target.key("baseline")
+        base_ms = cache.get(base_key, kind="e2e")
+        if base_ms is None:
+            base_ms = target.measure([base_backend], steering_protocol(spec.protocol), cancel)[0].percentile(q)
+            cache.put(base_key, "e2e", base_ms)
         baseline = Measurement(latency_ms=base_ms, speedup=1.0,
                                size_bytes=file_bytes(baseline_onnx), params=count_params(model),
                                macs=count_macs(model, example))
@@ -239,15 +175,14 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
         choices = {g.name: widths[g.name] for g in channel_groups} | {block_key(b.name): [1, 0] for b in blocks}
 
         trace: list[Candidate] = []
-        models: dict[int, nn.Module] = {}
         scale = 1.0
         block_scale: dict[str, float] = {}  # block name -> end-to-end saving over its layers' isolated time
+        joint = JointQuality(ctx, groups, calib, reference, cache=cache, model_id=model_id)
+        verifier = Verifier(model, example, spec, target, calib, reference, joint, cancel)
 
         def calibration_point(plan: dict[str, int], isolated: float) -> float:
             """Measured change over isolated-layer change for one plan, measured end to end."""
-            candidate, pruned = _verify(model, example, plan, groups, {}, spec, target, base_backend, baseline,
-                                        calib, reference, None, len(trace), "calibration", cancel)
-            models[candidate.id] = pruned  # a search can end on this very plan
+            candidate = verifier.candidate(plan, {}, parent=None, index=len(trace), stage="calibration")
             measured = baseline.latency_ms / candidate.measured["speedup"] - baseline.latency_ms
             ratio = min(5.0, max(0.05, measured / isolated)) if isolated < 0 and measured < 0 else 1.0
             candidate.predicted = {"latency_ms": baseline.latency_ms + ratio * isolated}
@@ -338,7 +273,6 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                 plan = new
             return plan, feasible
 
-        joint = JointQuality(ctx, groups, calib, reference, cache=cache, model_id=model_id)
 
         def refined(plan: dict[str, int], aims: dict[str, float], fraction: float) -> tuple[dict[str, int], list]:
             """The solver's plan, or a better one of no greater predicted cost (engine/refine.py)."""
@@ -366,7 +300,8 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             starts = [p for i, p in enumerate(starts) if p not in starts[:i]]
             best, steps = refine(
                 starts, choices, fits=fits, loss=lambda p: joint(p).loss,
-                additive=lambda g, w: _loss_at(scores[g], w), max_evaluations=spec.refine_evaluations,
+                additive=lambda g, w: _loss_at(scores[g], w), max_evaluations=spec.refine_evaluations if not
+                any(c.stage == "search" for c in trace) else spec.refine_evaluations // 4,  # later rounds: nearer
                 on_progress=lambda d, t: progress(fraction, f"refining the plan {d}/{t}"))
             return best, [s.to_dict() for s in steps]
 
@@ -410,12 +345,10 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             if any(c.widths == plan for c in trace):
                 break  # no aim left between the bounds gives a new plan
             used = dict(aims)
-            candidate, pruned = _verify(model, example, plan, groups, predict(plan), spec, target, base_backend,
-                                        baseline, calib, reference, parent, len(trace),
-                                        "search" if feasible else "infeasible-check", cancel)
+            candidate = verifier.candidate(plan, predict(plan), parent=parent, index=len(trace),
+                                           stage="search" if feasible else "infeasible-check")
             candidate.refinement = steps
             trace.append(candidate)
-            models[candidate.id] = pruned
             parent = candidate.id
             if not feasible and candidate.shortfall > 0:
                 reason = ("every prunable group is at its floor (min_channels, or the widest step that still "
@@ -441,8 +374,8 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
             if any(not too_fast.get(n, 0.0) < aims[n] < too_slow.get(n, float("inf")) for n in aims):
                 _bisect(aims, too_slow, too_fast)
         within = _floor(spec, quality_before)
-        best = _decided_fresh(trace, models, spec, target, base_backend, baseline, example, cancel, within)
-        best_model = models[best.id]
+        best = verifier.decide(trace, lambda t: _choose(t, spec.precision, within))
+        best_model = verifier.models[best.id]
         met = best.shortfall == 0 and within(best)
         if best.shortfall == 0 and not within(best):
             reason = (f"no plan measured within the budget kept its accuracy drop within {spec.max_accuracy_drop:.2%} "
@@ -457,9 +390,8 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
                          f"{min(c.shortfall for c in missed):.1%}" if missed else
                          f"no plan closer to the budget was found in {len(trace)} verification rounds"))
 
-        final = _measurement(best.measured)
-        uniform = _uniform_comparison(model, example, best, channel_groups, spec, target, base_backend, baseline,
-                                      calib, reference, predict, len(trace), cancel)
+        final = measurement(best.measured)
+        uniform = _uniform_comparison(verifier, best, channel_groups, baseline, predict, len(trace))
         if uniform is not None:
             trace.append(uniform)
         def error(c: Candidate) -> float:  # against the interleaved ratio, robust to drift between runs
@@ -505,7 +437,7 @@ def _block_row(block: BlockInfo, dropped: bool, without: Quality, latency_share:
 
 
 def _families(blocks: list[BlockInfo], isolated_ms: Callable[[BlockInfo], float],
-              most: int = 6) -> list[list[BlockInfo]]:
+              most: int = 2) -> list[list[BlockInfo]]:
     """Blocks grouped by kind, shape and size (a stage of alike blocks), most latency first; past
     `most` families the rest share one calibration point, so a model of many unlike blocks
     costs a bounded number of end-to-end measurements."""
@@ -563,25 +495,6 @@ def _floor(spec: SearchSpec, before: dict[str, Any]) -> Callable[[Candidate], bo
     return within
 
 
-def _decided_fresh(trace: list[Candidate], models: dict[int, nn.Module], spec: SearchSpec, target: _Target,
-                   base_backend: Any, baseline: Measurement, example: torch.Tensor, cancel: CancelCheck | None,
-                   within: Callable[[Candidate], bool]) -> Candidate:
-    """The best candidate, with a figure measured in this job: a plan whose figure came from the
-    cache (another job's run) is measured again before it is chosen, the near-budget re-check
-    included; should it miss now, the next best is considered, each candidate at most once."""
-    checked: set[int] = set()
-    while True:
-        best = _choose(trace, spec.precision, within)
-        if best.measured.get("cached") != 1.0 or best.id in checked or best.id not in models:
-            return best
-        checked.add(best.id)
-        measured = _measure_candidate(models[best.id], example, best.widths, spec, target, base_backend, baseline,
-                                      cancel, fresh=True)
-        final = _measurement(measured)
-        best.measured = dict(measured, cached=0.0, remeasured=1.0)
-        best.shortfall, best.slack = budget_shortfall(final, spec.budget), budget_slack(final, spec.budget)
-
-
 def _ceilings(budget: Budget, baseline: Measurement) -> dict[str, float]:
     """Each budget as a ceiling on a predicted quantity (a speedup becomes milliseconds)."""
     out: dict[str, float] = {}
@@ -601,12 +514,6 @@ def _as_ceiling_quantity(candidate: Candidate, name: str, budget: Budget, baseli
         by_ratio = baseline.latency_ms / candidate.measured["speedup"]
         return max(by_ratio, candidate.measured["latency_ms"]) if budget.latency_ms is not None else by_ratio
     return candidate.measured[name]
-
-
-def _measurement(measured: dict[str, float]) -> Measurement:
-    return Measurement(latency_ms=measured["latency_ms"], speedup=measured["speedup"],
-                       size_bytes=int(measured["size_bytes"]), params=int(measured["params"]),
-                       macs=int(measured["macs"]))
 
 
 def _pareto(options: list[Option]) -> list[Option]:
@@ -630,69 +537,6 @@ def _steps(model: LayerLatencyModel, members: GroupLayers, groups: list[GroupInf
         out[g.name] = [[w, -scale * model.delta(members.layer_widths(dict(full, **{g.name: w})))]
                        for w in widths[g.name]]
     return out
-
-
-def _measure_candidate(model: nn.Module, example: torch.Tensor, plan: dict[str, int], spec: SearchSpec,
-                       target: _Target, base_backend: Any, baseline: Measurement,
-                       cancel: CancelCheck | None, *, fresh: bool = False) -> dict[str, float]:
-    """Export and measure interleaved with the baseline. The same plan on the same model and target
-    is the same measurement, so another job's figure may steer the search (marked cached in the
-    report); `fresh` measures it here and now, the baseline in a new session too: what decides a
-    job's result is never read from the cache."""
-    key = target.key("plan", sorted(plan.items()))
-    cached = None if fresh else target.cache.get(key, kind="e2e")
-    if cached is not None:
-        return dict(cached, cached=1.0)
-    q = spec.budget.percentile
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "candidate.onnx"
-        export_onnx(model, example, path, dynamic_batch=spec.dynamic_batch)
-        runs = []
-        for session in range(RECHECK_SESSIONS):
-            if session and not _near_latency_budget(runs[0], spec.budget):
-                break
-            # On a few cores a session of a small model can settle in a fast or a slow mode and
-            # stay there (two sessions of one ResNet-20 at batch 1: up to 30% apart; benchmarks/
-            # RESULTS.md). Near the budget that decides which side a plan falls on, so it is
-            # measured again in fresh sessions, the baseline's too, and the median run counts.
-            source, original = target.baseline_source
-            new = bool(session) or fresh
-            base_session = target.backend(source, module=original, fresh=True) if new else base_backend
-            candidate = target.backend(path, module=model, fresh=new)
-            base, cand = target.measure([base_session, candidate], spec.protocol, cancel)
-            runs.append({"latency_ms": cand.percentile(q), "speedup": base.percentile(q) / cand.percentile(q),
-                         "baseline_latency_ms": base.percentile(q), "stable": float(base.stable and cand.stable)})
-        measured = dict(sorted(runs, key=lambda r: r["speedup"])[len(runs) // 2], sessions=float(len(runs)),
-                        size_bytes=float(file_bytes(path)), params=float(count_params(model)),
-                        macs=float(count_macs(model, example)))
-    target.cache.put(key, "e2e", measured)
-    return dict(measured, cached=0.0)
-
-
-def _near_latency_budget(measured: dict[str, float], budget: Budget) -> bool:
-    """Whether a measured speedup or latency is within RECHECK_BAND of its budget."""
-    ratios = ([budget.speedup / measured["speedup"]] if budget.speedup is not None else []) + (
-        [measured["latency_ms"] / budget.latency_ms] if budget.latency_ms is not None else [])
-    return any(abs(r - 1) < RECHECK_BAND for r in ratios)
-
-
-def _verify(model, example, plan, groups, predicted, spec, target, base_backend, baseline, calib, reference,
-            parent, index, stage, cancel) -> tuple[Candidate, nn.Module]:
-    start = time.time()
-    ratios = {g.name: 1 - plan[g.name] / g.channels for g in groups if plan.get(g.name, g.channels) < g.channels}
-    pruned = prune(model, example, PruneSpec(group_ratios=ratios, importance=spec.importance,
-                                             round_to=spec.round_to, min_channels=spec.min_channels,
-                                             drop_blocks=tuple(dropped_in(plan))), batches=calib.inputs).model
-    measured = _measure_candidate(pruned, example, plan, spec, target, base_backend, baseline, cancel)
-    final = _measurement(measured)
-    with recalibrated(pruned, calib.recalibration if calib.real else None):
-        quality = measure_quality(pruned, calib, reference).to_dict()
-    if calib.real and calib.recalibration:
-        from secateurs.engine.sensitivity import recalibrate_batchnorm
-        recalibrate_batchnorm(pruned, calib.recalibration)  # keep the recalibrated statistics
-    return Candidate(id=index, parent=parent, stage=stage, widths=dict(plan), predicted=predicted,
-                     measured=measured, quality=quality, shortfall=budget_shortfall(final, spec.budget),
-                     slack=budget_slack(final, spec.budget), start=start, end=time.time()), pruned
 
 
 def _uniform_plan(groups: list[GroupInfo], ratio: float, spec: SearchSpec) -> dict[str, int]:
@@ -728,34 +572,31 @@ def _least_uniform_ratio(groups: list[GroupInfo], spec: SearchSpec,
     return hi
 
 
-def _uniform_comparison(model, example, best, groups, spec, target, base_backend, baseline, calib, reference,
-                        predict, index, cancel) -> Candidate | None:
+def _uniform_comparison(verifier: Verifier, best: Candidate, groups: list[GroupInfo], baseline: Measurement,
+                        predict: Callable[[dict[str, int]], dict[str, float]], index: int) -> Candidate | None:
     """The classical baseline: one L1 ratio everywhere, at the chosen plan's measured speedup.
 
-    The ratio is found on the calibrated prediction, then corrected by up to two secant
-    steps on measured speedup, so both plans are compared at the same measured latency.
+    The ratio is found on the calibrated prediction, then corrected once on the measured speedup
+    (proportionally), so both plans are compared at nearly the same measured latency; the report
+    gives the speedup each was measured at.
     """
     if "latency_ms" not in best.predicted or not groups:
         return None
-    want = baseline.latency_ms / best.measured["speedup"]
-    classical = replace(spec, importance="l1")  # the classical method ranks channels by L1, whatever the job's
-    ratio = _least_uniform_ratio(groups, spec, lambda plan: predict(plan)["latency_ms"] <= want) or 0.95
-    tried: list[tuple[float, Candidate]] = []
-    for _ in range(3):
-        plan = _uniform_plan(groups, ratio, spec)
-        if any(c.widths == plan for _, c in tried):
+    # the steering figure the search chose by (what an earlier run with the same cache chose by too)
+    spec, goal = verifier.spec, best.measured.get("steering_speedup", best.measured["speedup"])
+    ratio = _least_uniform_ratio(groups, spec, lambda plan: predict(plan)["latency_ms"] <= baseline.latency_ms / goal)
+    ratio = 0.95 if ratio is None else ratio
+    tried: list[Candidate] = []
+    for _ in range(2):
+        plan = _uniform_plan(groups, ratio, spec)  # the classical method drops no block
+        if any(c.widths == plan for c in tried):
             break
-        candidate, _ = _verify(model, example, plan, groups, predict(plan), classical, target, base_backend, baseline,
-                               calib, reference, None, index, "uniform", cancel)
+        candidate = verifier.candidate(plan, predict(plan), parent=None, index=index, stage="uniform",
+                                       importance="l1")  # the classical method ranks channels by L1
         candidate.measured["uniform_ratio"] = ratio
-        tried.append((ratio, candidate))
+        tried.append(candidate)
         got = candidate.measured["speedup"]
-        if abs(got / best.measured["speedup"] - 1) <= 0.03 or len(tried) == 3:
+        if abs(got / goal - 1) <= 0.03:
             break
-        if len(tried) == 1:  # first correction: assume speedup proportional to ratio locally
-            ratio = min(0.95, max(0.0, ratio * (best.measured["speedup"] - 1) / max(got - 1, 1e-3)))
-        else:  # secant through the two measured points
-            (r0, c0), (r1, c1) = tried[-2], tried[-1]
-            s0, s1 = c0.measured["speedup"], c1.measured["speedup"]
-            ratio = r1 if s1 == s0 else min(0.95, max(0.0, r1 + (best.measured["speedup"] - s1) * (r1 - r0) / (s1 - s0)))
-    return min((c for _, c in tried), key=lambda c: abs(c.measured["speedup"] - best.measured["speedup"]))
+        ratio = min(0.95, max(0.0, ratio * (goal - 1) / max(got - 1, 1e-3)))
+    return min(tried, key=lambda c: abs(c.measured["speedup"] - goal))

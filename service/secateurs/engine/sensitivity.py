@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,9 +66,20 @@ class Quality:
         return {"loss": self.loss, "agreement": self.agreement, "kl": self.kl, "accuracy": self.accuracy}
 
 
+def laid_out(x: torch.Tensor) -> torch.Tensor:
+    """Images in channels-last order: convolutions on the CPU run about a quarter faster so, and the
+    search evaluates thousands of them (the values are the same)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    """The model's 4-d weights in channels-last order, in place (values unchanged)."""
+    return model.to(memory_format=torch.channels_last)
+
+
 def reference_outputs(model: nn.Module, calib: Calibration) -> list[torch.Tensor]:
     with torch.no_grad(), computing():
-        return [model(x) for x in calib.inputs]
+        return [model(laid_out(x)) for x in calib.inputs]
 
 
 def measure_quality(model: nn.Module, calib: Calibration, reference: Sequence[torch.Tensor]) -> Quality:
@@ -76,7 +87,7 @@ def measure_quality(model: nn.Module, calib: Calibration, reference: Sequence[to
     with torch.no_grad():
         for i, (x, ref) in enumerate(zip(calib.inputs, reference)):
             with computing():
-                out = model(x)
+                out = model(laid_out(x))
             kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
                                  reduction="sum"))
             agree += float((out.argmax(-1) == ref.argmax(-1)).sum())
@@ -126,7 +137,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
         with torch.no_grad():
             for x in batches:
                 with computing():
-                    model(x)
+                    model(laid_out(x))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
@@ -165,15 +176,29 @@ def masked(ctx: GraphContext, group_name: str, info: GroupInfo, keep: int) -> It
             target = dep.target.module
             if not isinstance(target, nn.Module) or not graph.is_out_channel_pruning_fn(dep.handler) or not idxs:
                 continue
-            idx = torch.tensor(sorted(set(int(i) for i in idxs)), dtype=torch.long)
-            dim = _channel_dim(target)
-            hooks.append(target.register_forward_hook(
-                lambda _m, _i, out, idx=idx, dim=dim: out.index_fill(dim, idx, 0.0)))
+            hooks.append(target.register_forward_hook(_zeroing(sorted(set(int(i) for i in idxs)), _channel_dim(target))))
     try:
         yield
     finally:
         for h in hooks:
             h.remove()
+
+
+def _zeroing(channels: list[int], dim: int) -> Callable[..., torch.Tensor]:
+    """A forward hook zeroing `channels` of a layer's output along `dim`: one multiplication by a
+    broadcast mask, which keeps a channels-last tensor channels-last (index_fill would not)."""
+    masks: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
+
+    def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        size, axis = out.shape[dim], dim % out.dim()
+        key = (size, out.dim(), out.dtype)
+        if key not in masks:
+            mask = torch.ones(size, dtype=out.dtype)
+            mask[channels] = 0
+            masks[key] = mask.view([size if i == axis else 1 for i in range(out.dim())])
+        return out * masks[key]
+
+    return hook
 
 
 def group_widths(info: GroupInfo, ratios: Sequence[float], *, round_to: int, min_channels: int) -> list[int]:
@@ -230,8 +255,9 @@ def block_importance(model: nn.Module, blocks: Sequence[BlockInfo], calib: Calib
 
 
 def _measured_widths(widths: Sequence[int]) -> list[int]:
-    """Widths (widest first, the full width at index 0) to measure: every other one and the narrowest."""
-    chosen = list(widths[2::2])
+    """Widths (widest first, the full width at index 0) to measure: the middle one and the narrowest, the
+    others interpolated; the whole-plan refinement measures the plans that matter, so these only seed it."""
+    chosen = [widths[len(widths) // 2]] if len(widths) > 2 else []
     if len(widths) > 1 and widths[-1] not in chosen:
         chosen.append(widths[-1])
     return chosen

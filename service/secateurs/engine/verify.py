@@ -1,0 +1,235 @@
+"""Candidates measured end to end: cheap figures that steer the search, and the decisive one.
+
+The search measures many plans to find where the budget lies: these steering figures use a
+short protocol (STEERING), the fast TorchScript exporter, and may come from the cache of an
+earlier job; a plan's quality comes from the masked whole-plan measurement (engine/refine.py,
+the same function as the pruned model, cached), so a plan is pruned only when it has to be
+exported. The plan the search returns is then measured again, decisively: pruned, exported as
+the job delivers it, measured in fresh sessions with the job's own protocol, and near a latency
+budget in RECHECK_SESSIONS sessions with the median counting. Should the decisive figure miss
+the budget, the next best candidate is measured so, each at most once.
+
+    verifier = Verifier(model, example, spec, target, calib, reference, joint, cancel)
+    candidate = verifier.candidate(plan, predicted, parent=None, index=0, stage="search")
+    best = verifier.decide(trace, choose)          # measured fresh, in this job
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from secateurs.engine.blocks import dropped_in
+from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack
+from secateurs.engine.events import CancelCheck, check_cancel
+from secateurs.engine.export import export_onnx
+from secateurs.engine.latency.cache import MeasurementCache, cache_key
+from secateurs.engine.latency.layers import LayerShape, layer_module, layer_onnx
+from secateurs.engine.latency.target import LatencyTarget, LocalTarget
+from secateurs.engine.prune import PruneSpec, prune
+from secateurs.engine.sensitivity import Calibration, measure_quality, recalibrate_batchnorm
+from secateurs.engine.size import count_macs, count_params, file_bytes
+from secateurs.engine.spec import ProtocolSpec
+
+if TYPE_CHECKING:
+    from secateurs.engine.refine import JointQuality
+    from secateurs.engine.search import SearchSpec
+
+# A plan decisively measured within this of its latency budget is measured in this many sessions in all.
+RECHECK_BAND = 0.10
+RECHECK_SESSIONS = 3
+# Layers alone are measured briefly: they are many, each is fast, and the verification
+# loop corrects what their sum mispredicts.
+LAYER_PROTOCOL = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=5, min_samples=15, max_seconds=0.3,
+                              tolerance=0.1)
+DECISIONS = 2  # candidates measured decisively at most, when the first one's figure changes the choice
+STEERING_EXPORTERS = ("torchscript", "dynamo")  # measured alike on ONNX Runtime (benchmarks/RESULTS.md), 7x faster
+
+
+def steering_protocol(job: ProtocolSpec) -> ProtocolSpec:
+    """The job's protocol, shortened for figures that only steer the search."""
+    return replace(job, warmup_runs=min(job.warmup_runs, 10), warmup_seconds=min(job.warmup_seconds, 0.2),
+                   window=min(job.window, 30), min_samples=min(job.min_samples, 90),
+                   max_seconds=min(job.max_seconds, 3.0), tolerance=max(job.tolerance, 0.05))
+
+
+@dataclass(kw_only=True)
+class Candidate:
+    id: int
+    parent: int | None
+    stage: str  # "search" | "infeasible-check" | "calibration" | "uniform"
+    widths: dict[str, int]
+    predicted: dict[str, float]
+    measured: dict[str, float]
+    quality: dict[str, Any]
+    shortfall: float
+    slack: float
+    start: float
+    end: float
+    refinement: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measurement(measured: dict[str, float]) -> Measurement:
+    return Measurement(latency_ms=measured["latency_ms"], speedup=measured["speedup"],
+                       size_bytes=int(measured["size_bytes"]), params=int(measured["params"]),
+                       macs=int(measured["macs"]))
+
+
+class MeasuringTarget:
+    """Measures models on the job's target (this process or a probe), keyed for the cache."""
+
+    def __init__(self, spec: SearchSpec, input_shape: tuple[int, ...], cache: MeasurementCache,
+                 runtime: LatencyTarget) -> None:
+        self.spec, self.shape, self.cache, self.runtime = spec, input_shape, cache, runtime
+        self.fingerprint = runtime.fingerprint  # a probe's when measuring remotely, as it reports it
+        self.cache_id = runtime.cache_id  # a probe's configured identity: what the cache keys on
+        self.model_id = ""  # set once the weights are hashed; keys end-to-end measurements
+        self.baseline_source: tuple[Path, nn.Module] = (Path(), nn.Identity())  # set with the baseline session
+        # torch.compile per layer would take longer than the search: layers alone run eager
+        compiled = runtime.settings.runtime.startswith("torch-compile")
+        self.layer_runtime = LocalTarget(replace(runtime.settings, runtime=runtime.settings.runtime.replace(
+            "torch-compile", "torch")), seed=spec.seed) if compiled else runtime
+
+    def key(self, *parts: Any) -> str:
+        """Cache key of an end-to-end figure: device, runtime settings, protocol, model, plan."""
+        t, p = self.spec.target, self.spec.protocol
+        return cache_key("e2e", self.cache_id, t.runtime, t.threads, t.precision, vars(p),
+                         self.spec.budget.percentile, self.spec.dynamic_batch, self.model_id, *parts)
+
+    def backend(self, path: Path | bytes, shape: tuple[int, ...] | None = None, module: nn.Module | None = None,
+                *, fresh: bool = False) -> Any:
+        return self.runtime.load(shape or self.shape, onnx=path, module=module, fresh=fresh)
+
+    def measure(self, models: list[Any], protocol: ProtocolSpec, cancel: CancelCheck | None = None) -> list[Any]:
+        return self.runtime.measure(models, protocol, should_stop=lambda: check_cancel(cancel))
+
+    def layer_ms(self, layer: LayerShape) -> float:
+        t, runtime = self.spec.target, self.layer_runtime
+        key = cache_key("layer", runtime.cache_id, runtime.settings.runtime, t.threads, t.precision, layer.key())
+        cached = self.cache.get(key, kind="layer")
+        if cached is not None:
+            return float(cached)
+        model = runtime.load(layer.input_shape, onnx=layer_onnx(layer),
+                             module=layer_module(layer) if runtime.settings.takes_module else None)
+        stats = runtime.measure([model], LAYER_PROTOCOL)[0]
+        self.cache.put(key, "layer", stats.p50_ms)
+        return stats.p50_ms
+
+
+def near_latency_budget(measured: dict[str, float], budget: Budget) -> bool:
+    """Whether a measured speedup or latency is within RECHECK_BAND of its budget."""
+    ratios = ([budget.speedup / measured["speedup"]] if budget.speedup is not None else []) + (
+        [measured["latency_ms"] / budget.latency_ms] if budget.latency_ms is not None else [])
+    return any(abs(r - 1) < RECHECK_BAND for r in ratios)
+
+
+class Verifier:
+    """Everything a candidate's measurement needs, for steering and for the decisive figure."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, spec: SearchSpec, target: MeasuringTarget,
+                 calib: Calibration, reference: list[torch.Tensor], joint: JointQuality,
+                 cancel: CancelCheck | None) -> None:
+        self.model, self.example, self.spec, self.target = model, example, spec, target
+        self.calib, self.reference, self.joint, self.cancel = calib, reference, joint, cancel
+        self.groups = {g.name: g for g in joint.groups.values()}
+        self.models: dict[int, nn.Module] = {}  # pruned candidates, by trace id
+
+    def pruned(self, plan: dict[str, int], *, importance: str | None = None) -> nn.Module:
+        """The plan applied to the model (the job's criterion unless said), BatchNorm recalibrated."""
+        ratios = {n: 1 - w / self.groups[n].channels for n, w in plan.items()
+                  if n in self.groups and w < self.groups[n].channels}
+        spec = self.spec
+        pruned = prune(self.model, self.example, PruneSpec(
+            group_ratios=ratios, importance=importance or spec.importance, round_to=spec.round_to,
+            min_channels=spec.min_channels, drop_blocks=tuple(dropped_in(plan))), batches=self.calib.inputs).model
+        if self.calib.real and self.calib.recalibration:
+            recalibrate_batchnorm(pruned, self.calib.recalibration)
+        return pruned
+
+    def candidate(self, plan: dict[str, int], predicted: dict[str, float], *, parent: int | None, index: int,
+                  stage: str, importance: str | None = None) -> Candidate:
+        """A steering figure for `plan`: from the cache, or measured briefly. Its quality is the masked
+        whole-plan quality, or, for another criterion than the job's (the uniform L1 comparison), the
+        pruned model's."""
+        start = time.time()
+        key = self.target.key("plan", importance or "", sorted(plan.items()))
+        measured = self.target.cache.get(key, kind="e2e")
+        pruned = None
+        if measured is None:
+            pruned = self.pruned(plan, importance=importance)
+            measured = self._measure(pruned, plan, decisive=False)
+            self.target.cache.put(key, "e2e", measured)
+            measured = dict(measured, cached=0.0)
+        else:
+            measured = dict(measured, cached=1.0)
+        if importance is None or importance == self.spec.importance:
+            quality = self.joint(plan).to_dict()
+        else:
+            pruned = pruned if pruned is not None else self.pruned(plan, importance=importance)
+            quality = measure_quality(pruned, self.calib, self.reference).to_dict()
+        if pruned is not None:
+            self.models[index] = pruned
+        final = measurement(measured)
+        return Candidate(id=index, parent=parent, stage=stage, widths=dict(plan), predicted=predicted,
+                         measured=measured, quality=quality, shortfall=budget_shortfall(final, self.spec.budget),
+                         slack=budget_slack(final, self.spec.budget), start=start, end=time.time())
+
+    def decide(self, trace: list[Candidate], choose: Callable[[list[Candidate]], Candidate]) -> Candidate:
+        """The candidate `choose` prefers, after its figure was measured decisively in this job; when that
+        figure changes the choice, the new choice is measured so too, DECISIONS candidates at most (then
+        the best decisively measured one is returned, whatever it missed by)."""
+        decided: list[Candidate] = []
+        while True:
+            best = choose(trace)
+            if best in decided or len(decided) == DECISIONS:
+                return best if best in decided else choose(decided)
+            decided.append(best)
+            pruned = self.models.get(best.id) or self.pruned(best.widths)
+            self.models[best.id] = pruned
+            start = time.time()
+            measured = self._measure(pruned, best.widths, decisive=True)
+            best.measured = dict(measured, cached=0.0, decisive=1.0, steering_speedup=best.measured["speedup"])
+            final = measurement(measured)
+            best.shortfall, best.slack = budget_shortfall(final, self.spec.budget), budget_slack(final, self.spec.budget)
+            best.quality = measure_quality(pruned, self.calib, self.reference).to_dict()  # the model itself
+            best.end += time.time() - start
+
+    def _measure(self, pruned: nn.Module, plan: dict[str, int], *, decisive: bool) -> dict[str, float]:
+        """Export and measure interleaved with the baseline. Decisive: exported as the job delivers it, in
+        fresh sessions (the baseline's too), with the job's protocol, and near a latency budget in
+        RECHECK_SESSIONS sessions, the median run counting. Steering: one session, briefly."""
+        spec, target = self.spec, self.target
+        q = spec.budget.percentile
+        protocol = spec.protocol if decisive else steering_protocol(spec.protocol)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "candidate.onnx"
+            export_onnx(pruned, self.example, path, dynamic_batch=spec.dynamic_batch,
+                        exporters=None if decisive else STEERING_EXPORTERS)
+            runs: list[dict[str, float]] = []
+            for session in range(RECHECK_SESSIONS if decisive else 1):
+                if session and not near_latency_budget(runs[0], spec.budget):
+                    break
+                # On a few cores a session of a small model can settle in a fast or a slow mode and
+                # stay there (two sessions of one ResNet-20 at batch 1: up to 30% apart; benchmarks/
+                # RESULTS.md). Near the budget that decides which side a plan falls on, so it is
+                # measured again in fresh sessions, the baseline's too, and the median run counts.
+                # A session kept for the whole search could have settled in a slow mode and flatter every
+                # plan: each pair is measured in new sessions, as the decisive figure is.
+                source, original = target.baseline_source
+                base = target.backend(source, module=original, fresh=True)
+                cand = target.backend(path, module=pruned, fresh=True)
+                b, c = target.measure([base, cand], protocol, self.cancel)
+                runs.append({"latency_ms": c.percentile(q), "speedup": b.percentile(q) / c.percentile(q),
+                             "baseline_latency_ms": b.percentile(q), "stable": float(b.stable and c.stable)})
+            return dict(sorted(runs, key=lambda r: r["speedup"])[len(runs) // 2], sessions=float(len(runs)),
+                        size_bytes=float(file_bytes(path)), params=float(count_params(pruned)),
+                        macs=float(count_macs(pruned, self.example)))
