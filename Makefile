@@ -16,8 +16,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m secateurs.demo
 
+# Two workers (pytest-xdist), one file each at a time: most tests wait on servers and subprocesses;
+# a test that measures latency does it alone (one measurement lock for the whole run: tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .secateurs .pytest_cache

@@ -10,6 +10,17 @@ import subprocess
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_measurement_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every process of the test run (xdist workers, the servers and job workers they start) shares
+    one measurement lock, as the jobs of one machine do: a test measures alone, whatever runs beside it."""
+    from secateurs.engine.latency.devicelock import LOCK_DIR_ENV
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if base.name.startswith("popen-gw") else base  # the run's, not one xdist worker's
+    os.environ.setdefault(LOCK_DIR_ENV, str(shared / "measurement-lock"))
+
+
 def system_command(command: str, package: str) -> str:
     """The path of `command`; when it is missing, install Debian's `package` (as root, the way
     CI runs), or skip saying how to install it where that is not possible."""

@@ -48,6 +48,21 @@ def _models() -> dict[str, nn.Module]:
 MODELS = _models()
 
 
+def _small_families() -> dict[str, nn.Module]:
+    """The same families, fewer blocks (torchvision's own classes): latency budgets at test cost."""
+    from torchvision.models.regnet import BlockParams, RegNet
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    torch.manual_seed(0)
+    return {"regnet_x (depth 6)": RegNet(BlockParams.from_init_params(depth=6, w_0=24, w_a=24.48, w_m=2.54,
+                                                                      group_width=8)).eval(),
+            "resnext (1 block a stage, 8x8d)": ResNet(Bottleneck, [1, 1, 1, 1], groups=8, width_per_group=8).eval(),
+            "channel_multiplier": MODELS["channel_multiplier"]}
+
+
+SMALL = _small_families()
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_pruned_widths_are_whole_groups_and_what_was_planned(name: str) -> None:
     model = MODELS[name]
@@ -77,14 +92,14 @@ def test_the_latency_model_measures_grouped_layers_at_valid_widths() -> None:
         assert session.run(None, {"x": torch.randn(1, w, 7, 7).numpy()})[0].shape == (1, 400, 7, 7)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(SMALL))
 def test_a_latency_budget_on_a_grouped_family_is_met(name: str, tmp_path) -> None:
-    model = MODELS[name]
+    model = SMALL[name]
+    assert any(g.step > 1 for g in describe_groups(prepare(copy.deepcopy(model), X), X))
     export_onnx(model, X, tmp_path / "baseline.onnx")
     calib = Calibration(inputs=[torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))])
     result = search(model, X, tmp_path / "baseline.onnx",
-                    SearchSpec(budget=Budget(speedup=1.25), protocol=FAST, cache_dir=tmp_path, arch=name,
+                    SearchSpec(budget=Budget(speedup=1.25), protocol=FAST, cache_dir=tmp_path, arch="test:" + name,
                                refine_evaluations=8, depth="off", max_rounds=4, tighten_rounds=0), calib)
     assert result.budget_met, result.reason
     assert result.final.speedup >= 1.25

@@ -6,7 +6,6 @@ entry, safe defaults, and failure reasons from one closed set.
 
 from __future__ import annotations
 
-import io
 import re
 import socket
 import subprocess

@@ -45,6 +45,7 @@ def build_request(
     kd_weight: float | None = None, feature_weight: float = 0.0, attention_weight: float = 0.0,
     progressive_steps: int = 0, optimizer: str = "", batch_size: int = 0, train_blob_id: str = "",
     val_blob_id: str = "", train_uri: str = "", val_uri: str = "", data_preset: str = "", val_split: str = "",
+    calibration_samples: int = 0, evaluation_samples: int = 0,
 ) -> pb.CreateJobRequest:
     """A CreateJobRequest from plain values (the message can also be built directly).
 
@@ -58,7 +59,9 @@ def build_request(
     lr, kd_weight, feature_weight, attention_weight, progressive_steps, optimizer and
     batch_size tune it (unset: the server's defaults). Data: an ImageFolder .zip
     uploaded as a blob (train_blob_id, val_blob_id) or a path under the server's
-    --data-root (train_uri, val_uri); data_preset "cifar10" or "imagenet".
+    --data-root (train_uri, val_uri); data_preset "cifar10" or "imagenet". Calibration (the search's
+    decisions) and evaluation (the reported accuracy) never share an image: calibration_samples
+    (default 128) and evaluation_samples (default: the whole evaluation split) size them.
     """
     req = pb.CreateJobRequest(
         request_id=request_id, input_shape=list(input_shape), exports=list(exports), labels=dict(labels or {}),
@@ -91,7 +94,8 @@ def build_request(
         if kd_weight is not None:
             req.recovery.distill_kl_weight = kd_weight
     req.data.CopyFrom(pb.DataSource(train_blob_id=train_blob_id, val_blob_id=val_blob_id, train_uri=train_uri,
-                                    val_uri=val_uri, preset=data_preset, val_split=val_split))
+                                    val_uri=val_uri, preset=data_preset, val_split=val_split,
+                                    calibration_samples=calibration_samples, evaluation_samples=evaluation_samples))
     if not req.data.ListFields():
         req.ClearField("data")
     return req

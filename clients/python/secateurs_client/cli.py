@@ -57,6 +57,7 @@ def cmd_compress(client: Client, args: argparse.Namespace) -> int:
         progressive_steps=args.progressive_steps, optimizer=args.optimizer, batch_size=args.batch_size,
         train_blob_id=train, val_blob_id=val, train_uri=args.train_uri, val_uri=args.val_uri,
         data_preset=args.data_preset, val_split=args.val_split,
+        calibration_samples=args.calibration_samples, evaluation_samples=args.evaluation_samples,
     )
     job = client.create_job(req)
     print(f"job {job.id} queued", file=sys.stderr)
@@ -312,11 +313,16 @@ def _parser() -> argparse.ArgumentParser:
                                       "path under the server's --data-root")
     dg.add_argument("--train-data", type=Path, metavar="FILE.zip", help="what recovery trains on (split train)")
     dg.add_argument("--val-data", type=Path, metavar="FILE.zip",
-                    help="calibration and accuracy (split --val-split); without it: fidelity on generated inputs")
+                    help="the accuracy is measured on its --val-split (calibration comes from a train split, never "
+                         "from that one); without it: fidelity on generated inputs")
     dg.add_argument("--train-uri", default="", help="server-side path instead of --train-data")
     dg.add_argument("--val-uri", default="", help="server-side path instead of --val-data")
     dg.add_argument("--val-split", default="", help="split folder of the val data (default test)")
     dg.add_argument("--data-preset", default="", help="normalisation and augmentation: cifar10 or imagenet")
+    dg.add_argument("--calibration-samples", type=int, default=0,
+                    help="images the search decides on (as many again recalibrate BatchNorm); default 128")
+    dg.add_argument("--evaluation-samples", type=int, default=0,
+                    help="a seeded subset of the evaluation split to measure accuracy on; default: all of it")
     c.add_argument("--percentile", type=float, help="where latency is read: 50 (default), 90, 95, 99")
     c.add_argument("--importance", default="", help="l1 (default), l2, bn_scale, taylor")
     c.add_argument("--round-to", type=int, default=0)

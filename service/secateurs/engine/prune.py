@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 

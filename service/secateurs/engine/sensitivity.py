@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
 
 from secateurs.engine.blocks import BlockInfo, bypassed

@@ -16,6 +16,9 @@ is not locked while the same process measures. Every measurement window is recor
 its wall-clock start and end, for the job's report.
 
     configure(Path(".secateurs/cache"))        # once per process (the pipeline does it)
+
+$SECATEURS_LOCK_DIR, when set, is the one directory every process uses instead, whatever it is
+configured with (several servers, or servers and the command line, on one machine).
     with measuring():  ...                     # LocalTarget.measure
     with computing():  ...                     # a training step
 """
@@ -36,14 +39,17 @@ _directory: Path | None = None
 _files: dict[str, IO[bytes]] = {}
 _pid = -1
 _windows: list[tuple[float, float]] = []
+LOCK_DIR_ENV = "SECATEURS_LOCK_DIR"
 _waited = [0.0]  # seconds measurements waited for other processes' compute
 
 
 def configure(directory: Path | None) -> None:
-    """Share the locks of `directory` (None: no locking, e.g. a job without a cache directory)."""
+    """Share the locks of `directory` (None: no locking, e.g. a job without a cache directory),
+    or of $SECATEURS_LOCK_DIR when it is set."""
     global _directory
     with _lock:
         _close()
+        directory = os.environ.get(LOCK_DIR_ENV) or directory
         _directory = Path(directory) if directory is not None else None
         if _directory is not None:
             _directory.mkdir(parents=True, exist_ok=True)
@@ -57,7 +63,10 @@ def _close() -> None:
 
 def _file(name: str) -> IO[bytes] | None:
     """This process's handle on a lock file (reopened after a fork: flock belongs to the open file)."""
-    global _pid
+    global _pid, _directory
+    if _directory is None and os.environ.get(LOCK_DIR_ENV):  # a process nobody configured
+        _directory = Path(os.environ[LOCK_DIR_ENV])
+        _directory.mkdir(parents=True, exist_ok=True)
     if _directory is None:
         return None
     if _pid != os.getpid():
