@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from typing import Iterator
 
 import pytest
 
@@ -19,6 +20,16 @@ def one_measurement_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> None:
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if base.name.startswith("popen-gw") else base  # the run's, not one xdist worker's
     os.environ.setdefault(LOCK_DIR_ENV, str(shared / "measurement-lock"))
+
+
+@pytest.fixture
+def measures_alone() -> Iterator[None]:
+    """For a test whose assertions rest on latency measured in this process: the whole test holds the
+    measurement lock, so the other worker's compute (jobs training, pruning, exporting) waits for it."""
+    from secateurs.engine.latency import devicelock
+
+    with devicelock.measuring():
+        yield
 
 
 def system_command(command: str, package: str) -> str:

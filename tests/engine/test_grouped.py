@@ -18,9 +18,11 @@ from secateurs.engine.models import build_architecture
 from secateurs.engine.prune import PruneSpec, prune
 from secateurs.engine.search import SearchSpec, search
 from secateurs.engine.sensitivity import Calibration
+from secateurs.engine.size import count_macs
 from secateurs.engine.spec import ProtocolSpec
 
 FAST = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=60, max_seconds=2.0)
+BRIEF = ProtocolSpec(warmup_runs=2, warmup_seconds=0.0, window=10, min_samples=10, max_seconds=0.2)  # counts decide
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
@@ -92,16 +94,34 @@ def test_the_latency_model_measures_grouped_layers_at_valid_widths() -> None:
         assert session.run(None, {"x": torch.randn(1, w, 7, 7).numpy()})[0].shape == (1, 400, 7, 7)
 
 
-@pytest.mark.parametrize("name", list(SMALL))
-def test_a_latency_budget_on_a_grouped_family_is_met(name: str, tmp_path) -> None:
+def _budget_search(name: str, budget: Budget, tmp_path, **spec) -> object:
     model = SMALL[name]
     assert any(g.step > 1 for g in describe_groups(prepare(copy.deepcopy(model), X), X))
     export_onnx(model, X, tmp_path / "baseline.onnx")
     calib = Calibration(inputs=[torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))])
     result = search(model, X, tmp_path / "baseline.onnx",
-                    SearchSpec(budget=Budget(speedup=1.25), protocol=FAST, cache_dir=tmp_path, arch="test:" + name,
-                               refine_evaluations=8, depth="off", max_rounds=4, tighten_rounds=0), calib)
-    assert result.budget_met, result.reason
-    assert result.final.speedup >= 1.25
+                    SearchSpec(budget=budget, cache_dir=tmp_path, arch="test:" + name, refine_evaluations=8,
+                               depth="off", **({"protocol": FAST} | spec)), calib)
     layers = collect_layers(result.model, X)
     assert all(s.cin % s.groups == 0 and s.cout % s.groups == 0 for s in layers.values())
+    return result
+
+
+@pytest.mark.parametrize("name", ["regnet_x (depth 6)", "channel_multiplier"])  # ResNeXt: the latency test
+def test_a_macs_budget_on_a_grouped_family_is_met(name: str, tmp_path) -> None:
+    # counted, not timed: the plan, the pruned model's widths and its count agree for every family
+    macs = count_macs(SMALL[name], X)
+    result = _budget_search(name, Budget(macs=int(macs * 0.6)), tmp_path, max_rounds=2, tighten_rounds=0,
+                            protocol=BRIEF)
+    assert result.budget_met, result.reason
+    assert count_macs(result.model, X) <= macs * 0.6 and any(g["chosen"] < g["channels"] for g in result.groups)
+
+
+def test_a_latency_budget_on_a_grouped_family_is_met(tmp_path, measures_alone) -> None:
+    # the ResNeXt member: enough work per operator that its latency follows its widths (the RegNet member
+    # at 32x32 runs in 0.1 ms, mostly per-operator overhead). Aimed 15% inside the budget: what is tested
+    # is the grouped path end to end on a shared machine; how close a search lands is benchmarks/search.py's
+    result = _budget_search("resnext (1 block a stage, 8x8d)", Budget(speedup=1.25), tmp_path, max_rounds=5,
+                            aim=0.85)
+    assert result.budget_met, result.reason
+    assert result.final.speedup >= 1.25

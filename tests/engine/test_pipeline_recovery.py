@@ -61,6 +61,22 @@ def test_missed_accuracy_floor_is_reported_not_fatal(tmp_path):
     assert floor["max_drop"] == 0.0 and floor["measured_as"] == "accuracy"
     assert floor["met"] == (floor["drop"] <= 0.0)
     assert floor["missed_by"] == pytest.approx(max(0.0, floor["drop"]))
+    assert floor["samples"] == report["quality"]["after"]["samples"] > 0
+
+
+def test_a_missed_accuracy_limit_is_a_missed_budget(tmp_path):
+    # fidelity on generated inputs: after pruning half the model, agreement with it is below 100%
+    report = compress(_spec(tmp_path, budget=Budget(params=60_000, max_accuracy_drop=0.0))).report
+    floor = report["accuracy_floor"]
+    assert report["size"]["compressed"]["params"] <= 60_000 and report["budget_shortfall"] == 0  # the rest met
+    assert not floor["met"] and floor["drop"] > 0 and report["budget_met"] is False
+    assert 1 <= len(floor["attempts"]) <= 3 and floor["outcome"].startswith("missed")
+    ids = [a["candidate"] for a in floor["attempts"]]
+    assert ids[0] == report["search"]["chosen"] and len(set(ids)) == len(ids)  # each retry a less-pruned plan
+    params = {c["id"]: c["measured"]["params"] for c in report["search"]["trace"]}
+    assert all(params[a] < params[b] for a, b in zip(ids, ids[1:]))
+    generous = compress(_spec(tmp_path / "b", budget=Budget(params=60_000, max_accuracy_drop=0.99))).report
+    assert generous["accuracy_floor"]["met"] and generous["budget_met"] is True
 
 
 def test_an_interrupted_job_reuses_its_search_only_for_the_same_job(tmp_path):

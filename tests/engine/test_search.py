@@ -16,6 +16,7 @@ from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
 from secateurs.errors import InvalidRequest
 
 FAST = ProtocolSpec(warmup_runs=5, warmup_seconds=0.05, window=30, min_samples=90, max_seconds=3.0)
+BRIEF = ProtocolSpec(warmup_runs=2, warmup_seconds=0.0, window=10, min_samples=10, max_seconds=0.2)  # counts decide
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,8 @@ def resnet20(tmp_path_factory):
 
 def _search(resnet20, budget, cache_dir, **kw):
     model, x, path, calib = resnet20
-    return search(model, x, path, SearchSpec(budget=budget, protocol=FAST, cache_dir=cache_dir, arch="zoo:resnet20",
-                                             **kw), calib)
+    return search(model, x, path, SearchSpec(budget=budget, cache_dir=cache_dir, arch="zoo:resnet20",
+                                             **({"protocol": FAST} | kw)), calib)
 
 
 def test_params_budget_lands_within_ten_percent(resnet20, tmp_path):
@@ -43,7 +44,7 @@ def test_params_budget_lands_within_ten_percent(resnet20, tmp_path):
     assert result.final.params == params
 
 
-def test_speedup_budget_is_verified_by_measurement(resnet20, tmp_path):
+def test_speedup_budget_is_verified_by_measurement(resnet20, tmp_path, measures_alone):
     result = _search(resnet20, Budget(speedup=1.3), tmp_path)
     assert result.budget_met, result.reason
     assert result.final.speedup >= 1.3
@@ -101,12 +102,15 @@ def test_depth_search_drops_blocks_and_keeps_channels_whole_when_asked(resnet20,
     assert all(not k.startswith("block:") for c in off.trace for k in c.widths)
 
 
-def test_joint_search_weighs_blocks_against_channels(resnet20, tmp_path):
+def test_joint_search_weighs_blocks_against_channels(resnet20, tmp_path, measures_alone):
     result = _search(resnet20, Budget(speedup=1.5), tmp_path)  # depth "auto" is the default
     assert len(result.blocks) == 7 and [c.stage for c in result.trace].count("calibration") == 1 + 2
     assert result.budget_met, result.reason
-    # a plan measured near the budget was measured again in fresh sessions; one far from it, once
-    for c in result.trace:
+    # steering figures take one session; a decisive figure near the budget was measured again in fresh
+    # sessions, one far from it once
+    decisive = [c for c in result.trace if c.measured.get("decisive")]
+    assert decisive and all(c.measured["sessions"] == 1 for c in result.trace if c not in decisive)
+    for c in decisive:
         near = abs(1.5 / c.measured["speedup"] - 1) < 0.10
         assert c.measured["sessions"] in (1, 3) and not (near and c.measured["sessions"] == 1)
     chosen = next(c for c in result.trace if c.widths == result.widths and c.stage != "uniform")
@@ -192,7 +196,9 @@ def test_blocks_are_calibrated_by_families_of_alike_blocks_at_most_two():
 
 
 def test_the_search_ranks_channels_by_the_jobs_criterion(resnet20, tmp_path):
-    by = {importance: _search(resnet20, Budget(params=150_000), tmp_path, importance=importance)
+    # counted budgets, channels only: what differs between the three is the ranking
+    by = {importance: _search(resnet20, Budget(params=150_000), tmp_path, importance=importance, depth="off",
+                              max_rounds=2, tighten_rounds=0, protocol=BRIEF)
           for importance in ("l1", "l2", "taylor")}
     sensitivity = {name: {g["name"]: g["sensitivity"] for g in result.groups} for name, result in by.items()}
     assert sensitivity["l1"] != sensitivity["l2"] and sensitivity["l1"] != sensitivity["taylor"]

@@ -99,13 +99,14 @@ def test_five_restarts_in_a_minute_end_every_job_exactly_once(server_process, tm
     proc = server_process(*args)
     with Client(proc.address, timeout=30) as client:
         jobs = [client.create_job(fake_request("steady")).id for _ in range(6)]
-    start = time.monotonic()
+    stopped = []
     for i in range(5):  # a SIGKILL, then a SIGTERM, ...: queued and running jobs on every one
-        time.sleep(2.0 + i % 2)
+        time.sleep(1.0 + i % 2)
+        stopped.append(time.monotonic())
         proc.send(signal.SIGKILL if i % 2 == 0 else signal.SIGTERM)
         proc.wait(30)
         proc = server_process(*args)
-    assert time.monotonic() - start < 60
+    assert stopped[-1] - stopped[0] < 60  # five stops (and restarts) within a minute
     with Client(proc.address, timeout=30) as client:
         ended = [client.wait(j, timeout=180) for j in jobs]
         for job in ended:

@@ -202,7 +202,9 @@ def test_unreachable_probe_fails_with_the_address() -> None:
 def _job_on_probe(client: Client, weights: Path, name: str = "dev", **kw: Any) -> pb.Job:
     """A job measured on the probe the server lists as `name`."""
     blob = client.upload_blob(weights)
+    depth = kw.pop("depth", "")
     request = resnet20_request(weights_blob_id=blob.id, probe=name, threads=1, **kw)
+    request.pruning.depth = depth
     return client.create_job(request)
 
 
@@ -223,7 +225,7 @@ def test_a_budget_job_measures_everything_on_a_probe_process(make_server, start_
     before = _describe(probe.address).models_measured
     server = make_server(probes={"dev": probe.address})
     with Client(server.address, timeout=30) as client:
-        job = _job_on_probe(client, resnet20_weights, ratio=None, speedup=1.3)
+        job = _job_on_probe(client, resnet20_weights, ratio=None, speedup=1.3, depth="off")
         done = client.wait(job.id, timeout=600)
         assert done.state == pb.SUCCEEDED, done.error.message
         report = _report(client.get_job(job.id))
@@ -283,7 +285,7 @@ def test_probe_killed_mid_job_fails_the_job_and_the_server_carries_on(make_serve
     probe = start_probe()
     server = make_server(probes={"dev": probe.address})
     with Client(server.address, timeout=30) as client:
-        job = _job_on_probe(client, resnet20_weights, ratio=None, speedup=1.3)
+        job = _job_on_probe(client, resnet20_weights, ratio=None, speedup=1.3, depth="off")
         # wait until the job is measuring on the probe, then kill it
         wait_for(lambda: _describe(probe.address).models_measured > 0, 300, "the job's first measurement")
         probe.kill()

@@ -281,10 +281,12 @@ def _plans(run: _Run, search_report: dict[str, Any] | None) -> list[tuple[dict[s
                 dropped_in(c["widths"]), c["id"])
 
     chosen = next(c for c in search_report["trace"] if c["id"] == search_report["chosen"])
-    slower = sorted((c for c in search_report["trace"] if c["shortfall"] == 0 and c["stage"] != "uniform"
-                     and c["measured"]["speedup"] < chosen["measured"]["speedup"]),
-                    key=lambda c: -c["measured"]["speedup"])
-    return [plan(chosen)] + [plan(c) for c in slower[:ACCURACY_RETRIES]]
+    # less pruned: slower, under a latency budget; else larger
+    timed = run.spec.budget is not None and (run.spec.budget.latency_ms or run.spec.budget.speedup)
+    pruning = (lambda c: c["measured"]["speedup"]) if timed else (lambda c: -c["measured"]["params"])
+    lighter = sorted((c for c in search_report["trace"] if c["shortfall"] == 0 and c["stage"] != "uniform"
+                      and pruning(c) < pruning(chosen) and c["widths"] != chosen["widths"]), key=lambda c: -pruning(c))
+    return [plan(chosen)] + [plan(c) for c in lighter[:ACCURACY_RETRIES]]
 
 
 def _pruned_within_floor(run: _Run, model: torch.nn.Module, example: torch.Tensor, roles: DataRoles,
