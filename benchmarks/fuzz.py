@@ -74,19 +74,22 @@ def fuzz_rpcs(examples: int, tmp: Path) -> tuple[dict[str, collections.Counter],
         reply = health_pb2_grpc.HealthStub(channels[channel]).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, f"{channel} stopped serving after {name}"
 
+    def by_job(j: str, n: str, o: int) -> None:
+        for name, call in (
+                ("GetJob", lambda: service.GetJob(pb.GetJobRequest(job_id=j), timeout=10)),
+                ("CancelJob", lambda: service.CancelJob(pb.CancelJobRequest(job_id=j), timeout=10)),
+                ("WatchJob", lambda: service.WatchJob(pb.WatchJobRequest(job_id=j, after_sequence=o), timeout=10)),
+                ("DownloadArtifact", lambda: service.DownloadArtifact(pb.DownloadArtifactRequest(
+                    job_id=j, name=n, offset=o), timeout=10))):
+            check(name, call, "server")
+
     many = settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     cases = [
         ("CreateJob", given(create_job_requests())(lambda r: check("CreateJob", lambda: service.CreateJob(
             r, timeout=30), "server"))),
         ("UploadBlob", given(upload_streams())(lambda s: check("UploadBlob", lambda: service.UploadBlob(
             iter(s), timeout=30), "server"))),
-        ("GetJob/CancelJob/WatchJob/DownloadArtifact", given(job_ids, text, u64)(lambda j, n, o: [check(
-            name, call, "server") for name, call in (
-            ("GetJob", lambda: service.GetJob(pb.GetJobRequest(job_id=j), timeout=10)),
-            ("CancelJob", lambda: service.CancelJob(pb.CancelJobRequest(job_id=j), timeout=10)),
-            ("WatchJob", lambda: service.WatchJob(pb.WatchJobRequest(job_id=j, after_sequence=o), timeout=10)),
-            ("DownloadArtifact", lambda: service.DownloadArtifact(pb.DownloadArtifactRequest(
-                job_id=j, name=n, offset=o), timeout=10)))])),
+        ("GetJob/CancelJob/WatchJob/DownloadArtifact", given(job_ids, text, u64)(by_job)),
         ("ListJobs", given(u32, text, enum_number, st.dictionaries(text, text, max_size=3))(
             lambda size, token, state, labels: check("ListJobs", lambda: service.ListJobs(pb.ListJobsRequest(
                 page_size=size, page_token=token, state=state, labels=labels), timeout=10), "server"))),

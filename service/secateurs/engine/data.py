@@ -361,7 +361,8 @@ class ImageFolderDataset(Dataset):
                     raise ResourceExhausted(f"image {name!r} in {self.where} is {img.width}x{img.height}, over the "
                                             f"limit of {LIMITS.image_pixels:,} pixels", field="data")
                 array = np.array(img.convert(self.mode), dtype=np.uint8)
-        except (OSError, ValueError, EOFError, SyntaxError, zipfile.BadZipFile, Image.DecompressionBombError) as exc:
+        except (OSError, ValueError, EOFError, SyntaxError, NotImplementedError, zipfile.BadZipFile,
+                Image.DecompressionBombError) as exc:  # NotImplementedError: a compression method zipfile lacks
             raise InvalidData(f"cannot read image {name!r} in {self.where} ({type(exc).__name__})") from exc
         x = torch.from_numpy(array).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
         x = x.float().div_(255)
@@ -461,7 +462,7 @@ def _load_imagefolder(spec: DataSpec, transform: Callable[[torch.Tensor], torch.
         reader = _ZipReader(path)
         try:
             names = reader.names(spec.split)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
             raise InvalidData(f"data path is neither a directory nor a readable zip: {path}") from exc
     where = str(path)
     prefix = _split_prefix(names, spec.split, where)

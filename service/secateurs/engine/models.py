@@ -200,10 +200,12 @@ def _read_torch(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn.
                 field="model.weights",
             ) from None
         obj = _load_trusted(path)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # a corrupt pickle stream can raise anything (KeyError, IndexError, ...)
         raise InvalidModel(
-            f"weights file {path.name!r} is truncated or corrupt: {exc}", field="model.weights"
-        ) from None
+            f"weights file {path.name!r} is truncated or corrupt: {type(exc).__name__}: {exc}",
+            field="model.weights") from None
     if isinstance(obj, nn.Module):
         return obj
     for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint wrappers
