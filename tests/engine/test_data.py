@@ -230,6 +230,22 @@ def test_corrupt_zip_member_is_named(tree: Path, tmp_path: Path) -> None:
     assert str(err) == f"cannot read image 'test/dog/0000.jpg' in {path} (BadZipFile)"
 
 
+def test_a_compression_method_zipfile_lacks_is_named(tree: Path, tmp_path: Path) -> None:
+    # found by benchmarks/fuzz.py: zipfile raises NotImplementedError for an unknown method
+    path = _zip_dir(tree, tmp_path / "method.zip")
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("test/dog/0000.jpg")
+    data[info.header_offset + 8:info.header_offset + 10] = (99).to_bytes(2, "little")  # local header's method
+    for at in (i for i in range(len(data)) if data.startswith(b"PK\x01\x02", i)):  # central directory entries
+        name_len = int.from_bytes(data[at + 28:at + 30], "little")
+        if bytes(data[at + 46:at + 46 + name_len]) == b"test/dog/0000.jpg":
+            data[at + 10:at + 12] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    err = _error(_spec(path, split="test"))
+    assert str(err) == f"cannot read image 'test/dog/0000.jpg' in {path} (NotImplementedError)"
+
+
 BAD_SPECS = [
     (dict(source="csv"), "data.source", "unknown data source 'csv'; expected one of: imagefolder, digits, synthetic"),
     (dict(source="digits", split="dev"), "data.split", "unknown split 'dev'; expected one of: train, test, val"),
