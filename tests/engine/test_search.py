@@ -45,7 +45,9 @@ def test_params_budget_lands_within_ten_percent(resnet20, tmp_path):
 
 
 def test_speedup_budget_is_verified_by_measurement(resnet20, tmp_path, measures_alone):
-    result = _search(resnet20, Budget(speedup=1.3), tmp_path)
+    # aimed 15% inside: at batch 1 a session of this 0.3 ms model settles fast or slow (README, Limits),
+    # and what is tested is verification by measurement; how close a search lands is benchmarks/search.py's
+    result = _search(resnet20, Budget(speedup=1.3), tmp_path, aim=0.85)
     assert result.budget_met, result.reason
     assert result.final.speedup >= 1.3
     chosen = [c for c in result.trace if c.widths == result.widths and c.stage != "uniform"]
