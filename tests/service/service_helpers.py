@@ -40,7 +40,10 @@ def resnet20_request(**kw: Any) -> pb.CreateJobRequest:
     """A small real job: ResNet-20 on 1x3x32x32, half the channels, quick latency protocol."""
     args: dict[str, Any] = dict(arch="zoo:resnet20", input_shape=(1, 3, 32, 32), ratio=0.5, protocol=QUICK_PROTOCOL)
     args.update(kw)
-    return build_request(**args)
+    depth = args.pop("depth", "")  # pruning.depth: the client's builder has no argument for it
+    request = build_request(**args)
+    request.pruning.depth = depth
+    return request
 
 
 def fake_request(mode: str = "ok", **kw: Any) -> pb.CreateJobRequest:

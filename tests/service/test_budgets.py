@@ -105,9 +105,9 @@ def search_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def _run(server: Server, tmp_path: Path, weights: Path, **budget: float) -> tuple[pb.Job, dict[str, Any]]:
     with Client(server.address, timeout=30) as client:
         blob = client.upload_blob(weights)
+        # channels: what these jobs check; depth has its own tests (test_search.py)
         req = resnet20_request(ratio=None, weights_blob_id=blob.id, exports=["onnx"], protocol=QUICK_PROTOCOL,
-                               **budget)
-        req.pruning.depth = "off"  # channels: what these jobs check; depth has its own tests (test_search.py)
+                               depth="off", **budget)
         job = client.wait(client.create_job(req).id, timeout=300)
         assert job.state == pb.SUCCEEDED, job.error
         path = client.download_artifact(job.id, "report", tmp_path)

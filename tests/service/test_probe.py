@@ -202,9 +202,7 @@ def test_unreachable_probe_fails_with_the_address() -> None:
 def _job_on_probe(client: Client, weights: Path, name: str = "dev", **kw: Any) -> pb.Job:
     """A job measured on the probe the server lists as `name`."""
     blob = client.upload_blob(weights)
-    depth = kw.pop("depth", "")
     request = resnet20_request(weights_blob_id=blob.id, probe=name, threads=1, **kw)
-    request.pruning.depth = depth
     return client.create_job(request)
 
 
