@@ -213,7 +213,16 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
 
         base_params, base_macs = members.params_macs(full)
 
+        predicted: dict[tuple, dict[str, float]] = {}
+
         def predict(plan: dict[str, int]) -> dict[str, float]:
+            # the solver and the refinement ask for the same plans thousands of times
+            key = tuple(sorted(plan.items()))
+            if key not in predicted:
+                predicted[key] = _predicted(plan)
+            return dict(predicted[key])
+
+        def _predicted(plan: dict[str, int]) -> dict[str, float]:
             channels = {n: plan.get(n, w) for n, w in full.items()}
             removed = {n for b in dropped_in(plan) for n in block_layers[b]}
             params, macs = members.params_macs(channels, removed=removed)
