@@ -16,10 +16,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m secateurs.demo
 
-# Two workers (pytest-xdist), one file each at a time: most tests wait on servers and subprocesses;
-# a test that measures latency does it alone (one measurement lock for the whole run: tests/conftest.py).
+# Two workers (pytest-xdist), one file each at a time, torch on one thread in every process of the run:
+# on two cores two workers of two threads each slowed each other past a serial run (26 min 49 s with
+# -n 2, 14 min 17 s serial, 8 min 10 s like this; tests/README.md). A latency figure is measured alone
+# whatever the threads (one measurement lock for the whole run: tests/conftest.py; runtimes set theirs).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .secateurs .pytest_cache
