@@ -22,10 +22,15 @@ def one_measurement_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault(LOCK_DIR_ENV, str(shared / "measurement-lock"))
 
 
-@pytest.fixture
-def measures_alone() -> Iterator[None]:
-    """For a test whose assertions rest on latency measured in this process: the whole test holds the
-    measurement lock, so the other worker's compute (jobs training, pruning, exporting) waits for it."""
+@pytest.fixture(autouse=True)
+def measures_alone(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked `measures` (its assertions rest on latency measured in its process) holds the
+    measurement lock for its whole length, so no other process's compute (jobs training, pruning,
+    exporting) runs beside it. The lock cannot stop a neighbour's other work (a server starting, a
+    model being built): `make test` runs these tests after the rest, alone on the machine."""
+    if request.node.get_closest_marker("measures") is None:
+        yield
+        return
     from secateurs.engine.latency import devicelock
 
     with devicelock.measuring():

@@ -117,7 +117,8 @@ def test_a_macs_budget_on_a_grouped_family_is_met(name: str, tmp_path) -> None:
     assert count_macs(result.model, X) <= macs * 0.6 and any(g["chosen"] < g["channels"] for g in result.groups)
 
 
-def test_a_latency_budget_on_a_grouped_family_is_met(tmp_path, measures_alone) -> None:
+@pytest.mark.measures
+def test_a_latency_budget_on_a_grouped_family_is_met(tmp_path) -> None:
     # the ResNeXt member: enough work per operator that its latency follows its widths (the RegNet member
     # at 32x32 runs in 0.1 ms, mostly per-operator overhead). Aimed 15% inside the budget: what is tested
     # is the grouped path end to end on a shared machine; how close a search lands is benchmarks/search.py's

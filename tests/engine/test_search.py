@@ -47,7 +47,8 @@ def test_params_budget_lands_within_ten_percent(resnet20, tmp_path):
     assert result.final.params == params
 
 
-def test_speedup_budget_is_verified_by_measurement(resnet20, tmp_path, measures_alone):
+@pytest.mark.measures
+def test_speedup_budget_is_verified_by_measurement(resnet20, tmp_path):
     # aimed 15% inside: at batch 1 a session of this 0.3 ms model settles fast or slow (README, Limits),
     # and what is tested is verification by measurement; how close a search lands is benchmarks/search.py's
     result = _search(resnet20, Budget(speedup=1.3), tmp_path, aim=0.85)
@@ -107,7 +108,8 @@ def test_depth_search_drops_blocks_and_keeps_channels_whole_when_asked(resnet20,
     assert all(not k.startswith("block:") for c in off.trace for k in c.widths)
 
 
-def test_joint_search_weighs_blocks_against_channels(resnet20, tmp_path, measures_alone):
+@pytest.mark.measures
+def test_joint_search_weighs_blocks_against_channels(resnet20, tmp_path):
     result = _search(resnet20, Budget(speedup=1.5), tmp_path)  # depth "auto" is the default
     assert len(result.blocks) == 7 and [c.stage for c in result.trace].count("calibration") == 1 + 2
     assert result.budget_met, result.reason
