@@ -112,8 +112,8 @@ def _model_spec(args: argparse.Namespace):
 
 
 def _target(args: argparse.Namespace, **extra: Any):
-    from secateurs.engine.latency.probe_client import PLAINTEXT_ENV
     from secateurs.engine.spec import TargetSpec
+    from secateurs.probe.client import PLAINTEXT_ENV
 
     if args.probe_plaintext:
         os.environ[PLAINTEXT_ENV] = "1"  # read where the probe is opened (ProbeCredentials.from_environ)
@@ -141,10 +141,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from secateurs.engine.blocks import find_blocks
     from secateurs.engine.groups import describe_groups, prepare
-    from secateurs.engine.latency.target import open_target
     from secateurs.engine.export import export_onnx
     from secateurs.engine.models import check_runs, load_model, parse_input_shape
     from secateurs.engine.size import count_macs, count_params
+    from secateurs.probe.client import open_target
     import copy
     import tempfile
 
@@ -190,6 +190,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from secateurs.engine.models import parse_input_shape
     from secateurs.engine.spec import CompressSpec
     from secateurs.errors import InvalidRequest
+    from secateurs.probe.client import open_target
 
     ratios = None
     if args.ratios is not None:
@@ -240,7 +241,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         dynamic_batch=args.dynamic_batch, seed=args.seed, depth=args.depth,
     )
     start = time.perf_counter()
-    result = compress(spec, on_event=_print_progress)
+    result = compress(spec, on_event=_print_progress, target_opener=open_target)
     print(summary(result.report))
     if "report_html" in result.artifacts:
         print(f"report: {result.artifacts['report_html']}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from secateurs_client import Client, pb
-from secateurs.engine.latency.wire import from_struct
+from secateurs.probe.wire import from_struct
 from service_helpers import resnet20_request
 
 

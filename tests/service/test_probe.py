@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterator
 import grpc
 import pytest
 
-from secateurs.engine.latency.probe_client import ProbeCredentials, ProbeTarget
+from secateurs.probe.client import ProbeCredentials, ProbeTarget
 from secateurs.engine.latency.runtimes import RuntimeSettings
-from secateurs.engine.latency.wire import from_struct
+from secateurs.probe.wire import from_struct
 from secateurs.engine.spec import ProtocolSpec
 from secateurs.errors import InvalidRequest, ProbeUnavailable
 from secateurs_client import Client, pb

@@ -3,7 +3,7 @@ says where every figure was measured. A real job on the PyTorch CPU runtime."""
 
 from __future__ import annotations
 
-from secateurs.engine.latency.wire import from_struct
+from secateurs.probe.wire import from_struct
 from secateurs_client import Client, pb
 from service_helpers import resnet20_request
 

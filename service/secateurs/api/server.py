@@ -31,7 +31,7 @@ from secateurs.addresses import is_loopback, split_host_port
 from secateurs.api.servicer import CompressionServicer
 from secateurs.api.tls import server_credentials
 from secateurs.api.validate import DEFAULT_MAX_MODEL_PARAMS, RequestPolicy
-from secateurs.engine.latency.probe_client import PLAINTEXT_ENV, ProbeCredentials
+from secateurs.probe.client import PLAINTEXT_ENV, ProbeCredentials
 from secateurs.jobs.blobs import BlobStore
 from secateurs.jobs.scheduler import Scheduler
 from secateurs.jobs.service import JobService, Limits

@@ -32,7 +32,7 @@ from secateurs.engine.latency import devicelock
 from secateurs.engine.export import check_parity, export_onnx, export_pt2
 from secateurs.engine.latency.protocol import measurements_taken
 from secateurs.engine.latency.runtimes import RuntimeSettings, check_settings
-from secateurs.engine.latency.target import open_target
+from secateurs.engine.latency.target import TargetOpener, open_target
 from secateurs.engine.models import check_runs, load_model, parse_input_shape
 from secateurs.engine.prune import PruneSpec, prune, validate_prune_spec, write_plan
 from secateurs.engine.search import SearchSpec, search
@@ -183,9 +183,13 @@ ACCURACY_RETRIES = 2  # less-pruned plans tried when the measured accuracy drop 
 
 
 def compress(
-    spec: CompressSpec, on_event: EventSink = ignore_events, cancel: CancelCheck | None = None
+    spec: CompressSpec, on_event: EventSink = ignore_events, cancel: CancelCheck | None = None, *,
+    target_opener: TargetOpener = open_target,
 ) -> CompressResult:
-    """Prune, export and measure one model. Raises secateurs.errors.* on bad input."""
+    """Prune, export and measure one model. Raises secateurs.errors.* on bad input.
+
+    target_opener: opens where every latency figure of the job is measured; the default is this
+    process (a caller that may measure on a probe passes secateurs.probe.client.open_target)."""
     validate_spec(spec)
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     measured_before, windows_before = measurements_taken(), len(devicelock.windows())
@@ -205,7 +209,7 @@ def compress(
                             evaluation_samples=spec.evaluation_samples, seed=spec.seed)
     with run.stage("profile") as st:
         # first: a runtime or probe that is not there fails the job before any work, saying why
-        latency = open_target(spec.target, seed=spec.seed)
+        latency = target_opener(spec.target, seed=spec.seed)
         st.progress(0.1, f"measuring on {_where(latency.where)}, device {latency.fingerprint['id']}")
         baseline_onnx = run.out / "baseline.onnx"
         baseline_export = export_onnx(model, example, baseline_onnx, dynamic_batch=spec.dynamic_batch)

@@ -22,8 +22,16 @@ from typing import Any, Callable
 from secateurs.errors import as_secateurs_error, code_for, reason_for
 from secateurs.jobs.specs import spec_from_json
 
-DEFAULT_RUNNER = "secateurs.engine.pipeline:compress"
+DEFAULT_RUNNER = "secateurs.jobs.worker:run_compress"
 HEARTBEAT_SECONDS = 2.0  # the supervisor kills a worker silent for its heartbeat timeout
+
+
+def run_compress(spec: Any, on_event: Callable[[Any], None], cancel: Any) -> Any:
+    """The pipeline, measuring where the job's target says: this process or the probe it names."""
+    from secateurs.engine.pipeline import compress
+    from secateurs.probe.client import open_target
+
+    return compress(spec, on_event, cancel, target_opener=open_target)
 
 
 def resolve_runner(name: str) -> Callable[..., Any]:

@@ -31,7 +31,7 @@ from secateurs.engine.latency.fingerprint import device_fingerprint
 from secateurs.engine.latency.protocol import measure_interleaved
 from secateurs.engine.latency.runtimes import (ONNX_RUNTIMES, TORCH_RUNTIMES, RuntimeSettings, check_settings,
                                                open_backend, provider_of, require, runtime_statuses)
-from secateurs.engine.latency.wire import protocol_from_pb, stats_to_pb, to_struct
+from secateurs.probe.wire import protocol_from_pb, stats_to_pb, to_struct
 from secateurs.engine.spec import validate_protocol
 from secateurs.errors import BlobNotFound, Cancelled, InvalidRequest, ResourceExhausted, SecateursError
 from secateurs_client.v1 import compression_pb2 as pb

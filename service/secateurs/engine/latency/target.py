@@ -1,11 +1,11 @@
-"""Where a job's latency is measured: in this process, or on a remote probe on the device.
+"""Where a job's latency is measured: this process here; a remote probe in secateurs.probe.client.
 
 A job opens one `LatencyTarget` and every latency figure of the job goes through it:
 the baseline, every layer and candidate of the search, the verification rounds and the
 final benchmark. So the figures share one device, one runtime and one fingerprint, and
 the measurement cache is keyed by that fingerprint.
 
-    target = open_target(spec.target, seed=0)
+    target = open_target(spec.target, seed=0)          # or secateurs.probe.client.open_target
     base, pruned = target.load((1, 3, 224, 224), onnx=path_a), target.load(..., onnx=path_b)
     before, after = target.measure([base, pruned], protocol)    # interleaved
 """
@@ -19,6 +19,7 @@ from secateurs.engine.latency.devicelock import measuring
 from secateurs.engine.latency.protocol import LatencyStats, measure_interleaved
 from secateurs.engine.latency.runtimes import RuntimeSettings, open_backend, provider_of, require
 from secateurs.engine.spec import ProtocolSpec, TargetSpec
+from secateurs.errors import InvalidRequest
 
 
 class LatencyTarget(Protocol):
@@ -70,12 +71,14 @@ def settings_of(target: TargetSpec) -> RuntimeSettings:
     return RuntimeSettings(runtime=target.runtime, precision=target.precision, threads=target.threads)
 
 
-def open_target(target: TargetSpec, *, seed: int = 0) -> LatencyTarget:
-    """The job's target: a probe when `target.probe_address` is set (credentials from the
-    environment, see probe_client.ProbeCredentials), else this process."""
-    if target.probe_address:
-        from secateurs.engine.latency.probe_client import ProbeCredentials, ProbeTarget
+TargetOpener = Callable[..., LatencyTarget]  # (TargetSpec, *, seed) -> LatencyTarget
 
-        return ProbeTarget(target.probe_address, settings_of(target), seed=seed,
-                           credentials=ProbeCredentials.from_environ(), name=target.probe_name)
+
+def open_target(target: TargetSpec, *, seed: int = 0) -> LatencyTarget:
+    """This process as the job's target. The engine knows no probe: a caller that may measure on
+    one (the worker, the CLI) passes `secateurs.probe.client.open_target` to `compress` instead."""
+    if target.probe_address:
+        raise InvalidRequest(f"target.probe_address {target.probe_address!r}: this caller measures in its own "
+                             f"process only; a probe is reached through the server or the CLI",
+                             field="target.probe_address")
     return LocalTarget(settings_of(target), seed=seed)

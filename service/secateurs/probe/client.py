@@ -33,9 +33,10 @@ from secateurs.addresses import is_loopback, split_host_port
 from secateurs.engine.latency.fingerprint import cache_identity
 from secateurs.engine.latency.protocol import LatencyStats, count_measured
 from secateurs.engine.latency.runtimes import TORCH_RUNTIMES, RuntimeSettings
-from secateurs.engine.latency.wire import from_struct, protocol_to_pb, stats_from_pb
-from secateurs.engine.spec import ProtocolSpec
+from secateurs.engine.latency.target import LatencyTarget, LocalTarget, settings_of
+from secateurs.engine.spec import ProtocolSpec, TargetSpec
 from secateurs.errors import BackendUnavailable, InvalidRequest, PermissionDenied, ProbeUnavailable
+from secateurs.probe.wire import from_struct, protocol_to_pb, stats_from_pb
 from secateurs_client.v1 import compression_pb2 as pb
 from secateurs_client.v1 import compression_pb2_grpc as pb_grpc
 
@@ -234,3 +235,12 @@ class ProbeTarget:
                 raise BackendUnavailable(f"latency probe at {self.address} could not {what}: "
                                          f"{code.name}: {details}") from None
         raise AssertionError("unreachable")
+
+
+def open_target(target: TargetSpec, *, seed: int = 0) -> LatencyTarget:
+    """The job's target: the probe `target.probe_address` names (credentials from the environment,
+    see ProbeCredentials), else this process. What the worker and the CLI pass to `compress`."""
+    if target.probe_address:
+        return ProbeTarget(target.probe_address, settings_of(target), seed=seed,
+                           credentials=ProbeCredentials.from_environ(), name=target.probe_name)
+    return LocalTarget(settings_of(target), seed=seed)

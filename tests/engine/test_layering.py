@@ -1,0 +1,80 @@
+"""The direction of imports (docs/architecture.md): the engine knows no gRPC, no stubs, no server,
+no store and no probe, and no module of the package imports itself back through others."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import secateurs
+
+PACKAGE = Path(secateurs.__file__).parent
+FORBIDDEN_IN_ENGINE = ("grpc", "secateurs_client", "secateurs.api", "secateurs.jobs", "secateurs.probe",
+                       "secateurs.cli", "secateurs.demo")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, *, top_level_only: bool) -> set[str]:
+    """Modules `path` imports: at module level only, or anywhere (function-level imports too)."""
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from pkg import module`
+    return found
+
+
+def _graph(*, top_level_only: bool) -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in _imports(path, top_level_only=top_level_only) if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph`, or None (depth-first, three colours)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_engine_imports_no_grpc_stub_server_store_or_probe() -> None:
+    engine = PACKAGE / "engine"
+    offending = {f"{p.relative_to(PACKAGE)}: {m}" for p in engine.rglob("*.py")
+                 for m in _imports(p, top_level_only=False) if m.startswith(FORBIDDEN_IN_ENGINE)}
+    assert not offending, sorted(offending)
+
+
+def test_no_module_imports_itself_back_at_module_level() -> None:
+    assert _cycle(_graph(top_level_only=True)) is None
+
+
+def test_the_checks_see_what_they_look_for() -> None:
+    # the walker finds a function-level import, and the cycle finder a cycle
+    probe_client = PACKAGE / "probe" / "client.py"
+    assert "grpc" in _imports(probe_client, top_level_only=False)
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
