@@ -251,3 +251,13 @@ def test_two_agreeing_sessions_decide_what_three_would(speedups, budget):
         assert side(median) == side(runs[0]) == side(runs[1])
     else:
         assert side(runs[0]) != side(runs[1])
+
+
+def test_a_decisive_session_keeps_the_jobs_protocol_but_its_length():
+    from secateurs.engine.verify import DECISIVE_SESSION_SECONDS, decisive_protocol
+
+    job = ProtocolSpec()  # 30 s at most per measurement
+    capped = decisive_protocol(job)
+    assert capped.max_seconds == DECISIVE_SESSION_SECONDS < job.max_seconds
+    assert (capped.min_samples, capped.window, capped.tolerance) == (job.min_samples, job.window, job.tolerance)
+    assert decisive_protocol(FAST) == FAST  # a job asking for less keeps it

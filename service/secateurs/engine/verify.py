@@ -5,7 +5,7 @@ short protocol (STEERING), the fast TorchScript exporter, and may come from the 
 earlier job; a plan's quality comes from the masked whole-plan measurement (engine/refine.py,
 the same function as the pruned model, cached), so a plan is pruned only when it has to be
 exported. The plan the search returns is then measured again, decisively: pruned, exported as
-the job delivers it, measured in fresh sessions with the job's own protocol, and near a latency
+the job delivers it, measured in fresh sessions with the job's own protocol (each session at most 10 s), and near a latency
 budget in RECHECK_SESSIONS sessions with the median counting (two suffice when they agree on
 which side of the budget the plan falls). Should the decisive figure miss the budget, the next
 best candidate is measured so, each at most once.
@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 # A plan decisively measured within this of its latency budget is measured in this many sessions in all.
 RECHECK_BAND = 0.10
 RECHECK_SESSIONS = 3
+# A decisive session runs the job's protocol for at most this long: what moves a figure is the session
+# (fresh sessions of one model differ by 10-20%, and a longer measurement spread as much: benchmarks/
+# RESULTS.md, "fresh sessions of a small model"), so time goes to more sessions, not longer ones. At the
+# default protocol's 30 s, sessions at batch 32 ran to the cap and a search's decisive figures took 136 s.
+DECISIVE_SESSION_SECONDS = 10.0
 # Layers alone are measured briefly: they are many, each is fast, and the verification
 # loop corrects what their sum mispredicts.
 LAYER_PROTOCOL = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=5, min_samples=15, max_seconds=0.3,
@@ -58,6 +63,11 @@ def steering_protocol(job: ProtocolSpec) -> ProtocolSpec:
     return replace(job, warmup_runs=min(job.warmup_runs, 10), warmup_seconds=min(job.warmup_seconds, 0.2),
                    window=min(job.window, 30), min_samples=min(job.min_samples, 90),
                    max_seconds=min(job.max_seconds, 3.0), tolerance=max(job.tolerance, 0.05))
+
+
+def decisive_protocol(job: ProtocolSpec) -> ProtocolSpec:
+    """The job's protocol, each session capped at DECISIVE_SESSION_SECONDS (the final benchmark keeps it whole)."""
+    return replace(job, max_seconds=min(job.max_seconds, DECISIVE_SESSION_SECONDS))
 
 
 @dataclass(kw_only=True)
@@ -248,12 +258,12 @@ class Verifier:
     def _measure(self, pruned: nn.Module, plan: dict[str, int], *, decisive: bool,
                  steering: dict[str, float] | None = None) -> dict[str, float]:
         """Export and measure interleaved with the baseline. Decisive: exported as the job delivers it, in
-        fresh sessions (the baseline's too), with the job's protocol, and in up to RECHECK_SESSIONS
+        fresh sessions (the baseline's too), with the job's protocol (sessions capped), and in up to RECHECK_SESSIONS
         sessions, the median run counting, when the first is near a latency budget or puts the plan on
         another side of it than its `steering` figure did. Steering: one session, briefly."""
         spec, target = self.spec, self.target
         q = spec.budget.percentile
-        protocol = spec.protocol if decisive else steering_protocol(spec.protocol)
+        protocol = decisive_protocol(spec.protocol) if decisive else steering_protocol(spec.protocol)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "candidate.onnx"
             export_onnx(pruned, self.example, path, dynamic_batch=spec.dynamic_batch,
