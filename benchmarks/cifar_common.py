@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from secateurs.engine.data import DataSpec, TransformSpec, load_dataset
-from secateurs.engine.recover import lr_at  # the same schedule the service uses
+from secateurs.engine.intake.data import DataSpec, TransformSpec, load_dataset
+from secateurs.engine.recover.train import lr_at  # the same schedule the service uses
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / "benchmarks" / ".cache"

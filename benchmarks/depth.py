@@ -6,7 +6,7 @@
                                                     # (initialised weights here: the latency side only
                                                     # means something; RESULTS.md)
 
-Every plan is found by the engine's own search (engine/search.py) with `depth` off, only and auto,
+Every plan is found by the engine's own search (engine/search/searcher.py) with `depth` off, only and auto,
 verified end to end on ONNX Runtime CPU (2 threads) interleaved with the baseline ("in its
 search"). Plans come in steps (a block is 4-12% of a small network's latency), so the three
 rarely land on the same speedup: when the better of channels-only and blocks-only lands faster
@@ -40,9 +40,9 @@ import torch
 from secateurs.engine.budget import Budget
 from secateurs.engine.export import export_onnx
 from secateurs.engine.latency.target import open_target
-from secateurs.engine.models import build_architecture
-from secateurs.engine.search import SearchResult, SearchSpec, search
-from secateurs.engine.sensitivity import Calibration
+from secateurs.engine.intake.models import build_architecture
+from secateurs.engine.search.searcher import SearchResult, SearchSpec, search
+from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.spec import ProtocolSpec, TargetSpec
 
 HERE = Path(__file__).resolve().parent
@@ -147,7 +147,7 @@ def cifar(speedup: float, archs: list[str], batches: list[int], train_images: in
     from cifar_common import CACHE_DIR, cifar_zip_path, evaluate, load_cifar_tensors, normalize, subset, train
     from safetensors.torch import load_file
 
-    from secateurs.engine.sensitivity import recalibrate_batchnorm
+    from secateurs.engine.search.sensitivity import recalibrate_batchnorm
 
     train_x, train_y = load_cifar_tensors(cifar_zip_path(), "train")
     test_x, test_y = load_cifar_tensors(cifar_zip_path(), "test")

@@ -135,7 +135,7 @@ def _seeds(tmp: Path) -> dict[str, bytes]:
     from safetensors.torch import save
 
     from secateurs.engine.export import export_onnx
-    from secateurs.engine.models import build_architecture
+    from secateurs.engine.intake.models import build_architecture
 
     torch.manual_seed(0)
     model = build_architecture("zoo:resnet20", {"width": 8}).eval()
@@ -156,8 +156,8 @@ def _seeds(tmp: Path) -> dict[str, bytes]:
 
 
 def fuzz_readers(seconds: float, tmp: Path) -> dict[str, collections.Counter]:
-    from secateurs.engine.data import DataSpec, load_dataset
-    from secateurs.engine.models import apply_state_dict, build_architecture, read_weights
+    from secateurs.engine.intake.data import DataSpec, load_dataset
+    from secateurs.engine.intake.models import apply_state_dict, build_architecture, read_weights
     from secateurs.errors import SecateursError
     from secateurs.probe.service import LatencyProbeServicer
 

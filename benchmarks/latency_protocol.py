@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from secateurs.engine.export import export_onnx
-from secateurs.engine.models import build_architecture
-from secateurs.engine.prune import PruneSpec, prune
+from secateurs.engine.intake.models import build_architecture
+from secateurs.engine.prune.apply import PruneSpec, prune
 
 MEASURE = """
 import json, sys

@@ -25,9 +25,9 @@ import torch
 from secateurs.engine.budget import Budget
 from secateurs.engine.export import export_onnx
 from secateurs.engine.latency import OnnxRuntimeBackend, measure_interleaved
-from secateurs.engine.models import build_architecture
-from secateurs.engine.search import SearchSpec, search
-from secateurs.engine.sensitivity import Calibration
+from secateurs.engine.intake.models import build_architecture
+from secateurs.engine.search.searcher import SearchSpec, search
+from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_params
 from secateurs.engine.spec import ProtocolSpec
 
@@ -178,7 +178,7 @@ def _classical(model, x, speedup: float, measured_speedup) -> dict[str, torch.nn
     speedup meets the budget (what a user of each method would ship for it)."""
     import torch_pruning as tp
 
-    from secateurs.engine.prune import PruneSpec, prune
+    from secateurs.engine.prune.apply import PruneSpec, prune
 
     out: dict[str, torch.nn.Module] = {}
     plans: dict[tuple, float] = {}
@@ -223,9 +223,9 @@ def job(speedup: float, epochs: int, batch: int, arch: str, weights: Path | None
     sys.path.insert(0, str(HERE))
     from cifar_common import CACHE_DIR, cifar_zip_path
 
-    from secateurs.engine.data import DataSpec, TransformSpec
+    from secateurs.engine.intake.data import DataSpec, TransformSpec
     from secateurs.engine.pipeline import compress
-    from secateurs.engine.recover import RecoverySpec
+    from secateurs.engine.recover.train import RecoverySpec
     from secateurs.engine.spec import CompressSpec, ModelSpec, TargetSpec
 
     weights = weights or CACHE_DIR / f"{arch.split(':')[1]}.safetensors"

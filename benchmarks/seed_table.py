@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar_common import (CACHE_DIR, augment, cifar_zip_path, evaluate, load_cifar_tensors, normalize,  # noqa: E402
                           subset)
 
-from secateurs.engine.models import build_architecture  # noqa: E402
-from secateurs.engine.progressive import progressive  # noqa: E402
-from secateurs.engine.prune import PruneSpec, prune  # noqa: E402
-from secateurs.engine.recover import RecoverySpec, recover  # noqa: E402
-from secateurs.engine.sensitivity import recalibrate_batchnorm  # noqa: E402
+from secateurs.engine.intake.models import build_architecture  # noqa: E402
+from secateurs.engine.recover.progressive import progressive  # noqa: E402
+from secateurs.engine.prune.apply import PruneSpec, prune  # noqa: E402
+from secateurs.engine.recover.train import RecoverySpec, recover  # noqa: E402
+from secateurs.engine.search.sensitivity import recalibrate_batchnorm  # noqa: E402
 
 REFERENCE = {"baseline": 93.02, "pruned, no fine-tuning": 89.15, "fine-tuned": 92.87, "distilled": 93.12}
 

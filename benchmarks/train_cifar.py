@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: cif
 
 from cifar_common import CACHE_DIR, EpochStats, cifar_zip_path, evaluate, load_cifar_tensors, subset, train  # noqa: E402
 
-from secateurs.engine.models import build_architecture  # noqa: E402
+from secateurs.engine.intake.models import build_architecture  # noqa: E402
 
 
 def main() -> int:

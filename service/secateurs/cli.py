@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_spec(args: argparse.Namespace):
-    from secateurs.engine.models import parse_kwargs
+    from secateurs.engine.intake.models import parse_kwargs
     from secateurs.engine.spec import ModelSpec
 
     return ModelSpec(arch=args.model, arch_kwargs=parse_kwargs(args.kwarg), weights=args.weights,
@@ -139,10 +139,10 @@ def _print_progress(event: Any) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import torch
 
-    from secateurs.engine.blocks import find_blocks
-    from secateurs.engine.groups import describe_groups, prepare
+    from secateurs.engine.prune.blocks import find_blocks
+    from secateurs.engine.prune.groups import describe_groups, prepare
     from secateurs.engine.export import export_onnx
-    from secateurs.engine.models import check_runs, load_model, parse_input_shape
+    from secateurs.engine.intake.models import check_runs, load_model, parse_input_shape
     from secateurs.engine.size import count_macs, count_params
     from secateurs.probe.client import open_target
     import copy
@@ -187,7 +187,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from secateurs.engine.pipeline import compress
-    from secateurs.engine.models import parse_input_shape
+    from secateurs.engine.intake.models import parse_input_shape
     from secateurs.engine.spec import CompressSpec
     from secateurs.errors import InvalidRequest
     from secateurs.probe.client import open_target
@@ -209,14 +209,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
         budget = Budget(**limits, max_accuracy_drop=args.max_accuracy_drop, percentile=args.percentile)
     data = None
     if args.data is not None:
-        from secateurs.engine.data import DataSpec, TransformSpec
+        from secateurs.engine.intake.data import DataSpec, TransformSpec
 
         data = DataSpec(source="imagefolder", path=args.data, split=args.data_split,
                         transform=TransformSpec.preset(args.data_preset) if args.data_preset else None, seed=args.seed)
     recovery = train_data = None
     if args.epochs is not None:
-        from secateurs.engine.data import DataSpec, TransformSpec
-        from secateurs.engine.recover import RecoverySpec
+        from secateurs.engine.intake.data import DataSpec, TransformSpec
+        from secateurs.engine.recover.train import RecoverySpec
 
         recovery = RecoverySpec(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
                                 kd_weight=args.kd_weight, feature_weight=args.feature_weight,
@@ -227,7 +227,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             train_data = DataSpec(source="imagefolder", path=args.train_data, split="train", transform=preset,
                                   seed=args.seed)
             if data is None:  # only a train split: evaluate on a seeded part of it, never trained on
-                from secateurs.engine.calibration import held_out
+                from secateurs.engine.intake.calibration import held_out
 
                 data, train_data = held_out(train_data, TransformSpec.preset(args.data_preset)
                                             if args.data_preset else None)

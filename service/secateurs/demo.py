@@ -89,7 +89,7 @@ def train_model(rows: list[tuple[np.ndarray, int]], path: Path, *, epochs: int, 
     import torch
     from safetensors.torch import save_file
 
-    from secateurs.engine.zoo import ZOO
+    from secateurs.engine.intake.zoo import ZOO
 
     torch.manual_seed(seed)
     x = torch.from_numpy(np.stack([p for p, _ in rows])).permute(0, 3, 1, 2).float() / 255

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from secateurs.engine.attention import convert_attention
-from secateurs.engine.blocks import bypassed, drop_blocks, find_blocks
+from secateurs.engine.prune.attention import convert_attention
+from secateurs.engine.prune.blocks import bypassed, drop_blocks, find_blocks
 from secateurs.engine.export import check_parity, export_onnx
-from secateurs.engine.models import build_architecture
+from secateurs.engine.intake.models import build_architecture
 
 CASES = [
     ("zoo:resnet56", (1, 3, 32, 32), 25, "layer1.0", ["layer2.0", "layer3.0"]),  # 27 blocks, 2 downsample
@@ -57,9 +57,9 @@ def test_a_dropped_block_exports_with_parity_and_equals_the_bypassed_model(tmp_p
 
 
 def test_block_importance_is_the_quality_of_the_model_without_that_block(tmp_path):
-    from secateurs.engine.sensitivity import block_importance
+    from secateurs.engine.search.sensitivity import block_importance
     from secateurs.engine.latency.cache import MeasurementCache
-    from secateurs.engine.sensitivity import Calibration, measure_quality, recalibrated, reference_outputs
+    from secateurs.engine.search.sensitivity import Calibration, measure_quality, recalibrated, reference_outputs
 
     torch.manual_seed(0)
     model = build_architecture("zoo:resnet20", {"width": 8}).eval()
@@ -82,7 +82,7 @@ def test_block_importance_is_the_quality_of_the_model_without_that_block(tmp_pat
 
 
 def test_prune_drops_blocks_after_the_channels_and_the_plan_replays(tmp_path):
-    from secateurs.engine.prune import Plan, PruneSpec, apply_plan, prune
+    from secateurs.engine.prune.apply import Plan, PruneSpec, apply_plan, prune
     from secateurs.errors import InvalidRequest
 
     torch.manual_seed(0)
@@ -106,9 +106,9 @@ def test_prune_drops_blocks_after_the_channels_and_the_plan_replays(tmp_path):
 
 
 def test_progressive_recovery_drops_the_blocks_at_its_first_step():
-    from secateurs.engine.progressive import progressive
-    from secateurs.engine.prune import PruneSpec
-    from secateurs.engine.recover import RecoverySpec
+    from secateurs.engine.recover.progressive import progressive
+    from secateurs.engine.prune.apply import PruneSpec
+    from secateurs.engine.recover.train import RecoverySpec
 
     torch.manual_seed(0)
     model = build_architecture("zoo:resnet20", {"width": 8}).eval()

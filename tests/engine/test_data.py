@@ -1,4 +1,4 @@
-"""engine/data.py: ImageFolder (directory and zip), digits, synthetic, transforms, loaders."""
+"""engine/intake/data.py: ImageFolder (directory and zip), digits, synthetic, transforms, loaders."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from secateurs.engine.data import (
+from secateurs.engine.intake.data import (
     UNLABELLED,
     DataSpec,
     TransformSpec,
@@ -337,7 +337,7 @@ def test_cifar10_zip_subset() -> None:
 def test_symlinks_out_of_the_tree_are_not_followed(tmp_path):
     from PIL import Image
 
-    from secateurs.engine.data import DataSpec, load_dataset
+    from secateurs.engine.intake.data import DataSpec, load_dataset
 
     outside = tmp_path / "secret"
     outside.mkdir()

@@ -6,7 +6,7 @@ import onnx
 import torch
 
 from secateurs.engine.export import check_parity, export_onnx, export_pt2
-from secateurs.engine.models import build_architecture
+from secateurs.engine.intake.models import build_architecture
 
 
 def _resnet20(seed: int = 0):

@@ -12,12 +12,12 @@ from torch import nn
 
 from secateurs.engine.budget import Budget
 from secateurs.engine.export import export_onnx
-from secateurs.engine.groups import describe_groups, prepare
+from secateurs.engine.prune.groups import describe_groups, prepare
 from secateurs.engine.latency.layers import LayerShape, collect_layers, layer_onnx, width_grid
-from secateurs.engine.models import build_architecture
-from secateurs.engine.prune import PruneSpec, prune
-from secateurs.engine.search import SearchSpec, search
-from secateurs.engine.sensitivity import Calibration
+from secateurs.engine.intake.models import build_architecture
+from secateurs.engine.prune.apply import PruneSpec, prune
+from secateurs.engine.search.searcher import SearchSpec, search
+from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_macs
 from secateurs.engine.spec import ProtocolSpec
 

@@ -10,7 +10,7 @@ import torch
 from secateurs.engine.export import export_onnx
 from secateurs.engine.latency import OnnxRuntimeBackend, device_fingerprint, measure, measure_interleaved, summarize
 from secateurs.engine.latency.protocol import percentile
-from secateurs.engine.models import build_architecture
+from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.spec import ProtocolSpec
 from secateurs.errors import BackendUnavailable
 

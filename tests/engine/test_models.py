@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from secateurs.engine.models import (apply_state_dict, build_architecture, check_runs, load_model,
+from secateurs.engine.intake.models import (apply_state_dict, build_architecture, check_runs, load_model,
                                      parse_input_shape, parse_kwargs, read_weights)
 from secateurs.engine.spec import ModelSpec
 from secateurs.errors import InvalidModel, InvalidRequest, UnsafeModel
@@ -113,7 +113,7 @@ def test_missing_and_unexpected_tensors_are_named(resnet20_state):
     ("keras:resnet50", "unknown architecture 'keras:resnet50': expected zoo:<name>, torchvision:<name> or "
                        "module:<pkg.mod>:<callable>"),
     ("module:nosuchpkg:build", "unknown architecture 'module:nosuchpkg:build': No module named 'nosuchpkg'"),
-    ("module:secateurs.engine.zoo", "architecture 'module:secateurs.engine.zoo' must look like "
+    ("module:secateurs.engine.intake.zoo", "architecture 'module:secateurs.engine.intake.zoo' must look like "
                                     "module:<package.module>:<callable>"),
 ])
 def test_unknown_architecture(arch, message):
@@ -124,7 +124,7 @@ def test_unknown_architecture(arch, message):
 
 
 def test_module_spec_and_kwargs():
-    model = build_architecture("module:secateurs.engine.zoo:CifarResNet", parse_kwargs(["depth=8", "num_classes=3"]))
+    model = build_architecture("module:secateurs.engine.intake.zoo:CifarResNet", parse_kwargs(["depth=8", "num_classes=3"]))
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
     with pytest.raises(InvalidRequest, match="cannot build 'zoo:resnet20'"):
         build_architecture("zoo:resnet20", {"colour": "red"})

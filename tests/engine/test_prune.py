@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from secateurs.engine.groups import describe_groups, prepare
-from secateurs.engine.models import build_architecture
-from secateurs.engine.prune import Plan, PruneSpec, apply_plan, kept_count, prune
+from secateurs.engine.prune.groups import describe_groups, prepare
+from secateurs.engine.intake.models import build_architecture
+from secateurs.engine.prune.apply import Plan, PruneSpec, apply_plan, kept_count, prune
 from secateurs.engine.size import count_macs, count_params
 from secateurs.errors import InvalidRequest
 

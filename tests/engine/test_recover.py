@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from secateurs.engine.data import DataSpec, TransformSpec, load_dataset, make_loader
-from secateurs.engine.distill import Distiller, attention_loss, find_feature_points
+from secateurs.engine.intake.data import DataSpec, TransformSpec, load_dataset, make_loader
+from secateurs.engine.recover.distill import Distiller, attention_loss, find_feature_points
 from secateurs.engine.events import CancelToken
-from secateurs.engine.prune import PruneSpec, prune
-from secateurs.engine.progressive import progressive
-from secateurs.engine.recover import (RecoverySpec, evaluate, latest_checkpoint, lr_at, recover,
+from secateurs.engine.prune.apply import PruneSpec, prune
+from secateurs.engine.recover.progressive import progressive
+from secateurs.engine.recover.train import (RecoverySpec, evaluate, latest_checkpoint, lr_at, recover,
                                       validate_recovery_spec)
 from secateurs.errors import Cancelled, InvalidRequest
 
@@ -147,7 +147,7 @@ def test_adapters_start_at_the_least_squares_fit(data, teacher):
 
 
 def _taps(student, teacher, points, x):
-    from secateurs.engine.distill import _features
+    from secateurs.engine.recover.distill import _features
 
     s, t = _features(student, points, [x]), _features(teacher, points, [x])
     return {k: v[0] for k, v in s.items()}, {k: v[0] for k, v in t.items()}
@@ -174,7 +174,7 @@ def test_progressive_reaches_the_one_shot_widths_monotonically(data, teacher):
     fractions = [e.progress for e in events if e.kind == "progress"]
     assert fractions == pytest.approx([1 / 3, 2 / 3, 1.0])
     # The combined plan replays on the original architecture.
-    from secateurs.engine.prune import apply_plan
+    from secateurs.engine.prune.apply import apply_plan
 
     replayed = apply_plan(copy.deepcopy(teacher), EXAMPLE, result.plan)
     replayed.load_state_dict(result.model.state_dict())

@@ -7,12 +7,12 @@ import itertools
 
 import torch
 
-from secateurs.engine.groups import describe_groups, prepare
+from secateurs.engine.prune.groups import describe_groups, prepare
 from secateurs.engine.latency.cache import MeasurementCache
-from secateurs.engine.models import build_architecture
-from secateurs.engine.prune import PruneSpec, prune
-from secateurs.engine.refine import JointQuality, refine
-from secateurs.engine.sensitivity import Calibration, measure_quality, recalibrated, reference_outputs
+from secateurs.engine.intake.models import build_architecture
+from secateurs.engine.prune.apply import PruneSpec, prune
+from secateurs.engine.search.refine import JointQuality, refine
+from secateurs.engine.search.sensitivity import Calibration, measure_quality, recalibrated, reference_outputs
 
 
 def test_joint_quality_of_a_plan_is_the_quality_of_the_pruned_model():
@@ -90,8 +90,8 @@ def test_refinement_starts_from_the_better_start_and_respects_its_budget():
 
 
 def test_one_group_loss_between_measured_widths_is_interpolated():
-    from secateurs.engine.search import _loss_at
-    from secateurs.engine.sensitivity import Quality
+    from secateurs.engine.search.searcher import _loss_at
+    from secateurs.engine.search.sensitivity import Quality
 
     known = {64: Quality(loss=0.0, agreement=1, kl=0), 32: Quality(loss=1.0, agreement=1, kl=0),
              8: Quality(loss=3.0, agreement=1, kl=0)}

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from secateurs.engine.budget import Budget
-from secateurs.engine.data import DataSpec, TransformSpec
+from secateurs.engine.intake.data import DataSpec, TransformSpec
 from secateurs.engine.pipeline import REPORT_VERSION, compress
-from secateurs.engine.recover import RecoverySpec
-from secateurs.engine.report_html import render_report_html
-from secateurs.engine.report_schema import load_report_schema, validate_report
+from secateurs.engine.recover.train import RecoverySpec
+from secateurs.engine.report.html import render_report_html
+from secateurs.engine.report.schema import load_report_schema, validate_report
 from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
 
 QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=40, max_seconds=2.0)

@@ -16,7 +16,7 @@ from secateurs.engine.latency.layers import LayerShape, layer_module
 from secateurs.engine.latency.runtimes import (GPU_RUNTIMES, RuntimeSettings, check_settings, runtime_statuses,
                                                unavailable_reason)
 from secateurs.engine.latency.target import LocalTarget
-from secateurs.engine.models import build_architecture
+from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.spec import RUNTIMES, ProtocolSpec
 from secateurs.errors import BackendUnavailable, InvalidRequest
 

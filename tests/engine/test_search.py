@@ -9,13 +9,13 @@ from hypothesis import strategies as st
 
 from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack
 from secateurs.engine.export import export_onnx
-from secateurs.engine.models import build_architecture
+from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.pipeline import compress
-from secateurs.engine.search import SearchSpec, search
-from secateurs.engine.sensitivity import Calibration
+from secateurs.engine.search.searcher import SearchSpec, search
+from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_params
 from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
-from secateurs.engine.verify import measurement, sessions_agree
+from secateurs.engine.search.verify import measurement, sessions_agree
 from secateurs.errors import InvalidRequest
 
 FAST = ProtocolSpec(warmup_runs=5, warmup_seconds=0.05, window=30, min_samples=90, max_seconds=3.0)
@@ -97,7 +97,7 @@ def test_infeasible_budget_returns_the_best_reachable_point(resnet20, tmp_path):
 
 
 def test_depth_search_drops_blocks_and_keeps_channels_whole_when_asked(resnet20, tmp_path):
-    from secateurs.engine.blocks import dropped_in
+    from secateurs.engine.prune.blocks import dropped_in
 
     only = _search(resnet20, Budget(speedup=1.4), tmp_path, depth="only")
     assert only.dropped and all(r == 0 for r in only.ratios.values())  # blocks alone
@@ -198,8 +198,8 @@ def test_budget_job_end_to_end(tmp_path):
 
 
 def test_blocks_are_calibrated_by_families_of_alike_blocks_at_most_two():
-    from secateurs.engine.blocks import BlockInfo
-    from secateurs.engine.search import _families
+    from secateurs.engine.prune.blocks import BlockInfo
+    from secateurs.engine.search.searcher import _families
 
     def block(name, channels, size=16):
         return BlockInfo(name=name, kind="BasicBlock", params=channels * 10, shape=(1, channels, size, size))
@@ -254,7 +254,7 @@ def test_two_agreeing_sessions_decide_what_three_would(speedups, budget):
 
 
 def test_a_decisive_session_keeps_the_jobs_protocol_but_its_length():
-    from secateurs.engine.verify import DECISIVE_SESSION_SECONDS, decisive_protocol
+    from secateurs.engine.search.verify import DECISIVE_SESSION_SECONDS, decisive_protocol
 
     job = ProtocolSpec()  # 30 s at most per measurement
     capped = decisive_protocol(job)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from secateurs.engine.solver import Option, solve
+from secateurs.engine.search.solver import Option, solve
 
 
 def _table(rng: random.Random, groups: int, options: int, dims: int) -> dict[str, list[Option]]:

@@ -74,7 +74,7 @@ def resnet20_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from secateurs.engine.zoo import ZOO
+    from secateurs.engine.intake.zoo import ZOO
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "resnet20.safetensors"

@@ -240,7 +240,7 @@ def save_zoo_weights(path: Path, name: str = "resnet20", **kwargs: Any) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from secateurs.engine.zoo import ZOO
+    from secateurs.engine.intake.zoo import ZOO
 
     torch.manual_seed(0)
     save_file({k: v.contiguous() for k, v in ZOO[name](**kwargs).state_dict().items()}, str(path))

@@ -46,7 +46,7 @@ def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     import torch
 
     from secateurs.engine.export import export_onnx
-    from secateurs.engine.models import build_architecture
+    from secateurs.engine.intake.models import build_architecture
 
     tmp = tmp_path_factory.mktemp("probe-models")
     torch.manual_seed(0)

@@ -65,16 +65,16 @@ def test_an_allowed_package_admits_classes_and_only_the_factories_named(make_ser
 
 
 def test_the_engine_checks_the_allow_list_before_importing() -> None:
-    from secateurs.engine.models import build_architecture
+    from secateurs.engine.intake.models import build_architecture
     from secateurs.errors import PermissionDenied
 
     with pytest.raises(PermissionDenied, match="allow-module"):
         build_architecture("module:subprocess:run", {"args": ["true"]}, allowed_modules=("secateurs",))
-    model = build_architecture("module:secateurs.engine.zoo:CifarResNet", {"depth": 8},
+    model = build_architecture("module:secateurs.engine.intake.zoo:CifarResNet", {"depth": 8},
                                allowed_modules=("secateurs.engine",))
     assert type(model).__name__ == "CifarResNet"
     with pytest.raises(PermissionDenied, match="not an nn.Module subclass"):  # a factory function, not named
-        build_architecture("module:secateurs.engine.zoo:_resnet", {"depth": 8}, allowed_modules=("secateurs.engine",))
+        build_architecture("module:secateurs.engine.intake.zoo:_resnet", {"depth": 8}, allowed_modules=("secateurs.engine",))
 
 
 # ---- outbound connections only where the operator said -----------------------------------------
@@ -157,7 +157,7 @@ def _bomb(path: Path, member_bytes: int) -> Path:
 
 
 def test_a_zip_bomb_is_refused_with_the_limit_named(make_server, tmp_path: Path) -> None:
-    from secateurs.engine.data import DataSpec, load_dataset
+    from secateurs.engine.intake.data import DataSpec, load_dataset
     from secateurs.errors import ResourceExhausted
 
     server = make_server(runner=FAKE_RUNNER)

@@ -7,7 +7,7 @@ resolved, lies inside it: a client must not make a job read arbitrary files of
 the server. Each refusal is an InvalidRequest naming the request field.
 
 What is checked here is what is cheap: the zip's directory against the archive limits
-(member count, sizes, compression ratio: engine/data.py ArchiveLimits), the path's existence.
+(member count, sizes, compression ratio: engine/intake/data.py ArchiveLimits), the path's existence.
 The split and class folders are read when the job starts (the listing of a large
 dataset takes too long for a CreateJob call).
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from secateurs.engine.calibration import held_out
-from secateurs.engine.data import DataSpec, TransformSpec, check_archive, validate_data_spec
+from secateurs.engine.intake.calibration import held_out
+from secateurs.engine.intake.data import DataSpec, TransformSpec, check_archive, validate_data_spec
 from secateurs.errors import InvalidRequest, ResourceExhausted
 from secateurs.jobs.blobs import BlobStore
 from secateurs_client.v1 import compression_pb2 as pb

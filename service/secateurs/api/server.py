@@ -62,7 +62,7 @@ class ServerConfig:
     tls_client_ca: Path | None = None  # set: clients must present a certificate it signed
     trust_pickle: bool = False
     data_root: Path | None = None  # data.*_uri must lie inside it; None: server-side paths are refused
-    # `module:` architectures a request may name (engine/models.py); none: every one is refused.
+    # `module:` architectures a request may name (engine/intake/models.py); none: every one is refused.
     allow_modules: tuple[str, ...] = ()
     max_model_params: int | None = DEFAULT_MAX_MODEL_PARAMS
     # Serving on an address other machines reach needs a token or mutual TLS, unless this is set.

@@ -21,11 +21,11 @@ from typing import Any, Iterator, Mapping
 from secateurs.api.data_sources import data_specs
 from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
 from secateurs.engine.pipeline import validate_spec
-from secateurs.engine.recover import RecoverySpec, validate_recovery_spec
-from secateurs.engine.models import check_model_size, module_admitted
+from secateurs.engine.recover.train import RecoverySpec, validate_recovery_spec
+from secateurs.engine.intake.models import check_model_size, module_admitted
 from secateurs.engine.spec import (DEPTH_MODES, EXPORTS, IMPORTANCES, PRECISIONS, RUNTIMES, CompressSpec, ModelSpec,
                                    ProtocolSpec, TargetSpec, validate_protocol)
-from secateurs.engine.zoo import ZOO
+from secateurs.engine.intake.zoo import ZOO
 from secateurs.errors import InvalidRequest, PermissionDenied, ResourceExhausted
 from secateurs.jobs.blobs import BlobStore
 from secateurs_client.v1 import compression_pb2 as pb

@@ -4,7 +4,7 @@ Stages: load -> profile -> search -> prune -> recover -> export -> benchmark -> 
 stage emits Event(stage, "started"/"progress"/"finished") and checks the cancel token between
 units of work. The service only orchestrates this function in a worker process.
 
-The data plays two roles that never share an image (engine/calibration.py): the search and
+The data plays two roles that never share an image (engine/intake/calibration.py): the search and
 recovery calibrate on one set, and the reported quality and the accuracy limit are measured
 on the other. With max_accuracy_drop, a plan whose measured drop misses the limit gives way to
 the next less-pruned plan the search measured within the other limits, a bounded number of times.
@@ -24,25 +24,25 @@ from typing import Any
 
 import torch
 
-from secateurs.engine.blocks import dropped_in
+from secateurs.engine.prune.blocks import dropped_in
 from secateurs.engine.budget import Measurement, budget_shortfall, validate_budget
-from secateurs.engine.calibration import DataRoles, Evaluator, build_roles
+from secateurs.engine.intake.calibration import DataRoles, Evaluator, build_roles
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
 from secateurs.engine.latency import devicelock
 from secateurs.engine.export import check_parity, export_onnx, export_pt2
 from secateurs.engine.latency.protocol import measurements_taken
 from secateurs.engine.latency.runtimes import RuntimeSettings, check_settings
 from secateurs.engine.latency.target import TargetOpener, open_target
-from secateurs.engine.models import check_runs, load_model, parse_input_shape
-from secateurs.engine.prune import PruneSpec, prune, validate_prune_spec, write_plan
-from secateurs.engine.search import SearchSpec, search
-from secateurs.engine.sensitivity import Calibration, recalibrate_batchnorm
+from secateurs.engine.intake.models import check_runs, load_model, parse_input_shape
+from secateurs.engine.prune.apply import PruneSpec, prune, validate_prune_spec, write_plan
+from secateurs.engine.search.searcher import SearchSpec, search
+from secateurs.engine.search.sensitivity import Calibration, recalibrate_batchnorm
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.spec import DEPTH_MODES, EXPORTS, RUNTIMES, CompressSpec, validate_protocol
 from secateurs.errors import InvalidRequest, ParityError, machine_limit
 
 STAGES = ("load", "profile", "search", "prune", "recover", "export", "benchmark", "report")
-REPORT_VERSION = 3  # of report_schema.json; docs/observability.md says what changed
+REPORT_VERSION = 3  # of engine/report/schema.json; docs/observability.md says what changed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,13 +75,13 @@ def validate_spec(spec: CompressSpec) -> None:
         raise InvalidRequest(f"depth must be one of {', '.join(DEPTH_MODES)}, got {spec.depth!r}", field="depth")
     if spec.depth == "only" and spec.budget is None:
         raise InvalidRequest("depth 'only' needs a budget: the search chooses which blocks to drop", field="depth")
-    from secateurs.engine.data import validate_data_spec
+    from secateurs.engine.intake.data import validate_data_spec
 
     for data in (spec.data, spec.train_data):
         if data is not None:
             validate_data_spec(data)
     if spec.recovery is not None:
-        from secateurs.engine.recover import validate_recovery_spec
+        from secateurs.engine.recover.train import validate_recovery_spec
 
         validate_recovery_spec(spec.recovery)
     if not 1 <= spec.calibration_samples <= 100_000:
@@ -391,7 +391,7 @@ def _report(run: _Run, *, started_at: datetime, started: float, outcome: _Outcom
             baseline_size: dict[str, Any], search_report: dict[str, Any] | None, latency: Any, before: Any,
             after: Any, parity: Any, exports: dict[str, Any], roles: DataRoles,
             measured: dict[str, Any]) -> dict[str, Any]:
-    """report.json (engine/report_schema.json), from the figures measured in this job."""
+    """report.json (engine/report/schema.json), from the figures measured in this job."""
     spec, shape, pruned, result = run.spec, run.shape, outcome.pruned, outcome.result
     pruned_size = {"params": count_params(pruned), "macs": count_macs(pruned, example),
                    "onnx_bytes": file_bytes(run.out / "model.onnx")}
@@ -472,7 +472,7 @@ def _write_html(report: dict[str, Any], path: Path, on_event: EventSink) -> Path
     so a failure is a log event and the job goes on without the page."""
     start = time.perf_counter()
     try:
-        from secateurs.engine.report_html import write_report_html  # matplotlib: loaded only here
+        from secateurs.engine.report.html import write_report_html  # matplotlib: loaded only here
 
         write_report_html(report, path)
     except Exception as exc:  # noqa: BLE001 - reported, not fatal
@@ -499,9 +499,9 @@ def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor,
     Per-epoch figures are on the calibration images; the job's own evaluation follows separately."""
     from dataclasses import asdict
 
-    from secateurs.engine.data import DataSpec, load_dataset, make_loader
-    from secateurs.engine.progressive import progressive
-    from secateurs.engine.recover import recover
+    from secateurs.engine.intake.data import DataSpec, load_dataset, make_loader
+    from secateurs.engine.recover.progressive import progressive
+    from secateurs.engine.recover.train import recover
 
     recipe = spec.recovery
     if spec.train_data is not None:
@@ -574,7 +574,7 @@ def _search_key(spec: CompressSpec, model: torch.nn.Module, shape: tuple[int, ..
     """What a saved search result must match to be reused: the whole spec but its out_dir, and the weights."""
     from dataclasses import asdict
 
-    from secateurs.engine.sensitivity import model_identity
+    from secateurs.engine.search.sensitivity import model_identity
 
     fields = {k: v for k, v in asdict(spec).items() if k != "out_dir"}
     return hashlib.sha256(f"{sorted(fields.items())!r}|{model_identity(model, spec.model.arch, shape)}"

@@ -16,8 +16,8 @@ from secateurs.engine.budget import Budget
 from secateurs.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from secateurs.engine.data import DataSpec
-    from secateurs.engine.recover import RecoverySpec
+    from secateurs.engine.intake.data import DataSpec
+    from secateurs.engine.recover.train import RecoverySpec
 
 # engine/latency/runtimes.py runs them; ONNX runtimes first, then those that run the torch module
 RUNTIMES = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt",
@@ -40,7 +40,7 @@ class ModelSpec:
     weights: a .safetensors file or a torch state dict (read with weights_only=True);
         None keeps the constructor's initialisation.
     trust_pickle: allow a whole pickled nn.Module (only for trusted servers).
-    allowed_modules: what `module:` may name (engine/models.py build_architecture); None:
+    allowed_modules: what `module:` may name (engine/intake/models.py build_architecture); None:
         anything importable (the local command line), a tuple: a server's allow-list.
     max_params: refuse an architecture with more parameters and buffers than this, counted
         on the meta device before anything is allocated (None: no limit).
@@ -125,7 +125,7 @@ class CompressSpec:
     accuracy; none: fidelity on generated inputs). train_data: what recovery trains on (none:
     label-free distillation on generated inputs). calibration_samples: images that score plans
     (and as many again recalibrate BatchNorm), drawn from a train split and never evaluated on
-    (engine/calibration.py). evaluation_samples: a seeded subset of the evaluation split (None:
+    (engine/intake/calibration.py). evaluation_samples: a seeded subset of the evaluation split (None:
     all of it, but any calibration image). recovery: fine-tuning and distillation
     after pruning (none: the pruned model is returned as pruned, BatchNorm
     recalibrated when there is data). cache_dir: measurements cached across jobs.

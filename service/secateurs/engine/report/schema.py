@@ -1,4 +1,4 @@
-"""The JSON Schema of report.json (report_schema.json, shipped as package data).
+"""The JSON Schema of report.json (schema.json beside it, shipped as package data).
 
 Validation needs the `jsonschema` package, which the server does not depend on:
 tests and pipelines that check reports install it.
@@ -10,12 +10,12 @@ import json
 from importlib import resources
 from typing import Any, Mapping
 
-SCHEMA_FILE = "report_schema.json"
+SCHEMA_FILE = "schema.json"
 
 
 def load_report_schema() -> dict[str, Any]:
     """The schema as a dict (draft 2020-12)."""
-    return json.loads(resources.files("secateurs.engine").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+    return json.loads(resources.files("secateurs.engine.report").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
 def validate_report(report: Mapping[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """report.json -> report.html: one self-contained page (inline CSS, plots as base64 PNG data URIs).
 
 Rendered from the report alone, so a report can be re-rendered later or elsewhere
-(`python -m secateurs.engine.report_html report.json`). Plots use matplotlib's Agg
+(`python -m secateurs.engine.report.html report.json`). Plots use matplotlib's Agg
 canvas directly (no pyplot, no global backend switch). Every section is optional: a
 report without a search or a recovery simply has no such plot.
 """
@@ -379,10 +379,10 @@ def _dig(mapping: Any, *keys: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m secateurs.engine.report_html report.json [report.html]`"""
+    """`python -m secateurs.engine.report.html report.json [report.html]`"""
     args = list(sys.argv[1:] if argv is None else argv)
     if not 1 <= len(args) <= 2:
-        print("usage: python -m secateurs.engine.report_html report.json [report.html]", file=sys.stderr)
+        print("usage: python -m secateurs.engine.report.html report.json [report.html]", file=sys.stderr)
         return 2
     source = Path(args[0])
     target = Path(args[1]) if len(args) == 2 else source.with_suffix(".html")

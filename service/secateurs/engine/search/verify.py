@@ -2,7 +2,7 @@
 
 The search measures many plans to find where the budget lies: these steering figures use a
 short protocol (STEERING), the fast TorchScript exporter, and may come from the cache of an
-earlier job; a plan's quality comes from the masked whole-plan measurement (engine/refine.py,
+earlier job; a plan's quality comes from the masked whole-plan measurement (engine/search/refine.py,
 the same function as the pruned model, cached), so a plan is pruned only when it has to be
 exported. The plan the search returns is then measured again, decisively: pruned, exported as
 the job delivers it, measured in fresh sessions with the job's own protocol (each session at most 10 s), and near a latency
@@ -26,21 +26,21 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from secateurs.engine.blocks import dropped_in
+from secateurs.engine.prune.blocks import dropped_in
 from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack
 from secateurs.engine.events import CancelCheck, check_cancel
 from secateurs.engine.export import export_onnx
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.latency.layers import LayerShape, layer_module, layer_onnx
 from secateurs.engine.latency.target import LatencyTarget, LocalTarget
-from secateurs.engine.prune import PruneSpec, prune
-from secateurs.engine.sensitivity import Calibration, measure_quality, recalibrate_batchnorm
+from secateurs.engine.prune.apply import PruneSpec, prune
+from secateurs.engine.search.sensitivity import Calibration, measure_quality, recalibrate_batchnorm
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.spec import ProtocolSpec
 
 if TYPE_CHECKING:
-    from secateurs.engine.refine import JointQuality
-    from secateurs.engine.search import SearchSpec
+    from secateurs.engine.search.refine import JointQuality
+    from secateurs.engine.search.searcher import SearchSpec
 
 # A plan decisively measured within this of its latency budget is measured in this many sessions in all.
 RECHECK_BAND = 0.10

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from secateurs.engine.spec import ModelSpec
-from secateurs.engine.zoo import ZOO
+from secateurs.engine.intake.zoo import ZOO
 from secateurs.errors import (InvalidModel, InvalidRequest, PermissionDenied, ResourceExhausted, UnsafeModel,
                               machine_limit)
 

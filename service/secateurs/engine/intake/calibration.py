@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from secateurs.engine.data import DataSpec, SyntheticDataset, load_dataset
+from secateurs.engine.intake.data import DataSpec, SyntheticDataset, load_dataset
 from secateurs.engine.latency.devicelock import computing
-from secateurs.engine.sensitivity import Calibration
+from secateurs.engine.search.sensitivity import Calibration
 from secateurs.errors import InvalidData, InvalidRequest
 
 GENERATED_EVALUATION = 256  # generated inputs the fidelity of a job without data is measured on

@@ -3,9 +3,9 @@
     analyse   groups, the layers each one widens or narrows, and the layer shapes
     measure   the baseline end to end; every layer alone over a grid of widths (cached)
     score     each group's quality loss at each width (cached)
-    solve     multiple-choice knapsack over groups (engine/solver.py)
-    refine    local search on the quality of the whole plan, measured (engine/refine.py)
-    blocks    with depth pruning, every removable residual block (engine/blocks.py) is one
+    solve     multiple-choice knapsack over groups (engine/search/solver.py)
+    refine    local search on the quality of the whole plan, measured (engine/search/refine.py)
+    blocks    with depth pruning, every removable residual block (engine/prune/blocks.py) is one
               more entry of the plan, kept or dropped: its saving is its layers' latency
               scaled by one end-to-end point per stage of alike blocks, its loss the
               quality lost without it; the solver and the refinement trade blocks and
@@ -29,24 +29,24 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from secateurs.engine.blocks import BlockInfo, block_key, dropped_in, find_blocks
+from secateurs.engine.prune.blocks import BlockInfo, block_key, dropped_in, find_blocks
 from secateurs.engine.budget import Budget, Measurement, latency_ceiling
 from secateurs.engine.events import CancelCheck, check_cancel
-from secateurs.engine.groups import GroupInfo, describe_groups, prepare
-from secateurs.engine.importance import accumulate_gradients
+from secateurs.engine.prune.groups import GroupInfo, describe_groups, prepare
+from secateurs.engine.prune.importance import accumulate_gradients
 from secateurs.engine.latency.cache import MeasurementCache
-from secateurs.engine.costmodel import GroupLayers
+from secateurs.engine.search.costmodel import GroupLayers
 from secateurs.engine.latency.layers import LayerLatencyModel, collect_layers
 from secateurs.engine.latency.target import LatencyTarget, open_target
-from secateurs.engine.prune import kept_count
-from secateurs.engine.refine import JointQuality, refine
-from secateurs.engine.sensitivity import (Calibration, Quality, block_importance, group_widths, measure_quality,
+from secateurs.engine.prune.apply import kept_count
+from secateurs.engine.search.refine import JointQuality, refine
+from secateurs.engine.search.sensitivity import (Calibration, Quality, block_importance, group_widths, measure_quality,
                                           channels_last, model_identity, quality_at, reference_outputs,
                                           sensitivity)
 from secateurs.engine.size import count_macs, count_params, file_bytes
-from secateurs.engine.solver import Option, solve
+from secateurs.engine.search.solver import Option, solve
 from secateurs.engine.spec import ProtocolSpec, TargetSpec
-from secateurs.engine.verify import Candidate, MeasuringTarget, Verifier, measurement, steering_protocol
+from secateurs.engine.search.verify import Candidate, MeasuringTarget, Verifier, measurement, steering_protocol
 
 RATIO_GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 
@@ -284,7 +284,7 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
 
 
         def refined(plan: dict[str, int], aims: dict[str, float], fraction: float) -> tuple[dict[str, int], list]:
-            """The solver's plan, or a better one of no greater predicted cost (engine/refine.py)."""
+            """The solver's plan, or a better one of no greater predicted cost (engine/search/refine.py)."""
             if spec.refine_evaluations <= 0 or not choices:
                 return plan, []
             at_plan = predict(plan)

@@ -16,8 +16,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from secateurs.engine.attention import convert_attention
-from secateurs.engine.importance import head_norm, importance_of
+from secateurs.engine.prune.attention import convert_attention
+from secateurs.engine.prune.importance import head_norm, importance_of
 from secateurs.engine.size import forward_with_hooks, layer_macs
 from secateurs.errors import UnsupportedModel, machine_limit
 
@@ -60,7 +60,7 @@ class GraphContext:
 
     @property
     def importance(self) -> Any:
-        """The criterion that ranks channels within a group (engine/importance.py)."""
+        """The criterion that ranks channels within a group (engine/prune/importance.py)."""
         return self.pruner.importance
 
     @property
@@ -99,7 +99,7 @@ def prepare(model: nn.Module, example: torch.Tensor, *, criterion: str = "l1",
             ratios: dict[nn.Module, float] | None = None) -> GraphContext:
     """Convert attention to a head-prunable form (in place) and build the dependency graph.
 
-    `criterion`: the importance that ranks channels (engine/importance.py). `ratios` maps
+    `criterion`: the importance that ranks channels (engine/prune/importance.py). `ratios` maps
     width-group root layers to the ratio the pruner applies (analysis passes none). Heads are removed separately (prune.remove_heads) because the
     pruner's own head logic mixes head and width removal. Raises UnsupportedModel
     when the graph cannot be built.

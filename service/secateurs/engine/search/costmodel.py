@@ -16,7 +16,7 @@ from typing import Collection
 
 from torch import nn
 
-from secateurs.engine.groups import GraphContext, GroupInfo
+from secateurs.engine.prune.groups import GraphContext, GroupInfo
 from secateurs.engine.latency.layers import LayerShape
 
 

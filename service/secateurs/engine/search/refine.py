@@ -28,10 +28,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from secateurs.engine.blocks import bypassed, dropped_in
-from secateurs.engine.groups import GraphContext, GroupInfo
+from secateurs.engine.prune.blocks import bypassed, dropped_in
+from secateurs.engine.prune.groups import GraphContext, GroupInfo
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
-from secateurs.engine.sensitivity import Calibration, Quality, cached_quality, masked
+from secateurs.engine.search.sensitivity import Calibration, Quality, cached_quality, masked
 
 Plan = dict[str, int]
 

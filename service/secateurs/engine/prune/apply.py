@@ -18,10 +18,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from secateurs.engine.attention import SelfAttention, convert_attention
-from secateurs.engine.blocks import drop_blocks, find_blocks, replace_with_identity
-from secateurs.engine.groups import GroupInfo, describe_groups, prepare
-from secateurs.engine.importance import accumulate_gradients, head_norm
+from secateurs.engine.prune.attention import SelfAttention, convert_attention
+from secateurs.engine.prune.blocks import drop_blocks, find_blocks, replace_with_identity
+from secateurs.engine.prune.groups import GroupInfo, describe_groups, prepare
+from secateurs.engine.prune.importance import accumulate_gradients, head_norm
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.spec import IMPORTANCES
 from secateurs.errors import InvalidRequest, UnsupportedModel, machine_limit
@@ -38,7 +38,7 @@ class PruneSpec:
     importance: str = "l1"
     round_to: int = 8
     min_channels: int = 8
-    drop_blocks: tuple[str, ...] = ()  # removable blocks (engine/blocks.py) replaced by the identity
+    drop_blocks: tuple[str, ...] = ()  # removable blocks (engine/prune/blocks.py) replaced by the identity
 
 
 @dataclass(frozen=True, kw_only=True)

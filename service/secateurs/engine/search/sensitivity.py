@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secateurs.engine.blocks import BlockInfo, bypassed
-from secateurs.engine.groups import GraphContext, GroupInfo
+from secateurs.engine.prune.blocks import BlockInfo, bypassed
+from secateurs.engine.prune.groups import GraphContext, GroupInfo
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.latency.devicelock import computing
-from secateurs.engine.prune import kept_count, kept_heads, weakest_heads
+from secateurs.engine.prune.apply import kept_count, kept_heads, weakest_heads
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

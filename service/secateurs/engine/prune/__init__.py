@@ -1,0 +1,1 @@
+"""Structure: prunable groups, blocks and heads, the importance criterion, and applying a plan."""

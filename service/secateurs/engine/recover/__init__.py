@@ -1,0 +1,1 @@
+"""Recovery after pruning: fine-tuning with distillation, checkpoints, progressive schedules."""

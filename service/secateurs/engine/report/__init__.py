@@ -1,0 +1,1 @@
+"""The report: its JSON Schema and the self-contained HTML page."""

@@ -1,0 +1,1 @@
+"""The budget search: its cost model, sensitivities, solver, refinement and measured verification."""
