@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from secateurs.engine.intake.data import DataSpec, TransformSpec, load_dataset
+from secateurs.engine.intake.data import load_dataset
+from secateurs.engine.spec import DataSpec, TransformSpec
 from secateurs.engine.recover.train import lr_at  # the same schedule the service uses
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

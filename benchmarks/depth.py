@@ -41,7 +41,8 @@ from secateurs.engine.budget import Budget
 from secateurs.engine.export import export_onnx
 from secateurs.engine.latency.target import open_target
 from secateurs.engine.intake.models import build_architecture
-from secateurs.engine.search.searcher import SearchResult, SearchSpec, search
+from secateurs.engine.search.searcher import SearchResult, search
+from secateurs.engine.spec import SearchSpec
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.spec import ProtocolSpec, TargetSpec
 

@@ -156,7 +156,8 @@ def _seeds(tmp: Path) -> dict[str, bytes]:
 
 
 def fuzz_readers(seconds: float, tmp: Path) -> dict[str, collections.Counter]:
-    from secateurs.engine.intake.data import DataSpec, load_dataset
+    from secateurs.engine.intake.data import load_dataset
+    from secateurs.engine.spec import DataSpec
     from secateurs.engine.intake.models import apply_state_dict, build_architecture, read_weights
     from secateurs.errors import SecateursError
     from secateurs.probe.service import LatencyProbeServicer

@@ -26,7 +26,8 @@ from secateurs.engine.budget import Budget
 from secateurs.engine.export import export_onnx
 from secateurs.engine.latency import OnnxRuntimeBackend, measure_interleaved
 from secateurs.engine.intake.models import build_architecture
-from secateurs.engine.search.searcher import SearchSpec, search
+from secateurs.engine.search.searcher import search
+from secateurs.engine.spec import SearchSpec
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_params
 from secateurs.engine.spec import ProtocolSpec
@@ -223,9 +224,9 @@ def job(speedup: float, epochs: int, batch: int, arch: str, weights: Path | None
     sys.path.insert(0, str(HERE))
     from cifar_common import CACHE_DIR, cifar_zip_path
 
-    from secateurs.engine.intake.data import DataSpec, TransformSpec
+    from secateurs.engine.spec import DataSpec, TransformSpec
     from secateurs.engine.pipeline import compress
-    from secateurs.engine.recover.train import RecoverySpec
+    from secateurs.engine.spec import RecoverySpec
     from secateurs.engine.spec import CompressSpec, ModelSpec, TargetSpec
 
     weights = weights or CACHE_DIR / f"{arch.split(':')[1]}.safetensors"

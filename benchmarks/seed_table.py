@@ -34,7 +34,8 @@ from cifar_common import (CACHE_DIR, augment, cifar_zip_path, evaluate, load_cif
 from secateurs.engine.intake.models import build_architecture  # noqa: E402
 from secateurs.engine.recover.progressive import progressive  # noqa: E402
 from secateurs.engine.prune.apply import PruneSpec, prune  # noqa: E402
-from secateurs.engine.recover.train import RecoverySpec, recover  # noqa: E402
+from secateurs.engine.recover.train import recover
+from secateurs.engine.spec import RecoverySpec  # noqa: E402
 from secateurs.engine.search.sensitivity import recalibrate_batchnorm  # noqa: E402
 
 REFERENCE = {"baseline": 93.02, "pruned, no fine-tuning": 89.15, "fine-tuned": 92.87, "distilled": 93.12}

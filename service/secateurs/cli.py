@@ -209,14 +209,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
         budget = Budget(**limits, max_accuracy_drop=args.max_accuracy_drop, percentile=args.percentile)
     data = None
     if args.data is not None:
-        from secateurs.engine.intake.data import DataSpec, TransformSpec
+        from secateurs.engine.spec import DataSpec, TransformSpec
 
         data = DataSpec(source="imagefolder", path=args.data, split=args.data_split,
                         transform=TransformSpec.preset(args.data_preset) if args.data_preset else None, seed=args.seed)
     recovery = train_data = None
     if args.epochs is not None:
-        from secateurs.engine.intake.data import DataSpec, TransformSpec
-        from secateurs.engine.recover.train import RecoverySpec
+        from secateurs.engine.spec import DataSpec, TransformSpec
+        from secateurs.engine.spec import RecoverySpec
 
         recovery = RecoverySpec(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
                                 kd_weight=args.kd_weight, feature_weight=args.feature_weight,

@@ -108,7 +108,7 @@ def test_prune_drops_blocks_after_the_channels_and_the_plan_replays(tmp_path):
 def test_progressive_recovery_drops_the_blocks_at_its_first_step():
     from secateurs.engine.recover.progressive import progressive
     from secateurs.engine.prune.apply import PruneSpec
-    from secateurs.engine.recover.train import RecoverySpec
+    from secateurs.engine.spec import RecoverySpec
 
     torch.manual_seed(0)
     model = build_architecture("zoo:resnet20", {"width": 8}).eval()

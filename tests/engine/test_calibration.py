@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from secateurs.engine.intake.calibration import build_roles, held_out, wilson
-from secateurs.engine.intake.data import DataSpec, load_dataset
+from secateurs.engine.intake.data import load_dataset
+from secateurs.engine.spec import DataSpec
 
 SHAPE = (1, 3, 16, 16)
 
@@ -73,7 +74,7 @@ def test_evaluation_samples_is_a_seeded_subset(tmp_path: Path) -> None:
 
 
 def test_digits_and_generated_inputs_keep_the_roles_apart() -> None:
-    from secateurs.engine.intake.data import TransformSpec
+    from secateurs.engine.spec import TransformSpec
 
     digits = DataSpec(source="digits", split="test", channels=3, transform=TransformSpec(resize=16))
     roles = build_roles(digits, None, SHAPE, calibration_samples=8, evaluation_samples=None, seed=0)

@@ -11,14 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from secateurs.engine.intake.data import (
-    UNLABELLED,
-    DataSpec,
-    TransformSpec,
-    build_transform,
-    load_dataset,
-    make_loader,
-)
+from secateurs.engine.intake.data import UNLABELLED, build_transform, load_dataset, make_loader
+from secateurs.engine.spec import DataSpec, TransformSpec
 from secateurs.errors import InvalidRequest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -337,7 +331,8 @@ def test_cifar10_zip_subset() -> None:
 def test_symlinks_out_of_the_tree_are_not_followed(tmp_path):
     from PIL import Image
 
-    from secateurs.engine.intake.data import DataSpec, load_dataset
+    from secateurs.engine.intake.data import load_dataset
+    from secateurs.engine.spec import DataSpec
 
     outside = tmp_path / "secret"
     outside.mkdir()

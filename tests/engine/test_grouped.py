@@ -16,7 +16,8 @@ from secateurs.engine.prune.groups import describe_groups, prepare
 from secateurs.engine.latency.layers import LayerShape, collect_layers, layer_onnx, width_grid
 from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.prune.apply import PruneSpec, prune
-from secateurs.engine.search.searcher import SearchSpec, search
+from secateurs.engine.search.searcher import search
+from secateurs.engine.spec import SearchSpec
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_macs
 from secateurs.engine.spec import ProtocolSpec

@@ -4,6 +4,8 @@ no store and no probe, and no module of the package imports itself back through 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import secateurs
@@ -68,8 +70,18 @@ def test_the_engine_imports_no_grpc_stub_server_store_or_probe() -> None:
     assert not offending, sorted(offending)
 
 
-def test_no_module_imports_itself_back_at_module_level() -> None:
+def test_no_module_imports_itself_back_even_inside_a_function() -> None:
     assert _cycle(_graph(top_level_only=True)) is None
+    assert _cycle(_graph(top_level_only=False)) is None  # lazy and TYPE_CHECKING imports count too
+
+
+def test_the_specs_load_without_torch_or_any_stage() -> None:
+    # both front ends read specs; a spec module that pulled in torch would make validation cost seconds
+    code = ("import sys, secateurs.engine.spec; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('secateurs.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert ast.literal_eval(loaded) == ["secateurs.engine", "secateurs.engine.budget", "secateurs.engine.spec",
+                                        "secateurs.errors"]
 
 
 def test_the_checks_see_what_they_look_for() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from secateurs.engine.budget import Budget
-from secateurs.engine.intake.data import DataSpec, TransformSpec
+from secateurs.engine.spec import DataSpec, TransformSpec
 from secateurs.engine.pipeline import compress
-from secateurs.engine.recover.train import RecoverySpec
+from secateurs.engine.spec import RecoverySpec
 from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
 
 QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=40, max_seconds=2.0)

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from secateurs.engine.budget import Budget
-from secateurs.engine.intake.data import DataSpec, TransformSpec
+from secateurs.engine.spec import DataSpec, TransformSpec
 from secateurs.engine.pipeline import REPORT_VERSION, compress
-from secateurs.engine.recover.train import RecoverySpec
+from secateurs.engine.spec import RecoverySpec
 from secateurs.engine.report.html import render_report_html
 from secateurs.engine.report.schema import load_report_schema, validate_report
 from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec

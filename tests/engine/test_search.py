@@ -11,7 +11,8 @@ from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budge
 from secateurs.engine.export import export_onnx
 from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.pipeline import compress
-from secateurs.engine.search.searcher import SearchSpec, search
+from secateurs.engine.search.searcher import search
+from secateurs.engine.spec import SearchSpec
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_params
 from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec

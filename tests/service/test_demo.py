@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from secateurs.demo import digits_images, write_imagefolder_zip
-from secateurs.engine.intake.data import DataSpec, load_dataset
+from secateurs.engine.intake.data import load_dataset
+from secateurs.engine.spec import DataSpec
 
 
 def test_digits_split_is_disjoint_stratified_and_read_back_as_trained(tmp_path) -> None:

@@ -157,7 +157,8 @@ def _bomb(path: Path, member_bytes: int) -> Path:
 
 
 def test_a_zip_bomb_is_refused_with_the_limit_named(make_server, tmp_path: Path) -> None:
-    from secateurs.engine.intake.data import DataSpec, load_dataset
+    from secateurs.engine.intake.data import load_dataset
+    from secateurs.engine.spec import DataSpec
     from secateurs.errors import ResourceExhausted
 
     server = make_server(runner=FAKE_RUNNER)

@@ -18,7 +18,8 @@ import zipfile
 from pathlib import Path
 
 from secateurs.engine.intake.calibration import held_out
-from secateurs.engine.intake.data import DataSpec, TransformSpec, check_archive, validate_data_spec
+from secateurs.engine.intake.data import check_archive
+from secateurs.engine.spec import DataSpec, TransformSpec, validate_data_spec
 from secateurs.errors import InvalidRequest, ResourceExhausted
 from secateurs.jobs.blobs import BlobStore
 from secateurs_client.v1 import compression_pb2 as pb

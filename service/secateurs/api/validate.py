@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 from secateurs.api.data_sources import data_specs
 from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
 from secateurs.engine.pipeline import validate_spec
-from secateurs.engine.recover.train import RecoverySpec, validate_recovery_spec
+from secateurs.engine.spec import RecoverySpec, validate_recovery_spec
 from secateurs.engine.intake.models import check_model_size, module_admitted
 from secateurs.engine.spec import (DEPTH_MODES, EXPORTS, IMPORTANCES, PRECISIONS, RUNTIMES, CompressSpec, ModelSpec,
                                    ProtocolSpec, TargetSpec, validate_protocol)

@@ -35,7 +35,8 @@ from secateurs.engine.latency.runtimes import RuntimeSettings, check_settings
 from secateurs.engine.latency.target import TargetOpener, open_target
 from secateurs.engine.intake.models import check_runs, load_model, parse_input_shape
 from secateurs.engine.prune.apply import PruneSpec, prune, validate_prune_spec, write_plan
-from secateurs.engine.search.searcher import SearchSpec, search
+from secateurs.engine.search.searcher import search
+from secateurs.engine.spec import SearchSpec
 from secateurs.engine.search.sensitivity import Calibration, recalibrate_batchnorm
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.spec import DEPTH_MODES, EXPORTS, RUNTIMES, CompressSpec, validate_protocol
@@ -75,13 +76,13 @@ def validate_spec(spec: CompressSpec) -> None:
         raise InvalidRequest(f"depth must be one of {', '.join(DEPTH_MODES)}, got {spec.depth!r}", field="depth")
     if spec.depth == "only" and spec.budget is None:
         raise InvalidRequest("depth 'only' needs a budget: the search chooses which blocks to drop", field="depth")
-    from secateurs.engine.intake.data import validate_data_spec
+    from secateurs.engine.spec import validate_data_spec
 
     for data in (spec.data, spec.train_data):
         if data is not None:
             validate_data_spec(data)
     if spec.recovery is not None:
-        from secateurs.engine.recover.train import validate_recovery_spec
+        from secateurs.engine.spec import validate_recovery_spec
 
         validate_recovery_spec(spec.recovery)
     if not 1 <= spec.calibration_samples <= 100_000:
@@ -499,7 +500,8 @@ def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor,
     Per-epoch figures are on the calibration images; the job's own evaluation follows separately."""
     from dataclasses import asdict
 
-    from secateurs.engine.intake.data import DataSpec, load_dataset, make_loader
+    from secateurs.engine.intake.data import load_dataset, make_loader
+    from secateurs.engine.spec import DataSpec
     from secateurs.engine.recover.progressive import progressive
     from secateurs.engine.recover.train import recover
 

@@ -16,8 +16,8 @@ from secateurs.engine.budget import Budget
 from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec, TargetSpec
 
 if TYPE_CHECKING:
-    from secateurs.engine.intake.data import DataSpec
-    from secateurs.engine.recover.train import RecoverySpec
+    from secateurs.engine.spec import DataSpec
+    from secateurs.engine.spec import RecoverySpec
 
 
 def spec_to_json(spec: CompressSpec) -> str:
@@ -55,7 +55,7 @@ def spec_from_json(text: str, out_dir: Path) -> CompressSpec:
 
 def _data_spec(raw: dict[str, Any]) -> DataSpec:
     # imported here: engine.data loads torch, which a worker without data need not pay for
-    from secateurs.engine.intake.data import DataSpec, TransformSpec
+    from secateurs.engine.spec import DataSpec, TransformSpec
 
     raw = dict(raw)
     if raw.get("path") is not None:
@@ -69,7 +69,7 @@ def _data_spec(raw: dict[str, Any]) -> DataSpec:
 
 
 def _recovery_spec(raw: dict[str, Any]) -> RecoverySpec:
-    from secateurs.engine.recover.train import RecoverySpec
+    from secateurs.engine.spec import RecoverySpec
 
     raw = dict(raw)
     if raw.get("feature_points") is not None:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from secateurs.engine.intake.data import DataSpec, SyntheticDataset, load_dataset
+from secateurs.engine.intake.data import SyntheticDataset, load_dataset
+from secateurs.engine.spec import DataSpec
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.errors import InvalidData, InvalidRequest

@@ -30,23 +30,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from secateurs.engine.spec import DataSpec, TransformSpec, validate_data_spec
 from secateurs.errors import InvalidData, InvalidRequest, ResourceExhausted
 
-SOURCES = ("imagefolder", "digits", "synthetic")
-SPLITS = ("train", "test", "val")
-DISTRIBUTIONS = ("normal", "uniform")
 UNLABELLED = -1
 SYNTHETIC_DEFAULT_SIZE = 256
 # Same suffixes as torchvision's ImageFolder (compared lower-case).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _DIGITS_SPLIT_SEED = 0  # fixed, so train and test never overlap whatever DataSpec.seed is
 _DIGITS_TEST_FRACTION = 0.2
-_PRESETS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-
-Size = int | tuple[int, int]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,147 +89,6 @@ def check_archive(path: Path, limits: ArchiveLimits = LIMITS) -> int:
         raise ResourceExhausted(f"the dataset archive holds {total:,} bytes uncompressed, over the limit of "
                                 f"{limits.total_bytes:,}", field="data")
     return len(infos)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TransformSpec:
-    """Per-sample transforms, applied in this order to a float CHW tensor in [0, 1].
-
-    resize: shorter side to this length (int) or exact (h, w).
-    center_crop / random_crop: output size; random_crop pads by crop_padding first.
-    hflip: random horizontal flip with probability 0.5 (training).
-    mean, std: per-channel normalisation (one value, or one per channel).
-
-    >>> TransformSpec.preset("cifar10", train=True).random_crop
-    32
-    """
-
-    resize: Size | None = None
-    center_crop: Size | None = None
-    random_crop: Size | None = None
-    crop_padding: int = 0
-    hflip: bool = False
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-
-    @classmethod
-    def preset(cls, name: str, *, train: bool = False) -> TransformSpec:
-        """The named preset ("cifar10" or "imagenet"); training augmentation when train is True.
-
-        Raises InvalidRequest(field="data.transform") for an unknown name.
-        """
-        if name not in _PRESETS:
-            raise InvalidRequest(
-                f"unknown transform preset {name!r}; expected one of: {', '.join(_PRESETS)}",
-                field="data.transform",
-            )
-        mean, std = _PRESETS[name]
-        if name == "cifar10":
-            return cls(random_crop=32 if train else None, crop_padding=4 if train else 0,
-                       hflip=train, mean=mean, std=std)
-        return cls(resize=256, random_crop=224 if train else None, center_crop=None if train else 224,
-                   hflip=train, mean=mean, std=std)
-
-
-@dataclass(frozen=True, kw_only=True)
-class DataSpec:
-    """Which data to load.
-
-    source: "imagefolder" (path: a directory or .zip holding <split>/<class>/<image>),
-        "digits" (scikit-learn's 8x8 digits, splits train/test) or "synthetic".
-    split: "train", "test" or "val" (ignored for synthetic).
-    limit: keep at most this many samples, balanced over classes (synthetic: how
-        many samples to generate, default SYNTHETIC_DEFAULT_SIZE).
-    limit_per_class: keep at most this many samples of each class.
-    transform: applied to each sample (not allowed for synthetic).
-    seed: picks the subset; seeds the synthetic values.
-    channels: 1 or 3; images are converted, digits replicated (default: 3 for
-        imagefolder, 1 for digits).
-    shape: synthetic only, the shape of one sample, e.g. (3, 32, 32).
-    distribution: synthetic only, "normal" (standard normal) or "uniform" ([0, 1)).
-    holdout: with a fraction of the split held out (by a seeded hash of each image's name, so
-        the same images whatever the limit or order), "held" keeps only those and "kept" only
-        the others: a split carved in two that never share an image (evaluation and training
-        from one train split). None: the whole split.
-    holdout_fraction: the part held out (default 0.1).
-    """
-
-    source: str
-    path: Path | str | None = None
-    split: str = "train"
-    limit: int | None = None
-    limit_per_class: int | None = None
-    transform: TransformSpec | None = None
-    seed: int = 0
-    channels: int | None = None
-    shape: tuple[int, ...] | None = None
-    distribution: str = "normal"
-    holdout: str | None = None
-    holdout_fraction: float = 0.1
-
-
-def validate_data_spec(spec: DataSpec) -> None:
-    """Check the fields of a DataSpec against each other (the file system is not touched).
-
-    Raises InvalidRequest(field="data.<name>") naming the first bad field.
-    """
-
-    def bad(name: str, message: str) -> InvalidRequest:
-        return InvalidRequest(message, field=f"data.{name}")
-
-    if spec.source not in SOURCES:
-        raise bad("source", f"unknown data source {spec.source!r}; expected one of: {', '.join(SOURCES)}")
-    if spec.split not in SPLITS:
-        raise bad("split", f"unknown split {spec.split!r}; expected one of: {', '.join(SPLITS)}")
-    if spec.limit is not None and spec.limit <= 0:
-        raise bad("limit", f"limit must be positive, got {spec.limit}")
-    if spec.limit_per_class is not None and spec.limit_per_class <= 0:
-        raise bad("limit_per_class", f"limit_per_class must be positive, got {spec.limit_per_class}")
-    if spec.limit is not None and spec.limit_per_class is not None:
-        raise bad("limit", "give limit or limit_per_class, not both")
-    if spec.seed < 0:
-        raise bad("seed", f"seed must be >= 0, got {spec.seed}")
-    if spec.channels is not None and spec.channels not in (1, 3):
-        raise bad("channels", f"channels must be 1 or 3, got {spec.channels}")
-    if spec.holdout is not None and spec.holdout not in ("held", "kept"):
-        raise bad("holdout", f"holdout must be 'held' or 'kept', got {spec.holdout!r}")
-    if not 0 < spec.holdout_fraction < 1:
-        raise bad("holdout_fraction", f"holdout_fraction must be in (0, 1), got {spec.holdout_fraction}")
-    if spec.source == "imagefolder" and spec.path is None:
-        raise bad("path", "source 'imagefolder' needs a path (a directory or a .zip)")
-    if spec.source == "synthetic":
-        if spec.shape is None or not spec.shape or any(d <= 0 for d in spec.shape):
-            raise bad("shape", f"synthetic data needs a shape of positive sizes, got {spec.shape}")
-        if spec.distribution not in DISTRIBUTIONS:
-            raise bad("distribution", f"unknown distribution {spec.distribution!r}; "
-                                      f"expected one of: {', '.join(DISTRIBUTIONS)}")
-        for name in ("transform", "channels", "limit_per_class"):
-            if getattr(spec, name) is not None:
-                raise bad(name, f"{name} does not apply to synthetic data")
-    if spec.transform is not None:
-        _validate_transform(spec.transform, spec.channels or (3 if spec.source == "imagefolder" else 1))
-
-
-def _validate_transform(t: TransformSpec, channels: int) -> None:
-    def bad(message: str) -> InvalidRequest:
-        return InvalidRequest(message, field="data.transform")
-
-    for name in ("resize", "center_crop", "random_crop"):
-        size = getattr(t, name)
-        dims = (size,) if isinstance(size, int) else size
-        if size is not None and (len(dims) not in (1, 2) or any(int(d) <= 0 for d in dims)):
-            raise bad(f"{name} must be a positive size or (height, width), got {size}")
-    if t.crop_padding < 0:
-        raise bad(f"crop_padding must be >= 0, got {t.crop_padding}")
-    if t.crop_padding and t.random_crop is None:
-        raise bad("crop_padding needs random_crop")
-    if (t.mean is None) != (t.std is None):
-        raise bad("mean and std must be given together")
-    if t.mean is not None and t.std is not None:
-        if len(t.mean) != len(t.std) or len(t.mean) not in (1, channels):
-            raise bad(f"mean and std need 1 or {channels} values each, got {len(t.mean)} and {len(t.std)}")
-        if any(s <= 0 for s in t.std):
-            raise bad(f"std values must be positive, got {t.std}")
 
 
 def build_transform(t: TransformSpec | None) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -26,7 +26,6 @@ from secateurs.engine.spec import PRECISIONS, RUNTIMES
 ONNX_RUNTIMES = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
 TORCH_RUNTIMES = tuple(r for r in RUNTIMES if r.startswith("torch-"))
 GPU_RUNTIMES = ("onnxruntime-cuda", "tensorrt", "torch-cuda", "torch-compile-cuda")
-TENSORRT_EXTRA = "pip install 'secateurs[tensorrt]'"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +114,7 @@ def open_backend(settings: RuntimeSettings, input_shape: tuple[int, ...], *, onn
             raise BackendUnavailable(f"{settings.runtime} measures a torch module; none was given")
         from secateurs.engine.latency.torch_backend import TorchBackend
 
+        require(settings.runtime)
         return TorchBackend(module, input_shape, runtime=settings.runtime, precision=settings.precision,
                             threads=settings.threads, seed=seed)
     if onnx is None:

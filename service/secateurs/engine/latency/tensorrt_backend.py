@@ -26,6 +26,8 @@ import numpy as np
 
 from secateurs.errors import BackendUnavailable, UnsupportedModel
 
+TENSORRT_EXTRA = "pip install 'secateurs[tensorrt]'"
+
 WORKSPACE_BYTES = 4 << 30
 PORTABILITY_NOTE = ("a TensorRT engine runs only on the GPU model and TensorRT version that built it; "
                     "build it again for another GPU or TensorRT release")
@@ -49,8 +51,6 @@ def tensorrt_unavailable_reason() -> str | None:
 
 
 def _extra() -> str:
-    from secateurs.engine.latency.runtimes import TENSORRT_EXTRA
-
     return TENSORRT_EXTRA
 
 

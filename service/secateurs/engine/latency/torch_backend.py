@@ -24,11 +24,8 @@ class TorchBackend:
 
     def __init__(self, module: Any, input_shape: tuple[int, ...], *, runtime: str = "torch-cpu",
                  precision: str = "fp32", threads: int = 2, seed: int = 0) -> None:
-        import torch
+        import torch  # open_backend checked that the runtime is available (latency/runtimes.py)
 
-        from secateurs.engine.latency.runtimes import require
-
-        require(runtime)
         self.runtime, self.precision, self.threads = runtime, precision, threads
         self.batch = input_shape[0]
         self.cuda = runtime.endswith("-cuda")

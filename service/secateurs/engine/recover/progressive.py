@@ -16,7 +16,8 @@ from torch import nn
 
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
 from secateurs.engine.prune.apply import Plan, PruneSpec, kept_count, kept_heads, prune
-from secateurs.engine.recover.train import RecoveryResult, RecoverySpec, recover, validate_recovery_spec
+from secateurs.engine.recover.train import RecoveryResult, recover
+from secateurs.engine.spec import RecoverySpec, validate_recovery_spec
 from secateurs.errors import InvalidRequest
 
 

@@ -31,92 +31,11 @@ from secateurs.engine.recover.distill import (Distiller, FeatureTaps, LossWeight
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.search.sensitivity import recalibrate_batchnorm
+from secateurs.engine.spec import RecoverySpec, validate_recovery_spec
 from secateurs.errors import BackendUnavailable, InvalidRequest
 
-OPTIMIZERS = ("sgd", "adamw")
 CHECKPOINT_VERSION = 1
 _CHECKPOINT = re.compile(r"^recover-epoch(\d{4,})\.pt$")
-_DEFAULTS = {"sgd": (0.01, 5e-4), "adamw": (1e-3, 0.05)}  # (lr, weight decay) per optimizer
-
-
-@dataclass(frozen=True, kw_only=True)
-class RecoverySpec:
-    """How to recover. lr and weight_decay default per optimizer (SGD 0.01 / 5e-4, AdamW 1e-3 / 0.05).
-
-    Fine-tuning starts from trained weights, so the lr is a tenth of a from-scratch one and a short
-    warm-up keeps the first large gradients of a freshly pruned net from undoing what it kept.
-    """
-
-    epochs: int = 10
-    optimizer: str = "sgd"  # SGD with Nesterov momentum 0.9, or AdamW
-    lr: float | None = None
-    weight_decay: float | None = None  # never applied to BatchNorm or bias parameters
-    warmup_epochs: float = 1.0  # linear warm-up, then cosine annealing to 0, per step
-    label_smoothing: float = 0.0  # off: smoothing blurs the class similarities distillation transfers
-    batch_size: int = 128  # for the caller's loader; recover() uses the loader it is given
-    seed: int = 0
-    ce_weight: float = 1.0
-    kd_weight: float = 1.0
-    kd_temperature: float = 4.0
-    feature_weight: float = 0.0  # opt-in: adds adapters and a hook per stage
-    attention_weight: float = 0.0  # opt-in: cheap and channel-agnostic
-    feature_points: tuple[str, ...] | None = None  # None: the end of each resolution stage
-    progressive_steps: int = 1
-    max_steps_per_epoch: int | None = None
-    recalibration_batches: int = 8
-    amp: bool = True  # mixed precision on CUDA only; ignored on CPU
-    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else _DEFAULTS.get(self.optimizer, (0.01, 0.0))[0]
-
-    @property
-    def decay(self) -> float:
-        return self.weight_decay if self.weight_decay is not None else _DEFAULTS.get(self.optimizer, (0, 5e-4))[1]
-
-
-def validate_recovery_spec(spec: RecoverySpec) -> None:
-    """Every check that needs no model; raises InvalidRequest(field="recovery.<name>")."""
-
-    def bad(name: str, message: str) -> InvalidRequest:
-        return InvalidRequest(message, field=f"recovery.{name}")
-
-    if not isinstance(spec.epochs, int) or not 1 <= spec.epochs <= 10_000:
-        raise bad("epochs", f"epochs must be an integer in [1, 10000], got {spec.epochs!r}")
-    if spec.optimizer not in OPTIMIZERS:
-        raise bad("optimizer", f"optimizer {spec.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-    if spec.lr is not None and not 0 < spec.lr <= 10:
-        raise bad("lr", f"lr must be in (0, 10], got {spec.lr}")
-    if spec.weight_decay is not None and not 0 <= spec.weight_decay < 1:
-        raise bad("weight_decay", f"weight_decay must be in [0, 1), got {spec.weight_decay}")
-    if not 0 <= spec.warmup_epochs <= spec.epochs:
-        raise bad("warmup_epochs", f"warmup_epochs must be in [0, epochs={spec.epochs}], got {spec.warmup_epochs}")
-    if not 0 <= spec.label_smoothing < 1:
-        raise bad("label_smoothing", f"label_smoothing must be in [0, 1), got {spec.label_smoothing}")
-    if spec.batch_size < 1:
-        raise bad("batch_size", f"batch_size must be >= 1, got {spec.batch_size}")
-    if spec.seed < 0:
-        raise bad("seed", f"seed must be >= 0, got {spec.seed}")
-    for name in ("ce_weight", "kd_weight", "feature_weight", "attention_weight"):
-        value = getattr(spec, name)
-        if not 0 <= value < math.inf:
-            raise bad(name, f"{name} must be finite and >= 0, got {value}")
-    if spec.ce_weight + spec.kd_weight + spec.feature_weight + spec.attention_weight == 0:
-        raise bad("ce_weight", "all loss weights are 0: nothing to train on")
-    if not 0 < spec.kd_temperature <= 100:
-        raise bad("kd_temperature", f"kd_temperature must be in (0, 100], got {spec.kd_temperature}")
-    if spec.feature_points is not None and (not spec.feature_points or not all(spec.feature_points)):
-        raise bad("feature_points", "feature_points must name at least one module, without empty names")
-    if not 1 <= spec.progressive_steps <= spec.epochs:
-        raise bad("progressive_steps", f"progressive_steps must be in [1, epochs={spec.epochs}] (each step "
-                                       f"needs an epoch of recovery), got {spec.progressive_steps}")
-    if spec.max_steps_per_epoch is not None and spec.max_steps_per_epoch < 1:
-        raise bad("max_steps_per_epoch", f"max_steps_per_epoch must be >= 1, got {spec.max_steps_per_epoch}")
-    if spec.recalibration_batches < 0:
-        raise bad("recalibration_batches", f"recalibration_batches must be >= 0, got {spec.recalibration_batches}")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec.device):
-        raise bad("device", f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec.device!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,36 +45,10 @@ from secateurs.engine.search.sensitivity import (Calibration, Quality, block_imp
                                           sensitivity)
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.search.solver import Option, solve
-from secateurs.engine.spec import ProtocolSpec, TargetSpec
+from secateurs.engine.spec import SearchSpec
 from secateurs.engine.search.verify import Candidate, MeasuringTarget, Verifier, measurement, steering_protocol
 
 RATIO_GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SearchSpec:
-    budget: Budget
-    target: TargetSpec = field(default_factory=TargetSpec)
-    protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
-    importance: str = "l1"
-    round_to: int = 8
-    min_channels: int = 8
-    max_rounds: int = 5
-    precision: float = 0.10  # a plan more than this far under its budget wastes it
-    aim: float = 0.95  # aim this fraction of the ceiling: room for measurement noise
-    # Once a plan lands within `precision`, up to `tighten_rounds` more rounds aim for a slack of
-    # `tight`: near the budget every percent of latency left unused is accuracy given away.
-    tight: float = 0.02
-    tighten_rounds: int = 2
-    cache_dir: Path | None = None
-    arch: str = ""
-    seed: int = 0
-    refine_evaluations: int = 40  # whole-plan quality measurements per round; 0 turns refinement off
-    depth: str = "auto"  # "auto": channels and whole blocks; "off": channels only; "only": blocks only
-    dynamic_batch: bool = False  # how the baseline was exported: candidates are exported (and keyed) alike
-    # A limit on the drop of the candidates' own quality (accuracy on the calibration images, or top-1
-    # agreement without labels): a plan over it does not count as meeting the budget. None: no limit.
-    max_accuracy_drop: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,11 +36,10 @@ from secateurs.engine.latency.target import LatencyTarget, LocalTarget
 from secateurs.engine.prune.apply import PruneSpec, prune
 from secateurs.engine.search.sensitivity import Calibration, measure_quality, recalibrate_batchnorm
 from secateurs.engine.size import count_macs, count_params, file_bytes
-from secateurs.engine.spec import ProtocolSpec
+from secateurs.engine.spec import ProtocolSpec, SearchSpec
 
 if TYPE_CHECKING:
     from secateurs.engine.search.refine import JointQuality
-    from secateurs.engine.search.searcher import SearchSpec
 
 # A plan decisively measured within this of its latency budget is measured in this many sessions in all.
 RECHECK_BAND = 0.10
