@@ -1,8 +1,8 @@
 """`make run`: the service's mission in one run, on this machine, with nothing downloaded.
 
 1. Data: scikit-learn's handwritten digits (1,797 8x8 images that ship with the library) as a
-   32x32 ImageFolder zip, split once into 1,437 training and 360 held-out images, stratified
-   and seeded. With $SECATEURS_CIFAR10_ZIP set: 300 training and 100 held-out images per class
+   32x32 ImageFolder zip, in the engine's own fixed stratified split of 1,437 training and 360
+   held-out images. With $SECATEURS_CIFAR10_ZIP set: 300 training and 100 held-out images per class
    of that CIFAR-10 copy instead.
 2. A CIFAR ResNet-20 trained on the training images, a few epochs, weights as safetensors.
 3. The gRPC server on a free loopback port (a temporary data directory, one worker), and one
@@ -25,6 +25,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from secateurs.engine.spec import DataSpec, TransformSpec
 
 OUT = Path("out/demo")
 SIDE = 32
@@ -34,40 +37,26 @@ PROTOCOL = dict(warmup_runs=5, warmup_seconds=0.1, window=20, min_samples=60, ma
 CIFAR_ENV = "SECATEURS_CIFAR10_ZIP"
 
 
-def digits_images(seed: int = 0) -> dict[str, list[tuple[np.ndarray, int]]]:
-    """Digits as 32x32 RGB uint8 images, split stratified 80/20 into train and test."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def _as_images(spec_by_split: dict[str, DataSpec]) -> dict[str, list[tuple[np.ndarray, int]]]:
+    """Each split read by the engine's own loader, as HWC uint8 images (what a PNG holds)."""
+    from secateurs.engine.intake.data import load_dataset
 
-    digits = load_digits()
-    pixels = (digits.images / 16.0 * 255).round().astype(np.uint8)
-    big = [np.asarray(Image.fromarray(p).resize((SIDE, SIDE), Image.BILINEAR).convert("RGB")) for p in pixels]
-    idx_train, idx_test = train_test_split(np.arange(len(big)), test_size=0.2, stratify=digits.target,
-                                           random_state=seed)
-    return {split: [(big[i], int(digits.target[i])) for i in idx]
-            for split, idx in (("train", idx_train), ("test", idx_test))}
+    return {split: [((x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), int(label))
+                    for x, label in load_dataset(spec)]
+            for split, spec in spec_by_split.items()}
+
+
+def digits_images() -> dict[str, list[tuple[np.ndarray, int]]]:
+    """Digits at 32x32 RGB in the engine's fixed stratified split (1,437 train, 360 test)."""
+    resize = TransformSpec(resize=(SIDE, SIDE))
+    return _as_images({split: DataSpec(source="digits", split=split, channels=3, transform=resize)
+                       for split in ("train", "test")})
 
 
 def cifar_images(path: Path, per_class: dict[str, int], seed: int = 0) -> dict[str, list[tuple[np.ndarray, int]]]:
     """A seeded subset of a CIFAR-10 ImageFolder zip (<split>/<class>/<image>), per split and class."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    out: dict[str, list[tuple[np.ndarray, int]]] = {}
-    with zipfile.ZipFile(path) as zf:
-        names = [n for n in zf.namelist() if not n.endswith("/")]
-        for split, count in per_class.items():
-            by_class: dict[str, list[str]] = {}
-            for name in names:
-                parts = name.split("/")
-                if len(parts) >= 3 and parts[-3] == split:
-                    by_class.setdefault(parts[-2], []).append(name)
-            classes = sorted(by_class)
-            out[split] = [(np.asarray(Image.open(io.BytesIO(zf.read(n))).convert("RGB")), label)
-                          for label, c in enumerate(classes)
-                          for n in rng.choice(sorted(by_class[c]), size=count, replace=False)]
-    return out
+    return _as_images({split: DataSpec(source="imagefolder", path=path, split=split, limit_per_class=count, seed=seed)
+                       for split, count in per_class.items()})
 
 
 def write_imagefolder_zip(images: dict[str, list[tuple[np.ndarray, int]]], path: Path) -> Path:
@@ -86,7 +75,6 @@ def write_imagefolder_zip(images: dict[str, list[tuple[np.ndarray, int]]], path:
 def train_model(rows: list[tuple[np.ndarray, int]], path: Path, *, epochs: int, seed: int = 0) -> Path:
     """ResNet-20 trained on `rows` (SGD, one-cycle), saved as safetensors; [0, 1] inputs, no
     normalisation, as the server reads the zip without a preset."""
-    import torch
     from safetensors.torch import save_file
 
     from secateurs.engine.intake.zoo import ZOO
