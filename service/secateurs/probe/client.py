@@ -33,7 +33,8 @@ from secateurs.addresses import is_loopback, split_host_port
 from secateurs.engine.latency.fingerprint import cache_identity
 from secateurs.engine.latency.protocol import LatencyStats, count_measured
 from secateurs.engine.latency.runtimes import TORCH_RUNTIMES, RuntimeSettings
-from secateurs.engine.latency.target import LatencyTarget, LocalTarget, settings_of
+from secateurs.engine.latency.target import LatencyTarget, settings_of
+from secateurs.engine.latency.target import open_target as open_local_target
 from secateurs.engine.spec import ProtocolSpec, TargetSpec
 from secateurs.errors import BackendUnavailable, InvalidRequest, PermissionDenied, ProbeUnavailable
 from secateurs.probe.wire import from_struct, protocol_to_pb, stats_from_pb
@@ -243,4 +244,4 @@ def open_target(target: TargetSpec, *, seed: int = 0) -> LatencyTarget:
     if target.probe_address:
         return ProbeTarget(target.probe_address, settings_of(target), seed=seed,
                            credentials=ProbeCredentials.from_environ(), name=target.probe_name)
-    return LocalTarget(settings_of(target), seed=seed)
+    return open_local_target(target, seed=seed)
