@@ -42,9 +42,8 @@ from secateurs.engine.export import export_onnx
 from secateurs.engine.latency.target import open_target
 from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.search.searcher import SearchResult, search
-from secateurs.engine.spec import SearchSpec
+from secateurs.engine.spec import ProtocolSpec, SearchSpec, TargetSpec
 from secateurs.engine.search.sensitivity import Calibration
-from secateurs.engine.spec import ProtocolSpec, TargetSpec
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL = ProtocolSpec(warmup_runs=10, warmup_seconds=0.5, window=50, min_samples=200, max_seconds=20.0)

@@ -27,10 +27,9 @@ from secateurs.engine.export import export_onnx
 from secateurs.engine.latency import OnnxRuntimeBackend, measure_interleaved
 from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.search.searcher import search
-from secateurs.engine.spec import SearchSpec
+from secateurs.engine.spec import ProtocolSpec, SearchSpec
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_params
-from secateurs.engine.spec import ProtocolSpec
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL = ProtocolSpec(warmup_runs=10, warmup_seconds=0.5, window=50, min_samples=200, max_seconds=4.0)

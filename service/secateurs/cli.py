@@ -188,7 +188,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from secateurs.engine.pipeline import compress
     from secateurs.engine.intake.models import parse_input_shape
-    from secateurs.engine.spec import CompressSpec
+    from secateurs.engine.spec import CompressSpec, DataSpec, RecoverySpec, TransformSpec
     from secateurs.errors import InvalidRequest
     from secateurs.probe.client import open_target
 
@@ -209,15 +209,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         budget = Budget(**limits, max_accuracy_drop=args.max_accuracy_drop, percentile=args.percentile)
     data = None
     if args.data is not None:
-        from secateurs.engine.spec import DataSpec, TransformSpec
-
         data = DataSpec(source="imagefolder", path=args.data, split=args.data_split,
                         transform=TransformSpec.preset(args.data_preset) if args.data_preset else None, seed=args.seed)
     recovery = train_data = None
     if args.epochs is not None:
-        from secateurs.engine.spec import DataSpec, TransformSpec
-        from secateurs.engine.spec import RecoverySpec
-
         recovery = RecoverySpec(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
                                 kd_weight=args.kd_weight, feature_weight=args.feature_weight,
                                 attention_weight=args.attention_weight, progressive_steps=args.progressive_steps,

@@ -17,10 +17,9 @@ from secateurs.engine.latency.layers import LayerShape, collect_layers, layer_on
 from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.prune.apply import PruneSpec, prune
 from secateurs.engine.search.searcher import search
-from secateurs.engine.spec import SearchSpec
+from secateurs.engine.spec import ProtocolSpec, SearchSpec
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_macs
-from secateurs.engine.spec import ProtocolSpec
 
 FAST = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=60, max_seconds=2.0)
 BRIEF = ProtocolSpec(warmup_runs=2, warmup_seconds=0.0, window=10, min_samples=10, max_seconds=0.2)  # counts decide

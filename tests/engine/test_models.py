@@ -124,7 +124,8 @@ def test_unknown_architecture(arch, message):
 
 
 def test_module_spec_and_kwargs():
-    model = build_architecture("module:secateurs.engine.intake.zoo:CifarResNet", parse_kwargs(["depth=8", "num_classes=3"]))
+    model = build_architecture("module:secateurs.engine.intake.zoo:CifarResNet",
+                               parse_kwargs(["depth=8", "num_classes=3"]))
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
     with pytest.raises(InvalidRequest, match="cannot build 'zoo:resnet20'"):
         build_architecture("zoo:resnet20", {"colour": "red"})

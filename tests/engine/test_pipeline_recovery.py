@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 
 from secateurs.engine.budget import Budget
-from secateurs.engine.spec import DataSpec, TransformSpec
+from secateurs.engine.spec import CompressSpec, DataSpec, ModelSpec, ProtocolSpec, RecoverySpec, TransformSpec
 from secateurs.engine.pipeline import compress
-from secateurs.engine.spec import RecoverySpec
-from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
 
 QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=40, max_seconds=2.0)
 DIGITS = TransformSpec(resize=32)

@@ -16,12 +16,10 @@ import pytest
 from PIL import Image
 
 from secateurs.engine.budget import Budget
-from secateurs.engine.spec import DataSpec, TransformSpec
+from secateurs.engine.spec import CompressSpec, DataSpec, ModelSpec, ProtocolSpec, RecoverySpec, TransformSpec
 from secateurs.engine.pipeline import REPORT_VERSION, compress
-from secateurs.engine.spec import RecoverySpec
 from secateurs.engine.report.html import render_report_html
 from secateurs.engine.report.schema import load_report_schema, validate_report
-from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
 
 QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=40, max_seconds=2.0)
 DIGITS = TransformSpec(resize=32)

@@ -12,10 +12,9 @@ from secateurs.engine.export import export_onnx
 from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.pipeline import compress
 from secateurs.engine.search.searcher import search
-from secateurs.engine.spec import SearchSpec
+from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec, SearchSpec
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_params
-from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
 from secateurs.engine.search.verify import measurement, sessions_agree
 from secateurs.errors import InvalidRequest
 

@@ -15,9 +15,7 @@ from google.protobuf import json_format
 
 from service_helpers import FAKE_RUNNER, QUICK_PROTOCOL, fake_request, image_folder_zip, resnet20_request
 from secateurs.api.server import Server, ServerConfig, add_serve_arguments, config_from_args
-from secateurs.engine.spec import DataSpec, TransformSpec
-from secateurs.engine.spec import RecoverySpec
-from secateurs.engine.spec import CompressSpec, ModelSpec
+from secateurs.engine.spec import CompressSpec, DataSpec, ModelSpec, RecoverySpec, TransformSpec
 from secateurs.jobs.specs import spec_from_json, spec_to_json
 from secateurs_client import Client, field_violations, pb
 from secateurs_client.cli import main as client_main

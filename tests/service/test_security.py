@@ -74,7 +74,8 @@ def test_the_engine_checks_the_allow_list_before_importing() -> None:
                                allowed_modules=("secateurs.engine",))
     assert type(model).__name__ == "CifarResNet"
     with pytest.raises(PermissionDenied, match="not an nn.Module subclass"):  # a factory function, not named
-        build_architecture("module:secateurs.engine.intake.zoo:_resnet", {"depth": 8}, allowed_modules=("secateurs.engine",))
+        build_architecture("module:secateurs.engine.intake.zoo:_resnet", {"depth": 8},
+                           allowed_modules=("secateurs.engine",))
 
 
 # ---- outbound connections only where the operator said -----------------------------------------

@@ -21,10 +21,9 @@ from typing import Any, Iterator, Mapping
 from secateurs.api.data_sources import data_specs
 from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
 from secateurs.engine.pipeline import validate_spec
-from secateurs.engine.spec import RecoverySpec, validate_recovery_spec
 from secateurs.engine.intake.models import check_model_size, module_admitted
 from secateurs.engine.spec import (DEPTH_MODES, EXPORTS, IMPORTANCES, PRECISIONS, RUNTIMES, CompressSpec, ModelSpec,
-                                   ProtocolSpec, TargetSpec, validate_protocol)
+                                   ProtocolSpec, RecoverySpec, TargetSpec, validate_protocol, validate_recovery_spec)
 from secateurs.engine.intake.zoo import ZOO
 from secateurs.errors import InvalidRequest, PermissionDenied, ResourceExhausted
 from secateurs.jobs.blobs import BlobStore

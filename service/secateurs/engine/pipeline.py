@@ -36,10 +36,9 @@ from secateurs.engine.latency.target import TargetOpener, open_target
 from secateurs.engine.intake.models import check_runs, load_model, parse_input_shape
 from secateurs.engine.prune.apply import PruneSpec, prune, validate_prune_spec, write_plan
 from secateurs.engine.search.searcher import search
-from secateurs.engine.spec import SearchSpec
+from secateurs.engine.spec import DEPTH_MODES, EXPORTS, RUNTIMES, CompressSpec, SearchSpec, validate_protocol
 from secateurs.engine.search.sensitivity import Calibration, recalibrate_batchnorm
 from secateurs.engine.size import count_macs, count_params, file_bytes
-from secateurs.engine.spec import DEPTH_MODES, EXPORTS, RUNTIMES, CompressSpec, validate_protocol
 from secateurs.errors import InvalidRequest, ParityError, machine_limit
 
 STAGES = ("load", "profile", "search", "prune", "recover", "export", "benchmark", "report")

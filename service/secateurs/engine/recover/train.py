@@ -26,8 +26,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from secateurs.engine.recover.distill import (Distiller, FeatureTaps, LossWeights, evaluate, find_feature_points, loss_parts,
-                                      split_batch)
+from secateurs.engine.recover.distill import (Distiller, FeatureTaps, LossWeights, evaluate, find_feature_points,
+                                              loss_parts, split_batch)
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.search.sensitivity import recalibrate_batchnorm

@@ -5,10 +5,10 @@ short protocol (STEERING), the fast TorchScript exporter, and may come from the 
 earlier job; a plan's quality comes from the masked whole-plan measurement (engine/search/refine.py,
 the same function as the pruned model, cached), so a plan is pruned only when it has to be
 exported. The plan the search returns is then measured again, decisively: pruned, exported as
-the job delivers it, measured in fresh sessions with the job's own protocol (each session at most 10 s), and near a latency
-budget in RECHECK_SESSIONS sessions with the median counting (two suffice when they agree on
-which side of the budget the plan falls). Should the decisive figure miss the budget, the next
-best candidate is measured so, each at most once.
+the job delivers it, measured in fresh sessions with the job's own protocol (each session at
+most 10 s), and near a latency budget in RECHECK_SESSIONS sessions with the median counting
+(two suffice when they agree on which side of the budget the plan falls). Should the decisive
+figure miss the budget, the next best candidate is measured so, each at most once.
 
     verifier = Verifier(model, example, spec, target, calib, reference, joint, cancel)
     candidate = verifier.candidate(plan, predicted, parent=None, index=0, stage="search")
@@ -257,8 +257,8 @@ class Verifier:
     def _measure(self, pruned: nn.Module, plan: dict[str, int], *, decisive: bool,
                  steering: dict[str, float] | None = None) -> dict[str, float]:
         """Export and measure interleaved with the baseline. Decisive: exported as the job delivers it, in
-        fresh sessions (the baseline's too), with the job's protocol (sessions capped), and in up to RECHECK_SESSIONS
-        sessions, the median run counting, when the first is near a latency budget or puts the plan on
+        fresh sessions (the baseline's too), with the job's protocol (sessions capped), and in up to
+        RECHECK_SESSIONS sessions, the median run counting, when the first is near a latency budget or puts the plan on
         another side of it than its `steering` figure did. Steering: one session, briefly."""
         spec, target = self.spec, self.target
         q = spec.budget.percentile
