@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import secateurs
 
 PACKAGE = Path(secateurs.__file__).parent
@@ -90,3 +92,14 @@ def test_the_checks_see_what_they_look_for() -> None:
     assert "grpc" in _imports(probe_client, top_level_only=False)
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_engines_own_opener_refuses_a_probe_naming_the_field() -> None:
+    from secateurs.engine.latency.target import open_target
+    from secateurs.engine.spec import TargetSpec
+    from secateurs.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as refused:
+        open_target(TargetSpec(probe_address="127.0.0.1:9"))
+    assert refused.value.field == "target.probe_address"
+    assert open_target(TargetSpec()).where  # and measures here otherwise
