@@ -94,12 +94,12 @@ def test_the_latency_model_measures_grouped_layers_at_valid_widths() -> None:
         assert session.run(None, {"x": torch.randn(1, w, 7, 7).numpy()})[0].shape == (1, 400, 7, 7)
 
 
-def _budget_search(name: str, budget: Budget, tmp_path, **spec) -> object:
+def _budget_search(name: str, budget: Budget, tmp_path, example: torch.Tensor = X, **spec) -> object:
     model = SMALL[name]
     assert any(g.step > 1 for g in describe_groups(prepare(copy.deepcopy(model), X), X))
-    export_onnx(model, X, tmp_path / "baseline.onnx")
+    export_onnx(model, example, tmp_path / "baseline.onnx")
     calib = Calibration(inputs=[torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))])
-    result = search(model, X, tmp_path / "baseline.onnx",
+    result = search(model, example, tmp_path / "baseline.onnx",
                     SearchSpec(budget=budget, cache_dir=tmp_path, arch="test:" + name, refine_evaluations=8,
                                depth="off", **({"protocol": FAST} | spec)), calib)
     layers = collect_layers(result.model, X)
@@ -121,8 +121,9 @@ def test_a_macs_budget_on_a_grouped_family_is_met(name: str, tmp_path) -> None:
 def test_a_latency_budget_on_a_grouped_family_is_met(tmp_path) -> None:
     # the ResNeXt member: enough work per operator that its latency follows its widths (the RegNet member
     # at 32x32 runs in 0.1 ms, mostly per-operator overhead). Aimed 15% inside the budget: what is tested
-    # is the grouped path end to end on a shared machine; how close a search lands is benchmarks/search.py's
+    # is the grouped path end to end on a shared machine; how close a search lands is benchmarks/search.py's.
+    # At batch 8: at batch 1 its fixed per-operator cost let a fresh clone's run miss by 13% (2026-12-02).
     result = _budget_search("resnext (1 block a stage, 8x8d)", Budget(speedup=1.25), tmp_path, max_rounds=5,
-                            aim=0.85)
+                            aim=0.85, example=torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
     assert result.budget_met, result.reason
     assert result.final.speedup >= 1.25
