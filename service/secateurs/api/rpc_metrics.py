@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
-from secateurs.api.errors import wrap_handler
+from secateurs.rpc.errors import wrap_handler
 from secateurs.metrics import ServiceMetrics
 
 # The grpc_code values of go-grpc-prometheus (Go's codes.Code.String()), so dashboards and

@@ -24,12 +24,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from secateurs.api.auth import TokenInterceptor
-from secateurs.api.errors import ErrorInterceptor
+from secateurs.rpc.auth import TokenInterceptor
+from secateurs.rpc.errors import ErrorInterceptor
 from secateurs.api.rpc_metrics import RpcMetricsInterceptor
 from secateurs.addresses import is_loopback, split_host_port
 from secateurs.api.servicer import CompressionServicer
-from secateurs.api.tls import server_credentials
+from secateurs.rpc.tls import server_credentials
 from secateurs.api.validate import DEFAULT_MAX_MODEL_PARAMS, RequestPolicy
 from secateurs.probe.client import PLAINTEXT_ENV, ProbeCredentials
 from secateurs.jobs.blobs import BlobStore

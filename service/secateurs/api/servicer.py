@@ -1,5 +1,5 @@
 """CompressionService: protobuf in, domain call, protobuf out. Errors are raised as
-secateurs.errors and mapped by api/errors.py."""
+secateurs.errors and mapped by rpc/errors.py."""
 
 from __future__ import annotations
 

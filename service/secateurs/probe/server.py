@@ -1,7 +1,7 @@
 """`secateurs probe --listen ADDR`: the LatencyProbe service's lifecycle and command line.
 
-The same token and TLS options as `secateurs serve` (api/auth.py, api/tls.py), the same
-error mapping (api/errors.py) and grpc.health.v1. Imports nothing that loads torch, so
+The same token and TLS options as `secateurs serve` (rpc/auth.py, rpc/tls.py), the same
+error mapping (rpc/errors.py) and grpc.health.v1. Imports nothing that loads torch, so
 it starts in about a second on a device with onnxruntime alone.
 """
 
@@ -23,9 +23,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from secateurs.addresses import is_loopback
-from secateurs.api.auth import TokenInterceptor
-from secateurs.api.errors import ErrorInterceptor
-from secateurs.api.tls import server_credentials
+from secateurs.rpc.auth import TokenInterceptor
+from secateurs.rpc.errors import ErrorInterceptor
+from secateurs.rpc.tls import server_credentials
 from secateurs.probe.service import LatencyProbeServicer
 from secateurs_client.v1 import compression_pb2 as pb
 from secateurs_client.v1 import compression_pb2_grpc as pb_grpc

@@ -1,7 +1,7 @@
 """LatencyProbe: Describe the device, Measure ONNX models on it.
 
 Protobuf in, the engine's latency protocol, protobuf out; errors are secateurs.errors,
-mapped to status codes by api/errors.py. One measurement runs at a time (a lock), since
+mapped to status codes by rpc/errors.py. One measurement runs at a time (a lock), since
 two on one device would disturb each other. Uploaded models stream to files in the
 probe's own directory (one chunk in memory at a time; at most --max-model-bytes per
 request) and are kept there by digest (bounded by bytes, least recently used first

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import grpc
 
-from secateurs.api.errors import wrap_handler
+from secateurs.rpc.errors import wrap_handler
 from secateurs.errors import Unauthenticated
 
 # Load balancers and orchestrators probe health without credentials.

@@ -1,0 +1,1 @@
+"""What both gRPC services share: bearer-token auth, TLS credentials, exceptions to status codes."""
