@@ -6,7 +6,7 @@
                                                     # (initialised weights here: the latency side only
                                                     # means something; RESULTS.md)
 
-Every plan is found by the engine's own search (engine/search/searcher.py) with `depth` off, only and auto,
+Every plan is found by the engine's own search (engine/search/run.py) with `depth` off, only and auto,
 verified end to end on ONNX Runtime CPU (2 threads) interleaved with the baseline ("in its
 search"). Plans come in steps (a block is 4-12% of a small network's latency), so the three
 rarely land on the same speedup: when the better of channels-only and blocks-only lands faster
@@ -41,7 +41,7 @@ from secateurs.engine.budget import Budget
 from secateurs.engine.export import export_onnx
 from secateurs.engine.latency.target import open_target
 from secateurs.engine.intake.models import build_architecture
-from secateurs.engine.search.searcher import SearchResult, search
+from secateurs.engine.search.run import SearchResult, search
 from secateurs.engine.spec import ProtocolSpec, SearchSpec, TargetSpec
 from secateurs.engine.search.sensitivity import Calibration
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/fuzz.py                       # 2000 examples per RPC, 60 s per reader
     .venv/bin/python benchmarks/fuzz.py --examples 200 --reader-seconds 10
 
-Part 1 runs the strategies of tests/service/fuzz_requests.py against a live server and a live
+Part 1 runs the strategies of tests/support/fuzz_requests.py against a live server and a live
 probe on loopback: for every request, a status other than INTERNAL, the field named where the
 request is at fault, and both still serving. Part 2 mutates seed files (bit flips, truncation,
 inserted and duplicated bytes) and feeds them to the model and data readers (safetensors, a torch
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "service"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 import grpc  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402

@@ -29,7 +29,8 @@ import torch
 
 from secateurs.engine.export import export_onnx
 from secateurs.engine.intake.models import build_architecture
-from secateurs.engine.prune.apply import PruneSpec, prune
+from secateurs.engine.prune.apply import prune
+from secateurs.engine.spec import PruneSpec
 
 MEASURE = """
 import json, sys

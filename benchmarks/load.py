@@ -28,7 +28,7 @@ import grpc
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "service"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 from service_helpers import FAKE_RUNNER, fake_request, listening_address  # noqa: E402
 
@@ -63,7 +63,7 @@ def _client(address: str, jobs: list[str], until: float, results: dict[str, list
 
 
 def run(clients: int, seconds: float, queued: int) -> int:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "service"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "support"), os.environ.get("PYTHONPATH", "")]))
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen([sys.executable, "-m", "secateurs.cli", "serve", "--listen", "127.0.0.1:0", "--data-dir",
                                  str(Path(tmp) / "data"), "--runner", FAKE_RUNNER, "--allow-module", "service_fakes",

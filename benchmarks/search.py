@@ -26,7 +26,7 @@ from secateurs.engine.budget import Budget
 from secateurs.engine.export import export_onnx
 from secateurs.engine.latency import OnnxRuntimeBackend, measure_interleaved
 from secateurs.engine.intake.models import build_architecture
-from secateurs.engine.search.searcher import search
+from secateurs.engine.search.run import search
 from secateurs.engine.spec import ProtocolSpec, SearchSpec
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_params
@@ -178,7 +178,8 @@ def _classical(model, x, speedup: float, measured_speedup) -> dict[str, torch.nn
     speedup meets the budget (what a user of each method would ship for it)."""
     import torch_pruning as tp
 
-    from secateurs.engine.prune.apply import PruneSpec, prune
+    from secateurs.engine.prune.apply import prune
+    from secateurs.engine.spec import PruneSpec
 
     out: dict[str, torch.nn.Module] = {}
     plans: dict[tuple, float] = {}

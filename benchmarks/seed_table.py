@@ -33,7 +33,8 @@ from cifar_common import (CACHE_DIR, augment, cifar_zip_path, evaluate, load_cif
 
 from secateurs.engine.intake.models import build_architecture  # noqa: E402
 from secateurs.engine.recover.progressive import progressive  # noqa: E402
-from secateurs.engine.prune.apply import PruneSpec, prune  # noqa: E402
+from secateurs.engine.prune.apply import prune  # noqa: E402
+from secateurs.engine.spec import PruneSpec  # noqa: E402
 from secateurs.engine.recover.train import recover
 from secateurs.engine.spec import RecoverySpec  # noqa: E402
 from secateurs.engine.search.sensitivity import recalibrate_batchnorm  # noqa: E402

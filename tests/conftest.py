@@ -10,6 +10,9 @@ from typing import Iterator
 
 import pytest
 
+# the servers, clients and weights the api/, jobs/, probe/ and integrations/ tests start from
+from service_fixtures import *  # noqa: F401,F403
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_measurement_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -10,7 +10,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from secateurs.engine.spec import DEPTH_MODES, IMPORTANCES, CompressSpec, RecoverySpec, TargetSpec
 from secateurs.errors import SecateursError
+
+# Defaults are the specs' own (engine/spec.py, torch-free): declared once, read here for --help.
+_JOB, _TARGET, _RECOVERY = CompressSpec, TargetSpec(), RecoverySpec()
 
 QUICK_PROTOCOL = dict(warmup_runs=5, warmup_seconds=0.1, window=20, min_samples=60, max_seconds=5.0)
 
@@ -23,17 +27,19 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="input shape, batch first, e.g. 1x3x224x224")
     p.add_argument("--trust-pickled-models", action="store_true",
                    help="allow weights that are a whole pickled nn.Module (runs code from the file)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads of the runtime (default 2)")
-    p.add_argument("--runtime", default="onnxruntime-cpu",
+    p.add_argument("--threads", type=int, default=_TARGET.threads,
+                   help=f"CPU threads of the runtime (default {_TARGET.threads})")
+    p.add_argument("--runtime", default=_TARGET.runtime,
                    help="onnxruntime-cpu (default), onnxruntime-cuda, tensorrt, torch-cpu, torch-cuda, "
                         "torch-compile-cpu or torch-compile-cuda")
-    p.add_argument("--precision", default="fp32", help="fp32 (default) or fp16 (GPU runtimes)")
+    p.add_argument("--precision", default=_TARGET.precision, help="fp32 (default) or fp16 (GPU runtimes)")
     p.add_argument("--probe", metavar="HOST:PORT",
                    help="measure every latency on the `secateurs probe` at this address (credentials: "
                         "$SECATEURS_PROBE_TOKEN, $SECATEURS_PROBE_TLS_CA, ...; TLS unless on this machine)")
     p.add_argument("--probe-plaintext", action="store_true",
                    help="reach a probe off this machine without TLS (its token travels in clear text)")
-    p.add_argument("--min-channels", type=int, default=8, help="never prune a group below this (default 8)")
+    p.add_argument("--min-channels", type=int, default=_JOB.min_channels,
+                   help=f"never prune a group below this (default {_JOB.min_channels})")
     p.add_argument("--quick", action="store_true", help="short latency protocol (for smoke runs; less stable)")
 
 
@@ -56,40 +62,47 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--params", type=int, help="parameter count ceiling")
     budget.add_argument("--macs", type=int, help="MACs ceiling")
     budget.add_argument("--max-accuracy-drop", type=float, help="accuracy points (0.01 = 1 point) that may be lost")
-    budget.add_argument("--percentile", type=float, default=50.0, help="latency percentile: 50, 90, 95 or 99")
-    budget.add_argument("--depth", choices=("auto", "off", "only"), default="auto",
+    budget.add_argument("--percentile", type=float, default=_TARGET.percentile,
+                        help="latency percentile: 50, 90, 95 or 99")
+    budget.add_argument("--depth", choices=DEPTH_MODES, default=_JOB.depth,
                         help="whole residual blocks: auto (default) lets the search drop them where that costs "
                              "less quality than narrowing channels; off: channels only; only: blocks only")
     compress.add_argument("--data", type=Path,
                           help="ImageFolder directory or .zip whose --data-split the accuracy is measured on; "
                                "calibration comes from its train split (or --train-data's), never from that one")
     compress.add_argument("--data-split", default="test", help="split of --data to evaluate on (default test)")
-    compress.add_argument("--calibration-samples", type=int, default=128,
-                          help="images that score plans, as many again recalibrate BatchNorm (default 128)")
-    compress.add_argument("--evaluation-samples", type=int, default=None,
+    compress.add_argument("--calibration-samples", type=int, default=_JOB.calibration_samples,
+                          help="images that score plans, as many again recalibrate BatchNorm "
+                               f"(default {_JOB.calibration_samples})")
+    compress.add_argument("--evaluation-samples", type=int, default=_JOB.evaluation_samples,
                           help="a seeded subset of the evaluation split to measure accuracy on (default: all)")
     compress.add_argument("--data-preset", default=None, help="transform preset: cifar10 or imagenet")
     recovery = compress.add_argument_group("recovery (fine-tuning and distillation after pruning)")
     recovery.add_argument("--epochs", type=int, help="recover for this many epochs (off when not given)")
     recovery.add_argument("--lr", type=float, help="peak learning rate (default: SGD 0.01, AdamW 1e-3)")
-    recovery.add_argument("--optimizer", default="sgd", help="sgd (Nesterov) or adamw")
-    recovery.add_argument("--batch-size", type=int, default=128)
-    recovery.add_argument("--kd-weight", type=float, default=1.0, help="output distillation (KL, T=4)")
-    recovery.add_argument("--feature-weight", type=float, default=0.0, help="feature-map distillation")
-    recovery.add_argument("--attention-weight", type=float, default=0.0, help="attention transfer")
-    recovery.add_argument("--progressive-steps", type=int, default=1, help="reach the plan in k prune+recover steps")
+    recovery.add_argument("--optimizer", default=_RECOVERY.optimizer, help="sgd (Nesterov) or adamw")
+    recovery.add_argument("--batch-size", type=int, default=_RECOVERY.batch_size)
+    recovery.add_argument("--kd-weight", type=float, default=_RECOVERY.kd_weight, help="output distillation (KL, T=4)")
+    recovery.add_argument("--feature-weight", type=float, default=_RECOVERY.feature_weight,
+                          help="feature-map distillation")
+    recovery.add_argument("--attention-weight", type=float, default=_RECOVERY.attention_weight,
+                          help="attention transfer")
+    recovery.add_argument("--progressive-steps", type=int, default=_RECOVERY.progressive_steps,
+                          help="reach the plan in k prune+recover steps")
     recovery.add_argument("--train-data", type=Path,
                           help="ImageFolder directory or .zip to recover on (split train, --data-preset "
                                "augmentation); without it recovery distils on generated inputs")
     compress.add_argument("--cache-dir", type=Path, default=Path(".secateurs/cache"),
                           help="measurement cache shared across jobs (default .secateurs/cache)")
-    compress.add_argument("--importance", default="l1", help="l1 (default), l2, bn_scale or taylor")
-    compress.add_argument("--round-to", type=int, default=8, help="channel counts become multiples of this")
+    compress.add_argument("--importance", default=_JOB.importance,
+                          help=f"channel importance: {', '.join(IMPORTANCES)} (default {_JOB.importance}); "
+                               "the search and the pruning both rank channels by it")
+    compress.add_argument("--round-to", type=int, default=_JOB.round_to, help="channel counts become multiples of this")
     compress.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
-    compress.add_argument("--batch", type=int, default=0,
+    compress.add_argument("--batch", type=int, default=_TARGET.batch,
                           help="measure (and export) at this batch instead of --input's")
     compress.add_argument("--out", type=Path, required=True, help="output directory")
-    compress.add_argument("--seed", type=int, default=0)
+    compress.add_argument("--seed", type=int, default=_JOB.seed)
 
     try:
         from secateurs.api.server import add_serve_arguments
@@ -142,7 +155,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from secateurs.engine.prune.blocks import find_blocks
     from secateurs.engine.prune.groups import describe_groups, prepare
     from secateurs.engine.export import export_onnx
-    from secateurs.engine.intake.models import check_runs, load_model, parse_input_shape
+    from secateurs.engine.intake.models import check_runs, load_model
+    from secateurs.engine.spec import parse_input_shape
     from secateurs.engine.size import count_macs, count_params
     from secateurs.probe.client import open_target
     import copy
@@ -187,8 +201,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from secateurs.engine.pipeline import compress
-    from secateurs.engine.intake.models import parse_input_shape
-    from secateurs.engine.spec import CompressSpec, DataSpec, RecoverySpec, TransformSpec
+    from secateurs.engine.spec import DataSpec, RecoverySpec, TransformSpec
+    from secateurs.engine.validate import build_spec
     from secateurs.errors import InvalidRequest
     from secateurs.probe.client import open_target
 
@@ -200,13 +214,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise InvalidRequest(f"cannot read ratios file {args.ratios}: {exc}", field="ratios") from None
         if not isinstance(ratios, dict):
             raise InvalidRequest("ratios file must hold a JSON object {group: ratio}", field="ratios")
-    from secateurs.engine.budget import Budget
-
-    limits = dict(latency_ms=args.latency_ms, speedup=args.speedup,
-                  size_bytes=int(args.size_mb * 1e6) if args.size_mb else None, params=args.params, macs=args.macs)
-    budget = None
-    if any(v is not None for v in limits.values()) or args.max_accuracy_drop is not None:
-        budget = Budget(**limits, max_accuracy_drop=args.max_accuracy_drop, percentile=args.percentile)
+    limits = dict(latency_ms=args.latency_ms, speedup=args.speedup, params=args.params, macs=args.macs,
+                  size_bytes=int(args.size_mb * 1e6) if args.size_mb else None,
+                  max_accuracy_drop=args.max_accuracy_drop)
     data = None
     if args.data is not None:
         data = DataSpec(source="imagefolder", path=args.data, split=args.data_split,
@@ -226,15 +236,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
                 data, train_data = held_out(train_data, TransformSpec.preset(args.data_preset)
                                             if args.data_preset else None)
-    spec = CompressSpec(
-        calibration_samples=args.calibration_samples, evaluation_samples=args.evaluation_samples,
-        model=_model_spec(args), input_shape=parse_input_shape(args.input), out_dir=args.out,
-        ratio=args.ratio, group_ratios=ratios, budget=budget, data=data, cache_dir=args.cache_dir,
-        recovery=recovery, train_data=train_data,
-        importance=args.importance, round_to=args.round_to,
-        min_channels=args.min_channels, target=_target(args, batch=args.batch), protocol=_protocol(args),
-        dynamic_batch=args.dynamic_batch, seed=args.seed, depth=args.depth,
-    )
+    spec = build_spec(  # the function the API builds its jobs with (engine/validate.py)
+        model=_model_spec(args), input_shape=args.input, out_dir=args.out, limits=limits,
+        target=_target(args, batch=args.batch, percentile=args.percentile), ratio=args.ratio, group_ratios=ratios,
+        calibration_samples=args.calibration_samples, evaluation_samples=args.evaluation_samples, data=data,
+        train_data=train_data, recovery=recovery, cache_dir=args.cache_dir, importance=args.importance,
+        round_to=args.round_to, min_channels=args.min_channels, protocol=_protocol(args),
+        dynamic_batch=args.dynamic_batch, seed=args.seed, depth=args.depth)
     start = time.perf_counter()
     result = compress(spec, on_event=_print_progress, target_opener=open_target)
     print(summary(result.report))

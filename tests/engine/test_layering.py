@@ -86,6 +86,28 @@ def test_the_specs_load_without_torch_or_any_stage() -> None:
                                         "secateurs.errors"]
 
 
+def _loaded_by(module: str) -> list[str]:
+    code = (f"import sys, {module}; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('secateurs.')))")
+    return ast.literal_eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout)
+
+
+def test_the_one_validator_and_the_searcher_load_without_torch() -> None:
+    # the CLI and the API validate every job with engine/validate.py before a worker starts: no torch there;
+    # and the searcher is a pure proposer, reusable by anything that can measure a plan
+    assert "torch" not in _loaded_by("secateurs.engine.validate")
+    assert "torch" not in _loaded_by("secateurs.engine.search.searcher")
+
+
+def test_the_probe_shares_the_rpc_helpers_not_the_api() -> None:
+    probe = PACKAGE / "probe"
+    offending = {f"{p.relative_to(PACKAGE)}: {m}" for p in probe.rglob("*.py")
+                 for m in _imports(p, top_level_only=False) if m.startswith(("secateurs.api", "secateurs.jobs"))}
+    assert not offending, sorted(offending)
+    assert "secateurs.rpc.auth" in _imports(probe / "server.py", top_level_only=True)
+
+
 def test_the_checks_see_what_they_look_for() -> None:
     # the walker finds a function-level import, and the cycle finder a cycle
     probe_client = PACKAGE / "probe" / "client.py"

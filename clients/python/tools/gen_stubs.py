@@ -3,7 +3,7 @@
 protoc is run with `-I proto`, so generated modules import each other as
 `secateurs.v1.*`; that name belongs to the server package, so the imports are
 rewritten to `secateurs_client.v1.*` (a plain, deterministic text substitution).
-tests/service/test_stubs.py runs `generate()` into a temp dir and compares.
+tests/api/test_stubs.py runs `generate()` into a temp dir and compares.
 
     python clients/python/tools/gen_stubs.py        # needs grpcio-tools
 """

@@ -1,12 +1,15 @@
-"""CreateJobRequest -> CompressSpec: every check of a request, in one place.
+"""CreateJobRequest -> CompressSpec: the request's own checks, then the job's (engine/validate.py).
 
-Each refusal is an InvalidRequest naming the request field (proto path), so the
-client sees INVALID_ARGUMENT with a BadRequest field violation. A job asks for
-exactly one of pruning.ratio, pruning.group_ratios or a budget (the search picks
-the ratios). recovery maps onto the engine's RecoverySpec and data onto DataSpecs
-(api/data_sources.py), both checked with the engine's own validators. The target's
-runtime must be available on this server (FAILED_PRECONDITION with the reason) unless
-the job measures on a probe, which is asked when the job runs.
+What only a request can get wrong is checked here: ids, labels, blob ids, what the operator allowed
+(probes, modules, data roots), wire conventions (0 or unset: the default). Everything a job spec
+can get wrong is checked by the engine's one validator, the same one the CLI's specs pass, and its
+refusals are re-raised under the request's field names (wire_field).
+
+Each refusal is an InvalidRequest naming the request field (proto path), so the client sees
+INVALID_ARGUMENT with a BadRequest field violation. A job asks for exactly one of pruning.ratio,
+pruning.group_ratios or a budget (the search picks the ratios). Data maps onto DataSpecs
+(api/data_sources.py). The target's runtime must be available on this server
+(FAILED_PRECONDITION with the reason) unless the job measures on a probe, asked when the job runs.
 """
 
 from __future__ import annotations
@@ -19,12 +22,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from secateurs.api.data_sources import data_specs
-from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
-from secateurs.engine.pipeline import validate_spec
 from secateurs.engine.intake.models import check_model_size, module_admitted
-from secateurs.engine.spec import (DEPTH_MODES, EXPORTS, IMPORTANCES, PRECISIONS, RUNTIMES, CompressSpec, ModelSpec,
-                                   ProtocolSpec, RecoverySpec, TargetSpec, validate_protocol, validate_recovery_spec)
 from secateurs.engine.intake.zoo import ZOO
+from secateurs.engine.spec import (CompressSpec, ModelSpec, ProtocolSpec, RecoverySpec, TargetSpec, validate_protocol,
+                                   validate_recovery_spec)
+from secateurs.engine.validate import BUDGET_LIMITS, build_spec
 from secateurs.errors import InvalidRequest, PermissionDenied, ResourceExhausted
 from secateurs.jobs.blobs import BlobStore
 from secateurs_client.v1 import compression_pb2 as pb
@@ -65,36 +67,24 @@ def spec_from_request(req: pb.CreateJobRequest, blobs: BlobStore, policy: Reques
     shape = _input_shape(list(req.input_shape))
     model = _model(req.model, blobs, policy)
     target = _target(req.target, shape, policy)
-    budget = _budget(req.budget, percentile=target.percentile)
-    ratio, group_ratios = _ratios(req.pruning, budget=budget)
+    limits = {name: getattr(req.budget, name) for name in BUDGET_LIMITS if req.budget.HasField(name)}
+    ratio, group_ratios = _ratios(req.pruning, limits=limits)
     recovery = _recovery(req.recovery) if req.HasField("recovery") else None
     data, train_data = data_specs(req.data, blobs, data_root=policy.data_root, recovery=recovery is not None,
                                   seed=_JOB_SEED)
-    importance = req.pruning.importance or "l1"
-    if importance not in IMPORTANCES:
-        raise _bad("pruning.importance", f"unknown importance {_shown(importance)} (one of {', '.join(IMPORTANCES)})")
-    round_to = _bounded("pruning.round_to", req.pruning.round_to, 1, 1024, default=8)
-    min_channels = _bounded("pruning.min_channels", req.pruning.min_channels, 1, 4096, default=8)
-    depth = req.pruning.depth or "auto"
-    if depth not in DEPTH_MODES:
-        raise _bad("pruning.depth", f"unknown depth {_shown(depth)} (one of {', '.join(DEPTH_MODES)})")
-    exports = tuple(req.exports) or EXPORTS
-    for name in exports:
-        if name not in EXPORTS:
-            raise _bad("exports", f"unknown export {_shown(name)} (one of {', '.join(EXPORTS)})")
-    if len(set(exports)) != len(exports):
-        raise _bad("exports", "exports repeat a name")
-    spec = CompressSpec(
-        calibration_samples=req.data.calibration_samples or CompressSpec.calibration_samples,
-        evaluation_samples=req.data.evaluation_samples or None,
-        model=model, input_shape=shape, out_dir=_PLACEHOLDER_OUT, ratio=ratio, group_ratios=group_ratios,
-        budget=budget, importance=importance, round_to=round_to, min_channels=min_channels,
-        target=target, protocol=_protocol(req.target.protocol), exports=exports,
-        cache_dir=policy.cache_dir, data=data, train_data=train_data, recovery=recovery, seed=_JOB_SEED,
-        depth=depth,
-    )
-    with _engine_fields():  # the engine's own checks, so a job never fails for what a request could show
-        validate_spec(spec)
+    pruning = req.pruning
+    with _engine_fields():  # the job's own checks (engine/validate.py), under the request's field names
+        # 0, "" and empty lists are the wire's "unset": None keeps the spec's default
+        spec = build_spec(
+            model=model, input_shape=shape, out_dir=_PLACEHOLDER_OUT, target=target,
+            limits=limits,
+            ratio=ratio, group_ratios=group_ratios, importance=pruning.importance or None,
+            round_to=_bounded("pruning.round_to", pruning.round_to, 1, 1024),
+            min_channels=_bounded("pruning.min_channels", pruning.min_channels, 1, 4096),
+            depth=pruning.depth or None, exports=tuple(req.exports) or None, protocol=_protocol(req.target.protocol),
+            calibration_samples=req.data.calibration_samples or None,
+            evaluation_samples=req.data.evaluation_samples or None,
+            cache_dir=policy.cache_dir, data=data, train_data=train_data, recovery=recovery, seed=_JOB_SEED)
     if not model.arch.startswith("module:"):  # sized on the meta device, before a worker allocates it
         with _engine_fields():
             check_model_size(model)
@@ -267,29 +257,12 @@ def _value(v: Any) -> Any:
     return {"string_value": v.string_value, "bool_value": v.bool_value}.get(kind)
 
 
-_BUDGET_LIMITS = ("latency_ms", "speedup", "size_bytes", "params", "macs", "max_accuracy_drop")
-
-
-def _budget(b: pb.Budget, *, percentile: float) -> Budget | None:
-    """The budget the request sets (None when it sets none), checked field by field.
-
-    The percentile is the target's: a latency or speedup budget holds at the
-    percentile the job measures.
-    """
-    values = {name: getattr(b, name) for name in _BUDGET_LIMITS if b.HasField(name)}
-    if not values:
-        return None
-    budget = Budget(**values, percentile=percentile)
-    with _engine_fields():  # max_accuracy_drop alone is refused here, with the engine's message
-        validate_budget(budget)
-    return budget
-
-
-def _ratios(p: pb.Pruning, *, budget: Budget | None) -> tuple[float | None, dict[str, float] | None]:
-    """Exactly one of pruning.ratio, pruning.group_ratios or a budget; the pruning field is named."""
+def _ratios(p: pb.Pruning, *, limits: dict[str, float]) -> tuple[float | None, dict[str, float] | None]:
+    """Exactly one of pruning.ratio, pruning.group_ratios or a budget; the pruning field is named. An
+    accuracy limit alone is no budget: engine/validate.py refuses it, naming budget.max_accuracy_drop."""
     if p.HasField("ratio") and p.group_ratios:
         raise _bad("pruning.ratio", "give pruning.ratio or pruning.group_ratios, not both")
-    if budget is not None:
+    if set(limits) - {"max_accuracy_drop"}:
         given = "pruning.ratio" if p.HasField("ratio") else "pruning.group_ratios" if p.group_ratios else None
         if given is not None:
             raise _bad(given, f"give a budget or {given}, not both (with a budget the search chooses the ratios)")
@@ -298,6 +271,8 @@ def _ratios(p: pb.Pruning, *, budget: Budget | None) -> tuple[float | None, dict
         if not 0.0 <= p.ratio < 1.0:
             raise _bad("pruning.ratio", f"must be in [0, 1) (got {p.ratio})")
         return p.ratio, None
+    if not p.group_ratios and limits:
+        return None, None  # an accuracy limit alone: refused with the budget's own message
     if not p.group_ratios:
         raise _bad("pruning.ratio", "required: pruning.ratio, pruning.group_ratios or a budget "
                                     "(budget.latency_ms, speedup, size_bytes, params or macs)")
@@ -307,7 +282,7 @@ def _ratios(p: pb.Pruning, *, budget: Budget | None) -> tuple[float | None, dict
     return None, dict(sorted(p.group_ratios.items()))
 
 
-def _bounded(field: str, value: int, lo: int, hi: int, *, default: int) -> int:
+def _bounded(field: str, value: int, lo: int, hi: int, *, default: int | None = None) -> int | None:
     if value == 0:
         return default
     if not lo <= value <= hi:
@@ -316,19 +291,12 @@ def _bounded(field: str, value: int, lo: int, hi: int, *, default: int) -> int:
 
 
 def _target(t: pb.Target, shape: tuple[int, ...], policy: RequestPolicy) -> TargetSpec:
-    runtime = t.runtime or RUNTIMES[0]
-    if runtime not in RUNTIMES:
-        raise _bad("target.runtime", f"unknown runtime {_shown(runtime)} (supported: {', '.join(RUNTIMES)})")
-    precision = t.precision or "fp32"
-    if precision not in PRECISIONS:
-        raise _bad("target.precision", f"unknown precision {_shown(t.precision)} (one of {', '.join(PRECISIONS)})")
+    # runtime, precision, threads and percentile are checked with the rest of the job (engine/validate.py)
+    base = TargetSpec()
     batch = _bounded("target.batch", t.batch, 1, 4096, default=0)
     if batch and math.prod((batch, *shape[1:])) > MAX_INPUT_ELEMENTS:
         raise _bad("target.batch", f"batch {batch} makes the input over {MAX_INPUT_ELEMENTS} elements")
-    if t.percentile and t.percentile not in PERCENTILES:
-        raise _bad("target.percentile", f"must be one of {', '.join(f'{q:g}' for q in PERCENTILES)} "
-                                        f"(got {t.percentile:g})")
-    threads = _bounded("target.threads", t.threads, 1, 256, default=TargetSpec().threads)
+    threads = t.threads or base.threads
     address = None
     if t.probe:
         address = policy.probes.get(t.probe)
@@ -336,8 +304,9 @@ def _target(t: pb.Target, shape: tuple[int, ...], policy: RequestPolicy) -> Targ
             listed = ", ".join(sorted(policy.probes)) or "none (the operator lists them: --probe NAME=HOST:PORT)"
             raise PermissionDenied(f"target.probe: this server lists no probe {_shown(t.probe)}; it lists {listed}",
                                    field="target.probe")
-    return TargetSpec(runtime=runtime, threads=threads, percentile=t.percentile or TargetSpec().percentile,
-                      precision=precision, batch=batch, probe_address=address, probe_name=t.probe or None)
+    return TargetSpec(runtime=t.runtime or base.runtime, threads=threads, percentile=t.percentile or base.percentile,
+                      precision=t.precision or base.precision, batch=batch, probe_address=address,
+                      probe_name=t.probe or None)
 
 
 def _protocol(p: pb.LatencyProtocol) -> ProtocolSpec:

@@ -68,7 +68,8 @@ def validate_budget(budget: Budget) -> None:
         raise InvalidRequest(f"budget.max_accuracy_drop must be in [0, 1) (0.01 = one point), "
                              f"got {budget.max_accuracy_drop!r}", field="budget.max_accuracy_drop")
     if budget.percentile not in PERCENTILES:
-        raise InvalidRequest(f"budget.percentile must be one of 50, 90, 95, 99, got {budget.percentile!r}",
+        raise InvalidRequest(f"budget.percentile must be one of {', '.join(f'{q:g}' for q in PERCENTILES)}, "
+                             f"got {budget.percentile!r}",
                              field="budget.percentile")
     if budget.is_empty() and budget.max_accuracy_drop is not None:
         raise InvalidRequest("budget.max_accuracy_drop limits a budget; give latency_ms, speedup, size_bytes, "

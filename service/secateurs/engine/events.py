@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 from secateurs.errors import Cancelled
@@ -49,3 +49,17 @@ def check_cancel(cancel: CancelCheck | None) -> None:
     """Raise Cancelled when the token is set."""
     if cancel is not None and cancel.is_set():
         raise Cancelled("job cancelled")
+
+
+def within(sink: EventSink, start: float, end: float) -> EventSink:
+    """`sink` for a part of a stage: progress in [0, 1] of the part becomes [start, end] of the stage."""
+    def relay(event: Event) -> None:
+        progress = None if event.progress is None else start + (end - start) * event.progress
+        sink(replace(event, progress=progress))
+
+    return relay
+
+
+def counted(on_event: EventSink, what: str, done: int, total: int) -> None:
+    """`done` of `total` units of search work (layers measured, widths scored, plans evaluated) as an event."""
+    on_event(Event(stage="search", kind="progress", progress=done / max(total, 1), message=f"{what} {done}/{total}"))

@@ -24,25 +24,24 @@ from typing import Any
 
 import torch
 
-from secateurs.engine.prune.blocks import dropped_in
-from secateurs.engine.budget import Measurement, budget_shortfall, validate_budget
+from secateurs.engine.budget import Measurement, budget_shortfall
 from secateurs.engine.intake.calibration import DataRoles, Evaluator, build_roles
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
 from secateurs.engine.latency import devicelock
 from secateurs.engine.export import check_parity, export_onnx, export_pt2
 from secateurs.engine.latency.protocol import measurements_taken
-from secateurs.engine.latency.runtimes import RuntimeSettings, check_settings
 from secateurs.engine.latency.target import TargetOpener, open_target
-from secateurs.engine.intake.models import check_runs, load_model, parse_input_shape
-from secateurs.engine.prune.apply import PruneSpec, prune, validate_prune_spec, write_plan
-from secateurs.engine.search.searcher import search
-from secateurs.engine.spec import DEPTH_MODES, EXPORTS, RUNTIMES, CompressSpec, SearchSpec, validate_protocol
+from secateurs.engine.intake.models import check_runs, load_model
+from secateurs.engine.prune.apply import prune, write_plan
+from secateurs.engine.search.run import search
+from secateurs.engine.spec import CompressSpec, PruneSpec, SearchSpec, parse_input_shape
+from secateurs.engine.validate import validate_spec
 from secateurs.engine.search.sensitivity import Calibration, recalibrate_batchnorm
 from secateurs.engine.size import count_macs, count_params, file_bytes
-from secateurs.errors import InvalidRequest, ParityError, machine_limit
+from secateurs.errors import ParityError, machine_limit
 
 STAGES = ("load", "profile", "search", "prune", "recover", "export", "benchmark", "report")
-REPORT_VERSION = 3  # of engine/report/schema.json; docs/observability.md says what changed
+REPORT_VERSION = 4  # of engine/report/schema.json; docs/observability.md says what changed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,81 +51,6 @@ class CompressResult:
 
     report: dict[str, Any]
     artifacts: dict[str, Path] = field(default_factory=dict)
-
-
-def validate_spec(spec: CompressSpec) -> None:
-    """Every check that needs no model, in one place, with the field at fault."""
-    parse_input_shape(spec.input_shape)
-    given = [n for n, v in (("ratio", spec.ratio), ("group_ratios", spec.group_ratios), ("budget", spec.budget))
-             if v is not None]
-    if len(given) != 1:
-        raise InvalidRequest("give exactly one of ratio, group_ratios or budget"
-                             + (f" (got {', '.join(given)})" if given else ""), field=given[-1] if given else "budget")
-    if spec.budget is not None:
-        validate_budget(spec.budget)
-        if spec.budget.is_empty():
-            raise InvalidRequest("budget has no limit: give latency_ms, speedup, size_bytes, params or macs",
-                                 field="budget")
-        validate_prune_spec(PruneSpec(ratio=0.0, importance=spec.importance, round_to=spec.round_to,
-                                      min_channels=spec.min_channels))
-    else:
-        validate_prune_spec(_prune_spec(spec))
-    if spec.depth not in DEPTH_MODES:
-        raise InvalidRequest(f"depth must be one of {', '.join(DEPTH_MODES)}, got {spec.depth!r}", field="depth")
-    if spec.depth == "only" and spec.budget is None:
-        raise InvalidRequest("depth 'only' needs a budget: the search chooses which blocks to drop", field="depth")
-    from secateurs.engine.spec import validate_data_spec
-
-    for data in (spec.data, spec.train_data):
-        if data is not None:
-            validate_data_spec(data)
-    if spec.recovery is not None:
-        from secateurs.engine.spec import validate_recovery_spec
-
-        validate_recovery_spec(spec.recovery)
-    if not 1 <= spec.calibration_samples <= 100_000:
-        raise InvalidRequest(f"calibration_samples must be in [1, 100000], got {spec.calibration_samples}",
-                             field="calibration_samples")
-    if spec.evaluation_samples is not None and not 1 <= spec.evaluation_samples <= 10_000_000:
-        raise InvalidRequest(f"evaluation_samples must be in [1, 10000000], got {spec.evaluation_samples}",
-                             field="evaluation_samples")
-    _validate_target(spec)
-    if spec.target.percentile not in (50.0, 90.0, 95.0, 99.0):
-        raise InvalidRequest(f"percentile must be one of 50, 90, 95, 99, got {spec.target.percentile}",
-                             field="target.percentile")
-    unknown = sorted(set(spec.exports) - set(EXPORTS))
-    if unknown or "onnx" not in spec.exports:
-        raise InvalidRequest(f"exports must include 'onnx' and be among {', '.join(EXPORTS)}; got {list(spec.exports)}",
-                             field="exports")
-    if not 0 < spec.parity_tolerance < 1:
-        raise InvalidRequest(f"parity tolerance must be in (0, 1), got {spec.parity_tolerance}",
-                             field="parity_tolerance")
-    validate_protocol(spec.protocol)
-
-
-def _validate_target(spec: CompressSpec) -> None:
-    """Runtime, precision, threads, batch and probe address; whether the runtime exists where the job
-    measures is checked when the job opens its target (a GPU or a probe is not looked for here)."""
-    t = spec.target
-    if t.runtime not in RUNTIMES:
-        raise InvalidRequest(f"runtime {t.runtime!r} is not supported; supported: {', '.join(RUNTIMES)}",
-                             field="target.runtime")
-    check_settings(RuntimeSettings(runtime=t.runtime, precision=t.precision, threads=t.threads))
-    if not 0 <= t.batch <= 4096:
-        raise InvalidRequest(f"batch must be in [1, 4096] (0: the input shape's), got {t.batch}", field="target.batch")
-    if t.probe_address is not None:
-        host, sep, port = t.probe_address.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidRequest(f"probe address must be host:port, got {t.probe_address!r}",
-                                 field="target.probe")
-        if t.runtime.startswith("torch-"):
-            raise InvalidRequest(f"{t.runtime} measures in the service's process; a probe measures ONNX models "
-                                 f"(onnxruntime-cpu, onnxruntime-cuda, tensorrt)", field="target.runtime")
-
-
-def _prune_spec(spec: CompressSpec) -> PruneSpec:
-    return PruneSpec(ratio=spec.ratio, group_ratios=spec.group_ratios, importance=spec.importance,
-                     round_to=spec.round_to, min_channels=spec.min_channels)
 
 
 class _Stage:
@@ -267,7 +191,7 @@ def _search_stage(run: _Run, model: torch.nn.Module, example: torch.Tensor, base
                        cache_dir=spec.cache_dir, arch=spec.model.arch, seed=spec.seed, depth=spec.depth,
                        max_accuracy_drop=floor),
             roles.calibration, latency_target=latency, cancel=run.cancel,
-            on_progress=lambda f, message, data: st.progress(f, message, **data))
+            on_event=lambda event: st.progress(event.progress, event.message, **event.data))
         section = _search_section(searched, spec)
         _save_search(run.out, job_key, section)
         return section
@@ -282,14 +206,15 @@ def _plans(run: _Run, search_report: dict[str, Any] | None) -> list[tuple[dict[s
 
     def plan(c: dict[str, Any]) -> tuple[dict[str, float], list[str], int]:
         return ({n: 1 - w / channels[n] for n, w in c["widths"].items() if n in channels},
-                dropped_in(c["widths"]), c["id"])
+                list(c["dropped_blocks"]), c["id"])
 
     chosen = next(c for c in search_report["trace"] if c["id"] == search_report["chosen"])
     # less pruned: slower, under a latency budget; else larger
     timed = run.spec.budget is not None and (run.spec.budget.latency_ms or run.spec.budget.speedup)
     pruning = (lambda c: c["measured"]["speedup"]) if timed else (lambda c: -c["measured"]["params"])
+    same = lambda c: (c["widths"], c["dropped_blocks"]) == (chosen["widths"], chosen["dropped_blocks"])  # noqa: E731
     lighter = sorted((c for c in search_report["trace"] if c["shortfall"] == 0 and c["stage"] != "uniform"
-                      and pruning(c) < pruning(chosen) and c["widths"] != chosen["widths"]), key=lambda c: -pruning(c))
+                      and pruning(c) < pruning(chosen) and not same(c)), key=lambda c: -pruning(c))
     return [plan(chosen)] + [plan(c) for c in lighter[:ACCURACY_RETRIES]]
 
 

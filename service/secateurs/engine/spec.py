@@ -112,6 +112,43 @@ class TargetSpec:
     probe_name: str | None = None
 
 
+# Pruning by ratio: what engine/prune/apply.py applies.
+
+@dataclass(frozen=True, kw_only=True)
+class PruneSpec:
+    """How to prune: one `ratio` for all groups, or `group_ratios` by group name."""
+
+    ratio: float | None = None
+    group_ratios: Mapping[str, float] | None = None
+    importance: str = "l1"
+    round_to: int = 8
+    min_channels: int = 8
+    drop_blocks: tuple[str, ...] = ()  # removable blocks (engine/prune/blocks.py) replaced by the identity
+
+
+def parse_input_shape(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """'1x3x224x224' -> (1, 3, 224, 224). Raises InvalidRequest(field='input_shape')."""
+    if isinstance(text, str):
+        parts = text.lower().replace("×", "x").split("x")
+        try:
+            dims = tuple(int(p) for p in parts)
+        except ValueError:
+            raise InvalidRequest(
+                f"input shape {text!r} is malformed: expected integers joined by 'x', e.g. 1x3x224x224",
+                field="input_shape",
+            ) from None
+    else:
+        dims = tuple(int(d) for d in text)
+    if len(dims) < 2 or len(dims) > 5:
+        raise InvalidRequest(
+            f"input shape {'x'.join(map(str, dims))!r} must have 2 to 5 dimensions (batch first)",
+            field="input_shape",
+        )
+    if any(d <= 0 for d in dims):
+        raise InvalidRequest(f"input shape {dims} has a dimension <= 0", field="input_shape")
+    return dims
+
+
 @dataclass(frozen=True, kw_only=True)
 class CompressSpec:
     """One compression job.
@@ -395,7 +432,7 @@ def validate_recovery_spec(spec: RecoverySpec) -> None:
         raise bad("device", f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec.device!r}")
 
 
-# The budget search: what it is asked (engine/search/searcher.py runs it).
+# The budget search: what it is asked (engine/search/run.py runs it).
 @dataclass(frozen=True, kw_only=True)
 class SearchSpec:
     budget: Budget

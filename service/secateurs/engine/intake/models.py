@@ -26,29 +26,6 @@ from secateurs.errors import (InvalidModel, InvalidRequest, PermissionDenied, Re
 _SHOWN = 5  # how many offending tensor names an error message lists
 
 
-def parse_input_shape(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
-    """'1x3x224x224' -> (1, 3, 224, 224). Raises InvalidRequest(field='input_shape')."""
-    if isinstance(text, str):
-        parts = text.lower().replace("×", "x").split("x")
-        try:
-            dims = tuple(int(p) for p in parts)
-        except ValueError:
-            raise InvalidRequest(
-                f"input shape {text!r} is malformed: expected integers joined by 'x', e.g. 1x3x224x224",
-                field="input_shape",
-            ) from None
-    else:
-        dims = tuple(int(d) for d in text)
-    if len(dims) < 2 or len(dims) > 5:
-        raise InvalidRequest(
-            f"input shape {'x'.join(map(str, dims))!r} must have 2 to 5 dimensions (batch first)",
-            field="input_shape",
-        )
-    if any(d <= 0 for d in dims):
-        raise InvalidRequest(f"input shape {dims} has a dimension <= 0", field="input_shape")
-    return dims
-
-
 def parse_kwargs(items: list[str]) -> dict[str, Any]:
     """['num_classes=10', 'width=8'] -> {'num_classes': 10, 'width': 8} (Python literals)."""
     kwargs: dict[str, Any] = {}

@@ -25,6 +25,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from secateurs.engine.events import EventSink, counted, ignore_events
 from secateurs.engine.size import forward_with_hooks
 
 LAYER_OPSET = 18
@@ -156,7 +157,7 @@ class LayerLatencyModel:
     """Predicts the model's latency for any per-layer widths from isolated-layer measurements."""
 
     def __init__(self, layers: dict[str, LayerShape], measure: Callable[[LayerShape], float], *,
-                 round_to: int = 8, on_progress: Callable[[int, int], None] | None = None) -> None:
+                 round_to: int = 8, on_event: EventSink = ignore_events) -> None:
         self.layers = layers
         self.full: dict[str, float] = {}
         self.in_curves: dict[str, Curve] = {}
@@ -182,8 +183,7 @@ class LayerLatencyModel:
                 self.out_curves[name] = Curve({w: measure(shape.resized(shape.cin, w)) if w != shape.cout else full
                                                for w in out_grid})
             done += len(in_grid) + len(out_grid)
-            if on_progress:
-                on_progress(done, total)
+            counted(on_event, "layer latency", done, total)
 
     def layer_latency(self, name: str, cin: float, cout: float) -> float:
         shape, full = self.layers[name], self.full[name]

@@ -12,7 +12,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 import torch_pruning as tp
@@ -23,22 +23,11 @@ from secateurs.engine.prune.blocks import drop_blocks, find_blocks, replace_with
 from secateurs.engine.prune.groups import GroupInfo, describe_groups, prepare
 from secateurs.engine.prune.importance import accumulate_gradients, head_norm
 from secateurs.engine.latency.devicelock import computing
-from secateurs.engine.spec import IMPORTANCES
+from secateurs.engine.spec import PruneSpec
+from secateurs.engine.validate import validate_prune_spec
 from secateurs.errors import InvalidRequest, UnsupportedModel, machine_limit
 
 PLAN_VERSION = 1
-
-
-@dataclass(frozen=True, kw_only=True)
-class PruneSpec:
-    """How to prune: one `ratio` for all groups, or `group_ratios` by group name."""
-
-    ratio: float | None = None
-    group_ratios: Mapping[str, float] | None = None
-    importance: str = "l1"
-    round_to: int = 8
-    min_channels: int = 8
-    drop_blocks: tuple[str, ...] = ()  # removable blocks (engine/prune/blocks.py) replaced by the identity
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,24 +84,6 @@ def kept_count(channels: int, ratio: float, *, round_to: int = 8, min_channels: 
 
 def kept_heads(heads: int, ratio: float) -> int:
     return heads if ratio <= 0 else max(1, min(heads, round(heads * (1 - ratio))))
-
-
-def validate_prune_spec(spec: PruneSpec) -> None:
-    """Checks that need no model; group names are checked against the graph in `prune`."""
-    if (spec.ratio is None) == (spec.group_ratios is None):
-        raise InvalidRequest("give exactly one of a uniform ratio or per-group ratios", field="ratio")
-    ratios = {"ratio": spec.ratio} if spec.ratio is not None else dict(spec.group_ratios or {})
-    for name, r in ratios.items():
-        if not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
-            where = "ratio" if name == "ratio" else f"group_ratios[{name}]"
-            raise InvalidRequest(f"{where} must be in [0, 1), got {r!r}", field=where)
-    if spec.importance not in IMPORTANCES:
-        raise InvalidRequest(f"importance {spec.importance!r} is not one of {', '.join(IMPORTANCES)}",
-                             field="importance")
-    if spec.round_to < 1:
-        raise InvalidRequest(f"round_to must be >= 1, got {spec.round_to}", field="round_to")
-    if spec.min_channels < 1:
-        raise InvalidRequest(f"min_channels must be >= 1, got {spec.min_channels}", field="min_channels")
 
 
 def requested_ratios(spec: PruneSpec, groups: list[GroupInfo]) -> dict[str, float]:

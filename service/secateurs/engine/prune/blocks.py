@@ -24,7 +24,7 @@ import copy
 import operator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.fx
@@ -65,20 +65,6 @@ def find_blocks(model: nn.Module, example: torch.Tensor) -> list[BlockInfo]:
                                    params=sum(p.numel() for p in module.parameters())))
     order = list(shapes)
     return sorted(found, key=lambda b: order.index(b.name))
-
-
-# In a search plan (name -> width), a block is an entry "block:NAME" of width 1 (kept) or 0 (dropped),
-# so the solver and the refinement treat it as one more group with two widths.
-BLOCK_PREFIX = "block:"
-
-
-def block_key(name: str) -> str:
-    return BLOCK_PREFIX + name
-
-
-def dropped_in(plan: Mapping[str, int]) -> list[str]:
-    """Names of the blocks a search plan drops."""
-    return [k[len(BLOCK_PREFIX):] for k, w in plan.items() if k.startswith(BLOCK_PREFIX) and w == 0]
 
 
 def drop_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:

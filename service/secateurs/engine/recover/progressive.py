@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
-from secateurs.engine.prune.apply import Plan, PruneSpec, kept_count, kept_heads, prune
+from secateurs.engine.prune.apply import Plan, kept_count, kept_heads, prune
+from secateurs.engine.spec import PruneSpec
 from secateurs.engine.recover.train import RecoveryResult, recover
 from secateurs.engine.spec import RecoverySpec, validate_recovery_spec
 from secateurs.errors import InvalidRequest

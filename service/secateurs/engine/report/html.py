@@ -271,7 +271,7 @@ def _plot_latency(fig: Any, lat: Mapping[str, Any]) -> None:
 
 def _plot_search(fig: Any, search: Mapping[str, Any]) -> None:
     trace = search.get("trace") or []
-    chosen = {g.get("name"): g.get("chosen") for g in search.get("groups") or []}
+    chosen = search.get("chosen")  # the trace id of the plan delivered
     left, right = fig.subplots(1, 2)
     metric = next((m for m in ("latency_ms", "size_bytes", "params", "macs")
                    if any(m in (c.get("predicted") or {}) and m in (c.get("measured") or {}) for c in trace)), None)
@@ -279,7 +279,7 @@ def _plot_search(fig: Any, search: Mapping[str, Any]) -> None:
         points = [(c["predicted"][metric], c["measured"][metric], c) for c in trace
                   if metric in (c.get("predicted") or {}) and metric in (c.get("measured") or {})]
         for p, m, c in points:
-            left.scatter(p, m, color=_stage_color(c), marker="*" if c.get("widths") == chosen else "o", s=60)
+            left.scatter(p, m, color=_stage_color(c), marker="*" if c.get("id") == chosen else "o", s=60)
             left.annotate(str(c.get("id")), (p, m), fontsize=7, xytext=(3, 3), textcoords="offset points")
         lo = min(min(p, m) for p, m, _ in points)
         hi = max(max(p, m) for p, m, _ in points)
@@ -293,7 +293,7 @@ def _plot_search(fig: Any, search: Mapping[str, Any]) -> None:
         speedup, loss = (c.get("measured") or {}).get("speedup"), (c.get("quality") or {}).get("loss")
         if speedup is None or loss is None:
             continue
-        right.scatter(speedup, loss, color=_stage_color(c), marker="*" if c.get("widths") == chosen else "o", s=60,
+        right.scatter(speedup, loss, color=_stage_color(c), marker="*" if c.get("id") == chosen else "o", s=60,
                       label=c.get("stage"))
         right.annotate(str(c.get("id")), (speedup, loss), fontsize=7, xytext=(3, 3), textcoords="offset points")
     right.set_xlabel("measured speedup (×)")

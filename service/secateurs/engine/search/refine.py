@@ -18,7 +18,8 @@ search trades width between groups at constant predicted cost:
     accept    the best improving move of a sweep; stop when a sweep finds none or
               the evaluation budget is spent
 
-Each whole-plan quality is cached on disk like the one-group sensitivities.
+The whole-plan loss is JointQuality's (engine/search/sensitivity.py), cached on disk like the
+one-group sensitivities; this module is pure: plans in, a plan out.
 """
 
 from __future__ import annotations
@@ -26,14 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import torch
-
-from secateurs.engine.prune.blocks import bypassed, dropped_in
-from secateurs.engine.prune.groups import GraphContext, GroupInfo
-from secateurs.engine.latency.cache import MeasurementCache, cache_key
-from secateurs.engine.search.sensitivity import Calibration, Quality, cached_quality, masked
-
-Plan = dict[str, int]
+from secateurs.engine.events import EventSink, counted, ignore_events
+from secateurs.engine.search.types import Entries
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,34 +45,9 @@ class Step:
                 "evaluations": self.evaluations}
 
 
-class JointQuality:
-    """Measured quality of a whole plan (every group at its width at once), cached."""
-
-    def __init__(self, ctx: GraphContext, groups: Sequence[GroupInfo], calib: Calibration,
-                 reference: Sequence[torch.Tensor], *, cache: MeasurementCache, model_id: str) -> None:
-        self.ctx, self.calib, self.reference, self.cache, self.model_id = ctx, calib, reference, cache, model_id
-        self.groups = {g.name: g for g in groups}
-        self.data_id = calib.identity()
-        self.evaluations = 0  # measured here, not read from the cache
-
-    def __call__(self, plan: Plan) -> Quality:
-        """Quality with every group at its width and the plan's dropped blocks bypassed."""
-        pruned = sorted((n, w) for n, w in plan.items() if n in self.groups and w < self.groups[n].channels)
-        dropped = sorted(dropped_in(plan))
-        parts: list = [pruned, dropped] if dropped else [pruned]  # without blocks, the key of a channels-only plan
-        quality, measured = cached_quality(
-            self.ctx.model, self.calib, self.reference,
-            lambda: [masked(self.ctx, name, self.groups[name], width) for name, width in pruned]
-            + ([bypassed(self.ctx.model, dropped)] if dropped else []),
-            cache=self.cache, kind="joint-quality",
-            key=cache_key("joint-quality", self.model_id, self.data_id, self.ctx.criterion, *parts))
-        self.evaluations += measured
-        return quality
-
-
-def refine(starts: Sequence[Plan], widths: dict[str, list[int]], *, fits: Callable[[Plan], bool],
-           loss: Callable[[Plan], float], additive: Callable[[str, int], float], max_evaluations: int = 150,
-           on_progress: Callable[[int, int], None] | None = None) -> tuple[Plan, list[Step]]:
+def refine(starts: Sequence[Entries], widths: dict[str, list[int]], *, fits: Callable[[Entries], bool],
+           loss: Callable[[Entries], float], additive: Callable[[str, int], float], max_evaluations: int = 150,
+           on_event: EventSink = ignore_events) -> tuple[Entries, list[Step]]:
     """Local search from the best of `starts` (all of which must fit) over plans that `fits` accepts.
 
     `widths[g]` lists group g's allowed widths, widest first (only these entries move; a block is
@@ -86,11 +56,10 @@ def refine(starts: Sequence[Plan], widths: dict[str, list[int]], *, fits: Callab
     """
     evaluations = 0
 
-    def measured(plan: Plan) -> float:
+    def measured(plan: Entries) -> float:
         nonlocal evaluations
         evaluations += 1
-        if on_progress:
-            on_progress(min(evaluations, max_evaluations), max_evaluations)
+        counted(on_event, "refining the plan", min(evaluations, max_evaluations), max_evaluations)
         return loss(plan)
 
     scored = [(measured(p), p) for p in starts]
@@ -99,7 +68,7 @@ def refine(starts: Sequence[Plan], widths: dict[str, list[int]], *, fits: Callab
     while evaluations < max_evaluations:
         moves = _moves(best, widths, fits)
         moves.sort(key=lambda m: _estimate(best, m[0], additive))
-        improved: tuple[float, Plan, str, str | None] | None = None
+        improved: tuple[float, Entries, str, str | None] | None = None
         for plan, widened, narrowed in moves:
             if evaluations >= max_evaluations:
                 break
@@ -114,7 +83,7 @@ def refine(starts: Sequence[Plan], widths: dict[str, list[int]], *, fits: Callab
     return best, steps
 
 
-def _moves(plan: Plan, widths: dict[str, list[int]], fits: Callable[[Plan], bool]) -> list[tuple[Plan, str, str | None]]:
+def _moves(plan: Entries, widths: dict[str, list[int]], fits: Callable[[Entries], bool]) -> list[tuple[Entries, str, str | None]]:
     """Every plan one step wider in one group, narrowed in at most one other group just enough to fit.
     A width off the grid (a uniform start) moves to its neighbours on the grid."""
     out = []
@@ -137,8 +106,8 @@ def _moves(plan: Plan, widths: dict[str, list[int]], fits: Callable[[Plan], bool
     return out
 
 
-def _fill(plan: Plan, widths: dict[str, list[int]], fits: Callable[[Plan], bool],
-          additive: Callable[[str, int], float]) -> Plan:
+def _fill(plan: Entries, widths: dict[str, list[int]], fits: Callable[[Entries], bool],
+          additive: Callable[[str, int], float]) -> Entries:
     """Widen groups one step at a time while the plan still fits, the step that recovers the most
     (additive estimate) first: a budget left unused is quality given away."""
     plan = dict(plan)
@@ -154,5 +123,5 @@ def _fill(plan: Plan, widths: dict[str, list[int]], fits: Callable[[Plan], bool]
         plan = min(steps, key=lambda t: t[0])[1]
 
 
-def _estimate(plan: Plan, candidate: Plan, additive: Callable[[str, int], float]) -> float:
+def _estimate(plan: Entries, candidate: Entries, additive: Callable[[str, int], float]) -> float:
     return sum(additive(n, candidate[n]) - additive(n, plan[n]) for n in plan if candidate[n] != plan[n])

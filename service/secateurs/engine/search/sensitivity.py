@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secateurs.engine.events import EventSink, counted, ignore_events
 from secateurs.engine.prune.blocks import BlockInfo, bypassed
 from secateurs.engine.prune.groups import GraphContext, GroupInfo
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.prune.apply import kept_count, kept_heads, weakest_heads
+from secateurs.engine.search.types import SearchPlan
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -212,7 +214,7 @@ def group_widths(info: GroupInfo, ratios: Sequence[float], *, round_to: int, min
 
 def sensitivity(ctx: GraphContext, groups: Sequence[GroupInfo], widths: dict[str, list[int]], calib: Calibration,
                 *, cache: MeasurementCache, model_id: str,
-                on_progress: Callable[[int, int], None] | None = None) -> dict[str, dict[int, Quality]]:
+                on_event: EventSink = ignore_events) -> dict[str, dict[int, Quality]]:
     """Quality of the model with one group at each of its widths (others whole).
 
     Every other width is measured (and always the narrowest); the widths between are
@@ -233,8 +235,7 @@ def sensitivity(ctx: GraphContext, groups: Sequence[GroupInfo], widths: dict[str
                 ctx.model, calib, reference, lambda: [masked(ctx, info.name, info, width)], cache=cache,
                 kind="sensitivity", key=cache_key("sensitivity", model_id, data_id, ctx.criterion, info.name, width))
             done += 1
-            if on_progress:
-                on_progress(done, total)
+            counted(on_event, "sensitivity", done, total)
         _interpolate(result[info.name], widths[info.name])
     return result
 
@@ -309,3 +310,28 @@ def model_identity(model: nn.Module, arch: str, input_shape: tuple[int, ...]) ->
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
+
+
+class JointQuality:
+    """Measured quality of a whole plan (every group at its width at once), cached."""
+
+    def __init__(self, ctx: GraphContext, groups: Sequence[GroupInfo], calib: Calibration,
+                 reference: Sequence[torch.Tensor], *, cache: MeasurementCache, model_id: str) -> None:
+        self.ctx, self.calib, self.reference, self.cache, self.model_id = ctx, calib, reference, cache, model_id
+        self.groups = {g.name: g for g in groups}
+        self.data_id = calib.identity()
+        self.evaluations = 0  # measured here, not read from the cache
+
+    def __call__(self, plan: SearchPlan) -> Quality:
+        """Quality with every group at its width and the plan's dropped blocks bypassed."""
+        pruned = sorted((n, w) for n, w in plan.widths.items() if n in self.groups and w < self.groups[n].channels)
+        dropped = list(plan.dropped_blocks)
+        parts: list = [pruned, dropped] if dropped else [pruned]  # without blocks, the key of a channels-only plan
+        quality, measured = cached_quality(
+            self.ctx.model, self.calib, self.reference,
+            lambda: [masked(self.ctx, name, self.groups[name], width) for name, width in pruned]
+            + ([bypassed(self.ctx.model, dropped)] if dropped else []),
+            cache=self.cache, kind="joint-quality",
+            key=cache_key("joint-quality", self.model_id, self.data_id, self.ctx.criterion, *parts))
+        self.evaluations += measured
+        return quality

@@ -19,27 +19,25 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from secateurs.engine.prune.blocks import dropped_in
 from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budget_slack
 from secateurs.engine.events import CancelCheck, check_cancel
 from secateurs.engine.export import export_onnx
 from secateurs.engine.latency.cache import MeasurementCache, cache_key
 from secateurs.engine.latency.layers import LayerShape, layer_module, layer_onnx
 from secateurs.engine.latency.target import LatencyTarget, LocalTarget
-from secateurs.engine.prune.apply import PruneSpec, prune
-from secateurs.engine.search.sensitivity import Calibration, measure_quality, recalibrate_batchnorm
+from secateurs.engine.prune.apply import prune
+from secateurs.engine.spec import PruneSpec
+from secateurs.engine.search.sensitivity import Calibration, JointQuality, measure_quality, recalibrate_batchnorm
+from secateurs.engine.search.types import Candidate, SearchPlan
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.engine.spec import ProtocolSpec, SearchSpec
-
-if TYPE_CHECKING:
-    from secateurs.engine.search.refine import JointQuality
 
 # A plan decisively measured within this of its latency budget is measured in this many sessions in all.
 RECHECK_BAND = 0.10
@@ -67,25 +65,6 @@ def steering_protocol(job: ProtocolSpec) -> ProtocolSpec:
 def decisive_protocol(job: ProtocolSpec) -> ProtocolSpec:
     """The job's protocol, each session capped at DECISIVE_SESSION_SECONDS (the final benchmark keeps it whole)."""
     return replace(job, max_seconds=min(job.max_seconds, DECISIVE_SESSION_SECONDS))
-
-
-@dataclass(kw_only=True)
-class Candidate:
-    id: int
-    parent: int | None
-    stage: str  # "search" | "infeasible-check" | "calibration" | "uniform"
-    widths: dict[str, int]
-    predicted: dict[str, float]
-    measured: dict[str, float]
-    quality: dict[str, Any]
-    shortfall: float
-    slack: float
-    start: float
-    end: float
-    refinement: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def measurement(measured: dict[str, float]) -> Measurement:
@@ -168,30 +147,30 @@ class Verifier:
         self.models: dict[int, nn.Module] = {}  # pruned candidates, by trace id
         self._offset: int | None = None  # see _size_offset
 
-    def pruned(self, plan: dict[str, int], *, importance: str | None = None) -> nn.Module:
+    def pruned(self, plan: SearchPlan, *, importance: str | None = None) -> nn.Module:
         """The plan applied to the model (the job's criterion unless said), BatchNorm recalibrated."""
-        ratios = {n: 1 - w / self.groups[n].channels for n, w in plan.items()
+        ratios = {n: 1 - w / self.groups[n].channels for n, w in plan.widths.items()
                   if n in self.groups and w < self.groups[n].channels}
         spec = self.spec
         pruned = prune(self.model, self.example, PruneSpec(
             group_ratios=ratios, importance=importance or spec.importance, round_to=spec.round_to,
-            min_channels=spec.min_channels, drop_blocks=tuple(dropped_in(plan))), batches=self.calib.inputs).model
+            min_channels=spec.min_channels, drop_blocks=plan.dropped_blocks), batches=self.calib.inputs).model
         if self.calib.real and self.calib.recalibration:
             recalibrate_batchnorm(pruned, self.calib.recalibration)
         return pruned
 
-    def candidate(self, plan: dict[str, int], predicted: dict[str, float], *, parent: int | None, index: int,
+    def candidate(self, plan: SearchPlan, predicted: dict[str, float], *, parent: int | None, index: int,
                   stage: str, importance: str | None = None) -> Candidate:
         """A steering figure for `plan`: from the cache, or measured briefly. Its quality is the masked
         whole-plan quality, or, for another criterion than the job's (the uniform L1 comparison), the
         pruned model's."""
         start = time.time()
-        key = self.target.key("plan", importance or "", sorted(plan.items()))
+        key = self.target.key("plan", importance or "", plan.key())
         measured = self.target.cache.get(key, kind="e2e")
         pruned = None
         if measured is None:
             pruned = self.pruned(plan, importance=importance)
-            measured = self._measure(pruned, plan, decisive=False)
+            measured = self._measure(pruned, decisive=False)
             self.target.cache.put(key, "e2e", measured)
             measured = dict(measured, cached=0.0)
         else:
@@ -204,7 +183,7 @@ class Verifier:
         if pruned is not None:
             self.models[index] = pruned
         final = measurement(measured)
-        return Candidate(id=index, parent=parent, stage=stage, widths=dict(plan), predicted=predicted,
+        return Candidate(id=index, parent=parent, stage=stage, plan=plan, predicted=predicted,
                          measured=measured, quality=quality, shortfall=budget_shortfall(final, self.spec.budget),
                          slack=budget_slack(final, self.spec.budget), start=start, end=time.time())
 
@@ -218,10 +197,10 @@ class Verifier:
             if best in decided or len(decided) == DECISIONS:
                 return best if best in decided else choose(decided)
             decided.append(best)
-            pruned = self.models.get(best.id) or self.pruned(best.widths)
+            pruned = self.models.get(best.id) or self.pruned(best.plan)
             self.models[best.id] = pruned
             start = time.time()
-            measured = self._measure(pruned, best.widths, decisive=True, steering=best.measured)
+            measured = self._measure(pruned, decisive=True, steering=best.measured)
             best.measured = dict(measured, cached=0.0, decisive=1.0, steering_speedup=best.measured["speedup"])
             final = measurement(measured)
             best.shortfall, best.slack = budget_shortfall(final, self.spec.budget), budget_slack(final, self.spec.budget)
@@ -254,7 +233,7 @@ class Verifier:
                 self._offset = file_bytes(source) - file_bytes(fast)
         return self._offset
 
-    def _measure(self, pruned: nn.Module, plan: dict[str, int], *, decisive: bool,
+    def _measure(self, pruned: nn.Module, *, decisive: bool,
                  steering: dict[str, float] | None = None) -> dict[str, float]:
         """Export and measure interleaved with the baseline. Decisive: exported as the job delivers it, in
         fresh sessions (the baseline's too), with the job's protocol (sessions capped), and in up to

@@ -82,7 +82,8 @@ def test_block_importance_is_the_quality_of_the_model_without_that_block(tmp_pat
 
 
 def test_prune_drops_blocks_after_the_channels_and_the_plan_replays(tmp_path):
-    from secateurs.engine.prune.apply import Plan, PruneSpec, apply_plan, prune
+    from secateurs.engine.prune.apply import Plan, apply_plan, prune
+    from secateurs.engine.spec import PruneSpec
     from secateurs.errors import InvalidRequest
 
     torch.manual_seed(0)
@@ -107,7 +108,7 @@ def test_prune_drops_blocks_after_the_channels_and_the_plan_replays(tmp_path):
 
 def test_progressive_recovery_drops_the_blocks_at_its_first_step():
     from secateurs.engine.recover.progressive import progressive
-    from secateurs.engine.prune.apply import PruneSpec
+    from secateurs.engine.spec import PruneSpec
     from secateurs.engine.spec import RecoverySpec
 
     torch.manual_seed(0)

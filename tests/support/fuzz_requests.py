@@ -1,6 +1,6 @@
 """Hypothesis strategies for every RPC of both services, and the check every answer must pass.
 
-Used by tests/service/test_fuzz.py (a few dozen examples per RPC) and benchmarks/fuzz.py (many).
+Used by tests/api/test_fuzz.py (a few dozen examples per RPC) and benchmarks/fuzz.py (many).
 Values are random and at the boundaries: huge and negative numbers, NaN and infinities, unicode,
 unknown enum numbers, truncated and out-of-order streams. Whatever is sent, the answer is a
 status other than INTERNAL (or UNKNOWN), a refusal of the request's fault names the field, and

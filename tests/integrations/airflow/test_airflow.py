@@ -21,7 +21,7 @@ from secateurs.api.server import Server
 from secateurs_client import Client, pb
 from service_helpers import QUICK_PROTOCOL, cached_venv, save_zoo_weights
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PACKAGES = (REPO / "clients" / "python", REPO / "clients" / "airflow")
 
 DAG = '''

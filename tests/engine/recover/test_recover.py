@@ -13,7 +13,8 @@ from secateurs.engine.intake.data import load_dataset, make_loader
 from secateurs.engine.spec import DataSpec, RecoverySpec, TransformSpec, validate_recovery_spec
 from secateurs.engine.recover.distill import Distiller, attention_loss, find_feature_points
 from secateurs.engine.events import CancelToken
-from secateurs.engine.prune.apply import PruneSpec, prune
+from secateurs.engine.prune.apply import prune
+from secateurs.engine.spec import PruneSpec
 from secateurs.engine.recover.progressive import progressive
 from secateurs.engine.recover.train import evaluate, latest_checkpoint, lr_at, recover
 from secateurs.errors import Cancelled, InvalidRequest

@@ -10,8 +10,11 @@ import torch
 from secateurs.engine.prune.groups import describe_groups, prepare
 from secateurs.engine.latency.cache import MeasurementCache
 from secateurs.engine.intake.models import build_architecture
-from secateurs.engine.prune.apply import PruneSpec, prune
-from secateurs.engine.search.refine import JointQuality, refine
+from secateurs.engine.prune.apply import prune
+from secateurs.engine.spec import PruneSpec
+from secateurs.engine.search.refine import refine
+from secateurs.engine.search.sensitivity import JointQuality
+from secateurs.engine.search.types import SearchPlan
 from secateurs.engine.search.sensitivity import Calibration, measure_quality, recalibrated, reference_outputs
 
 
@@ -34,10 +37,10 @@ def test_joint_quality_of_a_plan_is_the_quality_of_the_pruned_model():
     pruned = prune(model, x, PruneSpec(group_ratios=ratios)).model
     with recalibrated(pruned, calib.recalibration):
         expected = measure_quality(pruned, calib, reference)
-    got = joint(plan)
+    got = joint(SearchPlan(plan))
     assert abs(got.loss - expected.loss) < 1e-4 and got.accuracy == expected.accuracy
     assert joint.evaluations == 1
-    joint(plan)  # the second time comes from the cache
+    joint(SearchPlan(plan))  # the second time comes from the cache
     assert joint.evaluations == 1
 
 
@@ -90,7 +93,7 @@ def test_refinement_starts_from_the_better_start_and_respects_its_budget():
 
 
 def test_one_group_loss_between_measured_widths_is_interpolated():
-    from secateurs.engine.search.searcher import _loss_at
+    from secateurs.engine.search.run import _loss_at
     from secateurs.engine.search.sensitivity import Quality
 
     known = {64: Quality(loss=0.0, agreement=1, kl=0), 32: Quality(loss=1.0, agreement=1, kl=0),

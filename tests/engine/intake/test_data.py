@@ -15,7 +15,7 @@ from secateurs.engine.intake.data import UNLABELLED, build_transform, load_datas
 from secateurs.engine.spec import DataSpec, TransformSpec
 from secateurs.errors import InvalidRequest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CIFAR10_ZIP = Path(os.environ.get("SECATEURS_CIFAR10_ZIP", REPO / ".." / "shared" / "datasets" / "cifar10-jpeg.zip"))
 
 # Solid colours far apart, so a decoded (lossy) JPEG still tells its class.

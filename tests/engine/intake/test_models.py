@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from secateurs.engine.intake.models import (apply_state_dict, build_architecture, check_runs, load_model,
-                                     parse_input_shape, parse_kwargs, read_weights)
-from secateurs.engine.spec import ModelSpec
+from secateurs.engine.intake.models import (apply_state_dict, build_architecture, check_runs, load_model, parse_kwargs,
+                                            read_weights)
+from secateurs.engine.spec import ModelSpec, parse_input_shape
 from secateurs.errors import InvalidModel, InvalidRequest, UnsafeModel
 
 

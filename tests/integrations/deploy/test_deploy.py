@@ -10,7 +10,7 @@ from pathlib import Path
 
 from secateurs.metrics import ServiceMetrics
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "secateurs-dashboard.json"
 METRIC_NAME = re.compile(r"\b((?:secateurs|grpc_server)_[a-z_]+)")

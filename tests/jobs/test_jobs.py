@@ -1,4 +1,4 @@
-"""Job plumbing with a fake stage function (tests/service/service_fakes.py): states, events,
+"""Job plumbing with a fake stage function (tests/support/service_fakes.py): states, events,
 idempotency, listing, cancel, failures, a crashing worker, restart recovery."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import yaml
 
 from service_helpers import parse_serve_args
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "deploy" / "kubernetes"
 SERVICEMONITOR_SCHEMA = Path(__file__).parent / "data" / "servicemonitor-v1.schema.json"
 MANIFESTS = sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")

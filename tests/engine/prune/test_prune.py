@@ -9,7 +9,8 @@ import torch
 
 from secateurs.engine.prune.groups import describe_groups, prepare
 from secateurs.engine.intake.models import build_architecture
-from secateurs.engine.prune.apply import Plan, PruneSpec, apply_plan, kept_count, prune
+from secateurs.engine.prune.apply import Plan, apply_plan, kept_count, prune
+from secateurs.engine.spec import PruneSpec
 from secateurs.engine.size import count_macs, count_params
 from secateurs.errors import InvalidRequest
 

@@ -11,7 +11,7 @@ from secateurs.engine.budget import Budget, Measurement, budget_shortfall, budge
 from secateurs.engine.export import export_onnx
 from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.pipeline import compress
-from secateurs.engine.search.searcher import search
+from secateurs.engine.search.run import search
 from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec, SearchSpec
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_params
@@ -65,7 +65,7 @@ def test_speedup_budget_is_verified_by_measurement(resnet20, tmp_path):
     result = _search(resnet20, Budget(speedup=1.3), tmp_path, aim=0.85)
     assert result.budget_met, result.reason
     assert result.final.speedup >= 1.3
-    chosen = [c for c in result.trace if c.widths == result.widths and c.stage != "uniform"]
+    chosen = [c for c in result.trace if c.plan == result.plan and c.stage != "uniform"]
     assert chosen and chosen[0].measured["speedup"] >= 1.3
     # each verified candidate records what was predicted next to what was measured
     assert all("latency_ms" in c.predicted and "latency_ms" in c.measured for c in result.trace)
@@ -97,14 +97,12 @@ def test_infeasible_budget_returns_the_best_reachable_point(resnet20, tmp_path):
 
 
 def test_depth_search_drops_blocks_and_keeps_channels_whole_when_asked(resnet20, tmp_path):
-    from secateurs.engine.prune.blocks import dropped_in
-
     only = _search(resnet20, Budget(speedup=1.4), tmp_path, depth="only")
     assert only.dropped and all(r == 0 for r in only.ratios.values())  # blocks alone
     assert [b["name"] for b in only.blocks if b["dropped"]] == only.dropped
     assert all(0 < b["latency_share"] < 1 and b["loss"] >= 0 for b in only.blocks)
-    chosen = next(c for c in only.trace if c.widths == only.widths and c.stage != "uniform")
-    assert sorted(dropped_in(chosen.widths)) == sorted(only.dropped)
+    chosen = next(c for c in only.trace if c.plan == only.plan and c.stage != "uniform")
+    assert sorted(chosen.plan.dropped_blocks) == sorted(only.dropped)
     assert chosen.measured["params"] == sum(p.numel() for p in only.model.parameters())
     assert only.budget_met == (only.final.speedup >= 1.4)
     # block removal was calibrated end to end once per stage of alike blocks (ResNet-20 has three),
@@ -116,7 +114,7 @@ def test_depth_search_drops_blocks_and_keeps_channels_whole_when_asked(resnet20,
 
     off = _search(resnet20, Budget(speedup=1.4), tmp_path, depth="off")
     assert off.dropped == [] and off.blocks == []
-    assert all(not k.startswith("block:") for c in off.trace for k in c.widths)
+    assert all(not c.plan.dropped_blocks for c in off.trace)
 
 
 @pytest.mark.measures
@@ -131,7 +129,7 @@ def test_joint_search_weighs_blocks_against_channels(resnet20_batch8, tmp_path):
     for c in decisive:
         near = abs(1.5 / c.measured["speedup"] - 1) < 0.10
         assert c.measured["sessions"] in (1, 2, 3) and not (near and c.measured["sessions"] == 1)
-    chosen = next(c for c in result.trace if c.widths == result.widths and c.stage != "uniform")
+    chosen = next(c for c in result.trace if c.plan == result.plan and c.stage != "uniform")
     assert chosen.measured["sessions"] >= 2 or chosen.slack > 0.10
     # whatever mix it chose, the model verified is the one returned
     kept = {b["name"] for b in result.blocks} - set(result.dropped)
@@ -199,7 +197,7 @@ def test_budget_job_end_to_end(tmp_path):
 
 def test_blocks_are_calibrated_by_families_of_alike_blocks_at_most_two():
     from secateurs.engine.prune.blocks import BlockInfo
-    from secateurs.engine.search.searcher import _families
+    from secateurs.engine.search.run import _families
 
     def block(name, channels, size=16):
         return BlockInfo(name=name, kind="BasicBlock", params=channels * 10, shape=(1, channels, size, size))

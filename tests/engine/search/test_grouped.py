@@ -15,8 +15,9 @@ from secateurs.engine.export import export_onnx
 from secateurs.engine.prune.groups import describe_groups, prepare
 from secateurs.engine.latency.layers import LayerShape, collect_layers, layer_onnx, width_grid
 from secateurs.engine.intake.models import build_architecture
-from secateurs.engine.prune.apply import PruneSpec, prune
-from secateurs.engine.search.searcher import search
+from secateurs.engine.prune.apply import prune
+from secateurs.engine.spec import PruneSpec
+from secateurs.engine.search.run import search
 from secateurs.engine.spec import ProtocolSpec, SearchSpec
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.engine.size import count_macs

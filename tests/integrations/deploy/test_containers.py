@@ -20,7 +20,7 @@ import yaml
 
 from service_helpers import parse_serve_args, cache_dir_for_tests
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
 DOCKERFILES = [DEPLOY / "docker" / "Dockerfile", DEPLOY / "docker" / "Dockerfile.cuda"]
 BIN = Path(sys.executable).parent

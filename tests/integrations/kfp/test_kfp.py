@@ -22,7 +22,7 @@ from secateurs.api.server import Server
 from secateurs_client import Client, pb
 from service_helpers import QUICK_PROTOCOL, cached_venv, save_zoo_weights
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 KFP_PACKAGE = REPO / "clients" / "kfp"
 
 # Runs in the kfp venv: an importer and the component (installing the client from this
