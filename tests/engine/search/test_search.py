@@ -59,10 +59,11 @@ def test_params_budget_lands_within_ten_percent(resnet20, tmp_path):
 
 
 @pytest.mark.measures
-def test_speedup_budget_is_verified_by_measurement(resnet20, tmp_path):
-    # aimed 15% inside: at batch 1 a session of this 0.3 ms model settles fast or slow (README, Limits),
-    # and what is tested is verification by measurement; how close a search lands is benchmarks/search.py's
-    result = _search(resnet20, Budget(speedup=1.3), tmp_path, aim=0.85)
+def test_speedup_budget_is_verified_by_measurement(resnet20_batch8, tmp_path):
+    # aimed 15% inside, at batch 8: at batch 1 a session of this 0.3 ms model settles fast or slow (README,
+    # Limits; a fresh clone's run of 2026-12-02 missed 1.3x by 8.3% there), and what is tested is
+    # verification by measurement; how close a search lands is benchmarks/search.py's
+    result = _search(resnet20_batch8, Budget(speedup=1.3), tmp_path, aim=0.85)
     assert result.budget_met, result.reason
     assert result.final.speedup >= 1.3
     chosen = [c for c in result.trace if c.plan == result.plan and c.stage != "uniform"]
