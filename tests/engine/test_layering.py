@@ -15,6 +15,7 @@ import secateurs
 PACKAGE = Path(secateurs.__file__).parent
 FORBIDDEN_IN_ENGINE = ("grpc", "secateurs_client", "secateurs.api", "secateurs.jobs", "secateurs.probe",
                        "secateurs.cli", "secateurs.demo")
+MAX_FUNCTION_LINES = 100  # docstring and comments included: a function longer than this is several
 
 
 def _module_name(path: Path) -> str:
@@ -106,6 +107,15 @@ def test_the_probe_shares_the_rpc_helpers_not_the_api() -> None:
                  for m in _imports(p, top_level_only=False) if m.startswith(("secateurs.api", "secateurs.jobs"))}
     assert not offending, sorted(offending)
     assert "secateurs.rpc.auth" in _imports(probe / "server.py", top_level_only=True)
+
+
+def test_no_function_of_the_package_is_over_100_lines() -> None:
+    long = sorted(f"{path.relative_to(PACKAGE)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                  for path in PACKAGE.rglob("*.py")
+                  for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES)
+    assert not long, long
 
 
 def test_the_checks_see_what_they_look_for() -> None:
