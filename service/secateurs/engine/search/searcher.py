@@ -75,7 +75,7 @@ class Searcher:
         self.round = 0
         self.done = False
         self._parent: int | None = None
-        self._asked: tuple[Proposal, dict[str, float], bool] | None = None  # the proposal, its aims, feasible
+        self._asked: tuple[Proposal, dict[str, float]] | None = None  # the proposal awaiting tell(), its aims
 
     # ask / tell
 
@@ -110,14 +110,15 @@ class Searcher:
         proposal = Proposal(plan=SearchPlan.from_entries(plan), predicted=self.problem.predict(plan),
                             stage="search" if feasible else "infeasible-check", parent=self._parent,
                             refinement=steps)
-        self._asked = (proposal, dict(self.aims), feasible)
+        self._asked = (proposal, dict(self.aims))
         return proposal
 
     def tell(self, candidate: Candidate) -> None:
         """What the last proposal measured; the aims move for the next one."""
         if self._asked is None:
             raise RuntimeError("tell() without a proposal")
-        _, used, feasible = self._asked
+        proposal, used = self._asked
+        feasible = proposal.stage == "search"
         self._asked = None
         spec = self.spec
         self.trace.append(candidate)
