@@ -10,9 +10,13 @@
    of three such measurements (what the search does near a budget). A session of a small
    model on few cores can settle in a slow or a fast mode and stay there; this shows how
    much of the spread that is.
+4. Session length (--caps 10,5): the decisive figure as the search takes it (the job's default
+   protocol, a fresh session of both models per measurement, 2 threads), with each session capped
+   at each of the given seconds: whether a shorter session spreads more than a longer one.
 
     .venv/bin/python benchmarks/latency_protocol.py [--runs 5] [--model torchvision:resnet18] [--input 1x3x112x112]
     .venv/bin/python benchmarks/latency_protocol.py --sessions --runs 9 --model zoo:resnet20 --input 1x3x32x32
+    .venv/bin/python benchmarks/latency_protocol.py --caps 10,5 --runs 9 --model zoo:resnet20 --input 32x3x32x32
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -62,6 +67,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ratio", type=float, default=0.4)
     parser.add_argument("--sessions", action="store_true", help="part 3 only: fresh sessions in one process")
+    parser.add_argument("--caps", default="", help="part 4 only: comma-separated session caps in seconds")
     args = parser.parse_args()
     shape = tuple(int(d) for d in args.input.split("x"))
     protocol = dict(warmup_runs=20, warmup_seconds=1.0, window=100, min_samples=500, max_seconds=30.0, tolerance=0.03)
@@ -75,6 +81,8 @@ def main() -> int:
         export_onnx(prune(model, x, PruneSpec(ratio=args.ratio)).model, x, b)
         if args.sessions:
             return sessions(a, b, shape, args)
+        if args.caps:
+            return session_length(a, b, shape, args)
         sep_a, sep_b, inter, by_run = [], [], [], []
         for i in range(args.runs):
             sep_a.append(run([a], shape, args.threads, protocol)[0])
@@ -130,6 +138,37 @@ def sessions(a: Path, b: Path, shape: tuple[int, ...], args: argparse.Namespace)
     for label, values, run_cov in rows:
         print(f"| {label} | {statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} "
               f"| {max(values) / min(values) - 1:.1%} | {cov(values):.2%} | {run_cov:.2f} |")
+    return 0
+
+
+def session_length(a: Path, b: Path, shape: tuple[int, ...], args: argparse.Namespace) -> int:
+    """Fresh sessions of both models per measurement, the job's default protocol capped at each of
+    args.caps seconds, the caps taken in turn so that a drift of the machine reaches all of them."""
+    from secateurs.engine.latency import OnnxRuntimeBackend, measure_interleaved
+    from secateurs.engine.spec import ProtocolSpec
+
+    caps = [float(c) for c in args.caps.split(",")]
+    ratios: dict[float, list[float]] = {c: [] for c in caps}
+    seconds: dict[float, list[float]] = {c: [] for c in caps}
+    for i in range(args.runs):
+        for cap in caps:
+            start = time.perf_counter()
+            pair = [OnnxRuntimeBackend(p, shape, threads=args.threads) for p in (a, b)]
+            sa, sb = measure_interleaved(pair, ProtocolSpec(max_seconds=cap))
+            seconds[cap].append(time.perf_counter() - start)
+            ratios[cap].append(sa.p50_ms / sb.p50_ms)
+            print(f"run {i + 1}/{args.runs}, cap {cap:g} s: ratio {ratios[cap][-1]:.3f} "
+                  f"in {seconds[cap][-1]:.1f} s (stable: {sa.stable and sb.stable})", flush=True)
+    print(f"\n{args.model} {args.input} against itself pruned at {args.ratio}, ONNX Runtime CPU, {args.threads} "
+          f"threads, {args.runs} measurements per cap, each in fresh sessions of both models")
+    print("| session cap | A/B ratio median | min–max | spread (max/min − 1) | CoV | median of 3: spread | seconds each |")
+    print("|---|---|---|---|---|---|---|")
+    for cap in caps:
+        values = ratios[cap]
+        medians = [statistics.median(values[i:i + 3]) for i in range(0, len(values) - 2, 3)]
+        print(f"| {cap:g} s | {statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} "
+              f"| {max(values) / min(values) - 1:.1%} | {cov(values):.2%} | {max(medians) / min(medians) - 1:.1%} "
+              f"| {statistics.fmean(seconds[cap]):.1f} |")
     return 0
 
 

@@ -56,3 +56,45 @@ def test_torch_export_roundtrip(tmp_path):
     export_pt2(model, x, tmp_path / "m.pt2")
     loaded = torch.export.load(str(tmp_path / "m.pt2")).module()
     assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_an_export_cache_returns_the_same_models_file_and_never_another_models(tmp_path, monkeypatch):
+    import secateurs.engine.export as export
+
+    cache, x = tmp_path / "cache", torch.randn(1, 3, 32, 32)
+    model = _resnet20()
+    first = export_onnx(model, x, tmp_path / "a.onnx", cache_dir=cache)
+    kept = list((cache / "exports").glob("*.onnx"))
+    assert len(kept) == 1 and kept[0].read_bytes() == (tmp_path / "a.onnx").read_bytes()
+
+    exported = []
+    real = export._export
+    monkeypatch.setattr(export, "_export", lambda *a: (exported.append(a), real(*a)))
+    again = export_onnx(_resnet20(), x, tmp_path / "b.onnx", cache_dir=cache)  # the same model, built again
+    assert not exported and again == first
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+
+    changed = _resnet20()
+    with torch.no_grad():
+        changed.fc.weight[0, 0] += 1.0  # one weight: another model, another file
+    export_onnx(changed, x, tmp_path / "c.onnx", cache_dir=cache)
+    assert len(exported) == 1 and len(list((cache / "exports").glob("*.onnx"))) == 2
+    assert check_parity(changed, tmp_path / "c.onnx", (1, 3, 32, 32)).passed
+    assert not check_parity(changed, tmp_path / "a.onnx", (1, 3, 32, 32)).passed
+
+    export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "d.onnx", cache_dir=cache)  # another input shape
+    assert len(exported) == 2
+
+
+def test_the_export_cache_keeps_at_most_its_bytes(tmp_path, monkeypatch):
+    import secateurs.engine.export as export
+
+    cache, x = tmp_path / "cache", torch.randn(1, 3, 32, 32)
+    for seed in range(3):
+        export_onnx(_resnet20(seed), x, tmp_path / f"{seed}.onnx", cache_dir=cache, exporters=("torchscript",))
+    one = (tmp_path / "0.onnx").stat().st_size
+    monkeypatch.setattr(export, "EXPORT_CACHE_BYTES", int(one * 2.5))
+    export_onnx(_resnet20(3), x, tmp_path / "3.onnx", cache_dir=cache, exporters=("torchscript",))
+    kept = sorted((cache / "exports").glob("*.onnx"))
+    assert len(kept) == 2 and len(list((cache / "exports").glob("*.json"))) == 2
+    assert (tmp_path / "3.onnx").read_bytes() in {k.read_bytes() for k in kept}  # the newest stays

@@ -7,13 +7,24 @@ torchvision ViT has a zero-initialised head, so it outputs zeros for every input
 the last layer gets the same seeded random weights in the PyTorch model and in the
 ONNX file's initializer, so the file's graph is compared on non-degenerate values;
 the report says so (mode "perturbed-classifier").
+
+An export is a pure function of the model (its classes' code, structure, weights and buffers),
+the example's shape and the exporter, and the dynamo exporter takes seconds; with a `cache_dir`
+the file is kept under a hash of all of those (EXPORT_CACHE_BYTES at most, least recently used
+dropped) and copied out when the same model is exported again. A cached file is the export, not a
+figure: what it measures is still measured in the job.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
 import io
+import json
 import logging
+import os
+import shutil
 import warnings
 from contextlib import redirect_stdout
 from dataclasses import asdict, dataclass
@@ -29,6 +40,7 @@ from secateurs.errors import ParityError, UnsupportedModel, machine_limit
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "output"
+EXPORT_CACHE_BYTES = 1 << 30  # kept exports in all; the least recently used go first
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,16 +59,22 @@ class Parity:
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool = False,
-                exporters: Sequence[str] | None = None) -> dict:
+                exporters: Sequence[str] | None = None, cache_dir: Path | None = None) -> dict:
     """Write an ONNX model (opset 18, input 'input', output 'output') and check it.
 
     Uses the dynamo-based exporter; falls back to the TorchScript exporter for models it
     cannot trace (`exporters` gives another order). Returns what was used ({"exporter", "opset"}).
+    With `cache_dir`, the same model exported before is copied from there (see the module's notes).
     """
     import onnx
 
     model = model.eval()
     path = Path(path)
+    cached = _cached_export(cache_dir, model, example, exporters, dynamic_batch)
+    if cached is not None and cached[0].is_file() and cached[1].is_file():
+        shutil.copyfile(cached[0], path)
+        os.utime(cached[0])  # recently used
+        return json.loads(cached[1].read_text())
     errors = []
     for exporter in exporters or ("dynamo", "torchscript"):
         try:
@@ -73,7 +91,50 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise UnsupportedModel(f"exported ONNX model is invalid: {exc}") from exc
-    return {"exporter": exporter, "opset": OPSET, "dynamic_batch": dynamic_batch}
+    info = {"exporter": exporter, "opset": OPSET, "dynamic_batch": dynamic_batch}
+    if cached is not None:
+        _keep_export(path, info, *cached)
+    return info
+
+
+def _cached_export(cache_dir: Path | None, model: nn.Module, example: torch.Tensor, exporters: Sequence[str] | None,
+                   dynamic_batch: bool) -> tuple[Path, Path] | None:
+    """Where the export of this model would be kept (file, info), or None without a cache."""
+    if cache_dir is None:
+        return None
+    digest = hashlib.sha256()
+    classes = sorted({type(m) for m in model.modules()}, key=lambda t: f"{t.__module__}.{t.__qualname__}")
+    for cls in classes:  # the code the exporter traces, not only the names
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            source = ""
+        digest.update(f"{cls.__module__}.{cls.__qualname__}\n{source}".encode())
+    digest.update(json.dumps([torch.__version__, OPSET, list(exporters or ()), dynamic_batch,
+                              list(example.shape), str(example.dtype), repr(model)]).encode())
+    for name, tensor in list(model.state_dict(keep_vars=False).items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    folder = Path(cache_dir) / "exports"
+    return folder / f"{digest.hexdigest()}.onnx", folder / f"{digest.hexdigest()}.json"
+
+
+def _keep_export(path: Path, info: dict, file: Path, info_file: Path) -> None:
+    """Keep a copy of a checked export (written beside, then renamed: readers never see half a file)."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        partial = file.with_suffix(f".{os.getpid()}.partial")
+        shutil.copyfile(path, partial)
+        info_file.write_text(json.dumps(info))
+        os.replace(partial, file)
+        total = 0
+        for kept in sorted(file.parent.glob("*.onnx"), key=lambda f: f.stat().st_mtime, reverse=True):
+            total += kept.stat().st_size
+            if total > EXPORT_CACHE_BYTES and kept != file:
+                kept.unlink(missing_ok=True)
+                kept.with_suffix(".json").unlink(missing_ok=True)
+    except OSError:
+        pass  # a cache that cannot be written costs time on the next export, nothing else
 
 
 def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str, dynamic_batch: bool) -> None:

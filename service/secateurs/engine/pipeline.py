@@ -136,7 +136,8 @@ def compress(
         latency = target_opener(spec.target, seed=spec.seed)
         st.progress(0.1, f"measuring on {_where(latency.where)}, device {latency.fingerprint['id']}")
         baseline_onnx = run.out / "baseline.onnx"
-        baseline_export = export_onnx(model, example, baseline_onnx, dynamic_batch=spec.dynamic_batch)
+        baseline_export = export_onnx(model, example, baseline_onnx, dynamic_batch=spec.dynamic_batch,
+                                      cache_dir=spec.cache_dir)
         baseline_size = {"params": count_params(model), "macs": count_macs(model, example),
                          "onnx_bytes": file_bytes(baseline_onnx)}
     search_report = _search_stage(run, model, example, baseline_onnx, roles, latency)
@@ -283,7 +284,8 @@ def _export_stage(run: _Run, outcome: _Outcome, example: torch.Tensor,
     exports: dict[str, Any] = {}
     with run.stage("export") as st:
         onnx_path = out / "model.onnx"
-        exports["onnx"] = export_onnx(pruned, example, onnx_path, dynamic_batch=spec.dynamic_batch)
+        exports["onnx"] = export_onnx(pruned, example, onnx_path, dynamic_batch=spec.dynamic_batch,
+                                      cache_dir=spec.cache_dir)
         artifacts["onnx"] = onnx_path
         st.progress(0.4, "ONNX exported; checking parity")
         parity = check_parity(pruned, onnx_path, run.shape, tolerance=spec.parity_tolerance, seed=spec.seed)

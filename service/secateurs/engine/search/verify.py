@@ -6,7 +6,7 @@ earlier job; a plan's quality comes from the masked whole-plan measurement (engi
 the same function as the pruned model, cached), so a plan is pruned only when it has to be
 exported. The plan the search returns is then measured again, decisively: pruned, exported as
 the job delivers it, measured in fresh sessions with the job's own protocol (each session at
-most 10 s), and near a latency budget in RECHECK_SESSIONS sessions with the median counting
+most DECISIVE_SESSION_SECONDS), and near a latency budget in RECHECK_SESSIONS sessions with the median counting
 (two suffice when they agree on which side of the budget the plan falls). Should the decisive
 figure miss the budget, the next best candidate is measured so, each at most once.
 
@@ -45,8 +45,9 @@ RECHECK_SESSIONS = 3
 # A decisive session runs the job's protocol for at most this long: what moves a figure is the session
 # (fresh sessions of one model differ by 10-20%, and a longer measurement spread as much: benchmarks/
 # RESULTS.md, "fresh sessions of a small model"), so time goes to more sessions, not longer ones. At the
-# default protocol's 30 s, sessions at batch 32 ran to the cap and a search's decisive figures took 136 s.
-DECISIVE_SESSION_SECONDS = 10.0
+# default protocol's 30 s, sessions at batch 32 ran to the cap and a search's decisive figures took 136 s;
+# capped at 5 s they spread no more than at 10 s (RESULTS.md, "Latency protocol: decisive session length").
+DECISIVE_SESSION_SECONDS = 5.0
 # Layers alone are measured briefly: they are many, each is fast, and the verification
 # loop corrects what their sum mispredicts.
 LAYER_PROTOCOL = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=5, min_samples=15, max_seconds=0.3,
@@ -244,8 +245,10 @@ class Verifier:
         protocol = decisive_protocol(spec.protocol) if decisive else steering_protocol(spec.protocol)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "candidate.onnx"
+            # the delivering exporter takes seconds; the same plan of the same model exports the same file
             export_onnx(pruned, self.example, path, dynamic_batch=spec.dynamic_batch,
-                        exporters=None if decisive else STEERING_EXPORTERS)
+                        exporters=None if decisive else STEERING_EXPORTERS,
+                        cache_dir=Path(spec.cache_dir) if decisive and spec.cache_dir else None)
             # a size budget is about the file the job delivers: a steering file is corrected to it
             size = file_bytes(path) + (self._size_offset() if not decisive and spec.budget.size_bytes else 0)
             counts = dict(size_bytes=float(size), params=float(count_params(pruned)),
