@@ -20,7 +20,7 @@ QUICK_PROTOCOL = dict(warmup_runs=5, warmup_seconds=0.1, window=20, min_samples=
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name> or module:<pkg.mod>:<callable>")
+    p.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name>, timm:<name> or module:<pkg.mod>:<callable>")
     p.add_argument("--kwarg", action="append", default=[], metavar="NAME=VALUE",
                    help="constructor argument, repeatable (e.g. --kwarg num_classes=10)")
     p.add_argument("--weights", type=Path, help="safetensors file or torch state dict")

@@ -53,6 +53,19 @@ def test_a_module_request_runs_no_code_on_the_server(make_server, tmp_path: Path
     assert not marker.exists()
 
 
+def test_a_timm_request_can_neither_load_a_path_nor_download(make_server, tmp_path: Path) -> None:
+    pytest.importorskip("timm", reason="timm is the optional 'timm' extra (make test installs it)")
+    server = make_server()
+    with Client(server.address, timeout=30) as client:
+        for kwargs in ({"checkpoint_path": "/etc/passwd"}, {"pretrained": True}):
+            err = _refused(lambda: client.create_job(build_request(arch="timm:resnet18", arch_kwargs=kwargs,
+                                                                   input_shape=(1, 3, 32, 32), ratio=0.5)))
+            assert err.code() == Code.INVALID_ARGUMENT, err.details()
+            assert [f for f, _ in field_violations(err)] == ["model.arch_kwargs"]
+            assert next(iter(kwargs)) in err.details()
+        assert list(client.list_jobs()) == []  # nothing was queued
+
+
 def test_an_allowed_package_admits_classes_and_only_the_factories_named(make_server, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     request = build_request(arch="module:service_fakes:touch_marker", arch_kwargs={"path": str(marker)},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -24,6 +25,14 @@ from secateurs.errors import (InvalidModel, InvalidRequest, PermissionDenied, Re
                               machine_limit)
 
 _SHOWN = 5  # how many offending tensor names an error message lists
+# The keyword arguments a `timm:` architecture may take: sizes and shapes only. timm's others can
+# name a file to load (checkpoint_path), weights to download (pretrained, pretrained_cfg*) or a
+# cache directory, none of which a request may choose.
+TIMM_KWARGS = frozenset({
+    "num_classes", "in_chans", "img_size", "patch_size", "window_size", "global_pool", "drop_rate",
+    "drop_path_rate", "embed_dim", "depth", "depths", "dims", "num_heads", "mlp_ratio", "class_token",
+    "qkv_bias", "channel_multiplier", "width_multiplier", "dynamic_img_size",
+})
 
 
 def parse_kwargs(items: list[str]) -> dict[str, Any]:
@@ -42,7 +51,10 @@ def parse_kwargs(items: list[str]) -> dict[str, Any]:
 
 def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *,
                        allowed_modules: Sequence[str] | None = None) -> nn.Module:
-    """Instantiate `zoo:<name>`, `torchvision:<name>` or `module:<pkg.mod>:<callable>`.
+    """Instantiate `zoo:<name>`, `torchvision:<name>`, `timm:<name>` or `module:<pkg.mod>:<callable>`.
+
+    timm (an optional extra) builds its registered models without weights and never downloads:
+    weights come with the job; its keyword arguments are limited to TIMM_KWARGS.
 
     allowed_modules: None lets `module:` name any importable code (the local command line:
     the user's own code on the user's own machine); a sequence is the server operator's
@@ -67,6 +79,8 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *,
                     f"unknown architecture {arch!r}: torchvision has no model named {name!r}", field="model.arch"
                 )
             return torchvision.models.get_model(name, weights=None, **kwargs)
+        if kind == "timm":
+            return _build_timm(arch, name, kwargs)
         if kind == "module":
             return _build_module(arch, name, kwargs, allowed_modules)
     except (TypeError, ValueError, RuntimeError) as exc:  # a constructor refusing its keyword arguments
@@ -75,7 +89,8 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *,
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise InvalidRequest(f"cannot build {arch!r} with {kwargs}: {first}", field="model.arch_kwargs") from None
     raise InvalidRequest(
-        f"unknown architecture {arch!r}: expected zoo:<name>, torchvision:<name> or module:<pkg.mod>:<callable>",
+        f"unknown architecture {arch!r}: expected zoo:<name>, torchvision:<name>, timm:<name> or "
+        f"module:<pkg.mod>:<callable>",
         field="model.arch",
     )
 
@@ -86,6 +101,23 @@ def module_admitted(module_name: str, attr: str, allowed: Sequence[str]) -> tupl
     package = any(":" not in entry and (module_name == entry or module_name.startswith(entry + "."))
                   for entry in allowed)
     return package or named, named
+
+
+def _build_timm(arch: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network, whatever timm is asked
+    try:
+        import timm
+    except ImportError:
+        raise InvalidRequest(f"{arch!r} needs timm, which this server does not have (install the 'timm' "
+                             f"extra: pip install 'secateurs[timm]')", field="model.arch") from None
+    refused = sorted(set(kwargs) - TIMM_KWARGS)
+    if refused:
+        raise InvalidRequest(f"timm keyword argument(s) {', '.join(refused)} not accepted; a timm model takes "
+                             f"only {', '.join(sorted(TIMM_KWARGS))} (weights come with the job)",
+                             field="model.arch_kwargs")
+    if name not in timm.list_models():
+        raise InvalidRequest(f"unknown architecture {arch!r}: timm has no model named {name!r}", field="model.arch")
+    return timm.create_model(name, pretrained=False, **kwargs)
 
 
 def _build_module(arch: str, name: str, kwargs: dict[str, Any], allowed: Sequence[str] | None) -> nn.Module:
