@@ -113,7 +113,7 @@ class BlobStore:
         """Write streamed chunks; verify size limit, quota, size and digest; store once."""
         self._check_quota(expected_size)
         digest, size = hashlib.sha256(), 0
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="upload-")
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:

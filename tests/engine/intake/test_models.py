@@ -110,8 +110,8 @@ def test_missing_and_unexpected_tensors_are_named(resnet20_state):
     ("zoo:resnet21", "unknown architecture 'zoo:resnet21'; the zoo has: resnet110, resnet20, resnet32, resnet44, "
                      "resnet56, vgg16_bn"),
     ("torchvision:resnet19", "unknown architecture 'torchvision:resnet19': torchvision has no model named 'resnet19'"),
-    ("keras:resnet50", "unknown architecture 'keras:resnet50': expected zoo:<name>, torchvision:<name> or "
-                       "module:<pkg.mod>:<callable>"),
+    ("keras:resnet50", "unknown architecture 'keras:resnet50': expected zoo:<name>, torchvision:<name>, "
+                       "timm:<name> or module:<pkg.mod>:<callable>"),
     ("module:nosuchpkg:build", "unknown architecture 'module:nosuchpkg:build': No module named 'nosuchpkg'"),
     ("module:secateurs.engine.intake.zoo", "architecture 'module:secateurs.engine.intake.zoo' must look like "
                                     "module:<package.module>:<callable>"),
