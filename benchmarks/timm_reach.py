@@ -30,8 +30,10 @@ from secateurs.engine.spec import ProtocolSpec, PruneSpec, SearchSpec
 
 PROTOCOL = ProtocolSpec(warmup_runs=5, warmup_seconds=0.2, window=30, min_samples=90, max_seconds=2.0)
 FAMILIES = ["resnet18", "resnext26ts", "efficientnet_b0", "mobilenetv3_small_100", "regnetx_002", "convnext_atto",
-            "ghostnet_100", "densenet121", "vit_tiny_patch16_224", "deit_tiny_patch16_224"]
-SIZED = {"vit_tiny_patch16_224", "deit_tiny_patch16_224"}  # position embeddings: the input size is an argument
+            "ghostnet_100", "densenet121", "vit_tiny_patch16_224", "deit_tiny_patch16_224",
+            "swin_tiny_patch4_window7_224", "mixer_s16_224"]
+# position embeddings or windows: the input size is an argument
+SIZED = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "mixer_s16_224"}
 
 
 def row(name: str, size: int, tmp: Path) -> str:

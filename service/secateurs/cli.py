@@ -260,9 +260,11 @@ def summary(report: dict) -> str:
     lines = []
     if report.get("budget"):
         search = report["search"]
+        reason = f" ({search['reason']})" if search and search["reason"] else ""
+        if search and report["budget_met"] and not search.get("budget_met"):  # the two measurements disagree
+            reason = f" (by the final benchmark; the search's verification did not: {search['reason']})"
         lines.append(f"  budget      {', '.join(f'{k}={v}' for k, v in report['budget'].items())}: "
-                     f"{'MET' if report['budget_met'] else 'NOT MET'}"
-                     f"{' (' + search['reason'] + ')' if search and search['reason'] else ''}")
+                     f"{'MET' if report['budget_met'] else 'NOT MET'}{reason}")
         dropped = [blk for blk in (search or {}).get("blocks") or [] if blk.get("dropped")]
         if dropped:
             share = sum(blk["latency_share"] or 0.0 for blk in dropped)

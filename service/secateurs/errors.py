@@ -143,6 +143,7 @@ JOB_REASONS: dict[str, str] = {
     "interrupted": "its server stopped while it ran, more often than the attempts allow",
     "worker_crashed": "its worker process died (a signal, an exit code) without a result",
     "worker_unresponsive": "its worker stopped answering (no heartbeat within the timeout) and was killed",
+    "stage_timeout": "one of its stages ran past the limit the operator set (--stage-timeout) and was stopped",
     "internal": "a bug; the server log has the traceback",
 }
 

@@ -4,6 +4,7 @@ keeps serving and the other jobs are unharmed."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import signal
@@ -17,6 +18,7 @@ import grpc
 import psutil
 import pytest
 
+from secateurs.api.server import add_serve_arguments, config_from_args
 from secateurs_client import Client, build_request, pb
 from secateurs_client.v1 import compression_pb2_grpc as pb_grpc
 from service_helpers import FAKE_RUNNER, QUICK_PROTOCOL, fake_request, wait_for, wait_for_stage
@@ -89,6 +91,19 @@ def test_a_stopped_worker_is_killed_and_its_job_fails_unresponsive(make_server) 
         _serving(client)
 
 
+def test_a_stage_past_its_limit_is_stopped_and_its_job_fails_stage_timeout(make_server) -> None:
+    server = make_server(runner=FAKE_RUNNER, stage_timeouts={"*": 3.0})
+    with Client(server.address, timeout=30) as client:
+        job = client.create_job(fake_request("slow"))  # about 30 s in one stage, heartbeating all along
+        pid = wait_for_stage(client, job.id, "load")
+        done = client.wait(job.id, timeout=60)
+        assert done.state == pb.FAILED and done.error.reason == "stage_timeout", done.error.message
+        assert done.error.message.startswith("stage 'load' ran past its limit of 3 s")
+        assert done.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        _serving(client)  # a 3 s limit still lets a quick job through
+
+
 def _terminal_events(client: Client, job_id: str) -> list[str]:
     return [e.message for e in client.watch_job(job_id, timeout=30)
             if e.kind == "state" and e.state in TERMINAL]
@@ -137,3 +152,28 @@ def test_a_watcher_that_reads_nothing_does_not_make_the_server_buffer(server_pro
         assert grown < 24 << 20, f"the server grew {grown >> 20} MiB while a watcher read nothing"
         sequences = [first.sequence] + [e.sequence for e in stream]  # then it reads: everything, in order
     assert sequences == list(range(1, len(sequences) + 1)) and len(sequences) >= events
+
+
+@pytest.mark.parametrize("flags, limits", [
+    ([], {"*": 3600.0, "recover": 86400.0}),
+    (["--stage-timeout", "30m"], {"*": 1800.0}),
+    (["--stage-timeout", "30m", "--stage-timeout", "recover=12h"], {"*": 1800.0, "recover": 43200.0}),
+    (["--stage-timeout", "search=90"], {"*": 3600.0, "recover": 86400.0, "search": 90.0}),
+])
+def test_stage_timeouts_from_the_command_line(flags, limits) -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert dict(config_from_args(parser.parse_args(flags)).stage_timeouts) == limits
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("serch=10m", "no stage 'serch'; the stages are load, profile"),
+    ("search=-1", "--stage-timeout '-1' must be positive"),
+    ("soon", "--stage-timeout 'soon': expected a duration"),
+])
+def test_a_bad_stage_timeout_is_refused_with_the_reason(flag, message) -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    with pytest.raises(SystemExit) as err:
+        config_from_args(parser.parse_args(["--stage-timeout", flag]))
+    assert message in str(err.value.code)

@@ -134,6 +134,8 @@ def summary(report: Mapping[str, Any]) -> list[str]:
             reason = f" (the accuracy limit: {floor.get('outcome', 'missed')})"
         elif search.get("budget_met") and not report.get("budget_met"):
             reason = " (the search's own measurements met it; the final benchmark did not)"
+        elif report.get("budget_met") and search and not search.get("budget_met"):
+            reason = f" (by the final benchmark; the search's verification did not{': ' + search['reason'] if search.get('reason') else ''})"
         lines.append(f"  budget       {_limits(budget)}: {verdict}{reason}")
     lines.extend(_recovery_lines(report))
     return lines

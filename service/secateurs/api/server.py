@@ -33,7 +33,8 @@ from secateurs.rpc.tls import server_credentials
 from secateurs.api.validate import DEFAULT_MAX_MODEL_PARAMS, RequestPolicy
 from secateurs.probe.client import PLAINTEXT_ENV, ProbeCredentials
 from secateurs.jobs.blobs import BlobStore
-from secateurs.jobs.scheduler import Scheduler
+from secateurs.engine.events import STAGES
+from secateurs.jobs.scheduler import DEFAULT_STAGE_TIMEOUTS, Scheduler
 from secateurs.jobs.service import JobService, Limits
 from secateurs.jobs.store import JobStore
 from secateurs.jobs.worker import DEFAULT_RUNNER
@@ -78,6 +79,8 @@ class ServerConfig:
     # Address space of each worker (RLIMIT_AS); None: no limit. A job over it fails out_of_memory.
     worker_memory_bytes: int | None = field(default_factory=lambda: default_worker_memory())
     heartbeat_timeout: float = 60.0  # a worker silent this long is killed: worker_unresponsive
+    # Seconds a stage of a job may run, by stage ("*": any other); past it: stage_timeout.
+    stage_timeouts: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_STAGE_TIMEOUTS))
     grace_seconds: float = 10.0
     rpc_threads: int = 64
     runner: str = DEFAULT_RUNNER  # "module:function" run in each worker (tests name a fake)
@@ -109,7 +112,8 @@ class Server:
         self.scheduler = Scheduler(self.store, self.blobs, work_dir=data / "work",
                                    workers=config.workers, runner=config.runner, metrics=self.metrics,
                                    worker_env=worker_env, memory_bytes=config.worker_memory_bytes,
-                                   heartbeat_timeout=config.heartbeat_timeout)
+                                   heartbeat_timeout=config.heartbeat_timeout,
+                                   stage_timeouts=config.stage_timeouts)
         self.metrics.track_jobs(queued=self.store.count_queued, in_progress=lambda: len(self.scheduler.running()),
                                 blob_bytes=self.store.blob_bytes)
         self.jobs = JobService(self.store, self.blobs, self.scheduler, Limits(
@@ -360,6 +364,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address space of each worker (default: 3/4 of this machine's memory; 0: none)")
     limits.add_argument("--heartbeat-timeout", type=float, default=d.heartbeat_timeout,
                         help="kill a worker silent this many seconds (default %(default)s)")
+    limits.add_argument("--stage-timeout", action="append", default=[], metavar="[STAGE=]DURATION",
+                        help="longest a job's stage may run before the job fails stage_timeout: a bare duration "
+                             "sets every stage, STAGE=DURATION one of them (load, profile, search, prune, "
+                             "recover, export, benchmark, report); repeatable. Default: 1h each, recover 24h")
     parser.add_argument("--grace", type=float, default=d.grace_seconds,
                         help="seconds to drain on SIGTERM before exiting (default %(default)s)")
     parser.add_argument("--metrics-listen", default=os.environ.get("SECATEURS_METRICS_LISTEN") or METRICS_LISTEN,
@@ -393,6 +401,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     try:
         probes = parse_probes(args.probe)
         retention = parse_duration(args.retention)
+        stage_timeouts = parse_stage_timeouts(args.stage_timeout)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     memory = default_worker_memory() if args.worker_memory_limit is None else (args.worker_memory_limit or None)
@@ -406,22 +415,35 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         probes_files=tuple(args.probes_file),
         probe_plaintext=args.probe_plaintext, max_blob_bytes=args.max_blob_bytes, retention_seconds=retention,
         max_queued_per_client=args.max_queued_per_client, worker_memory_bytes=memory,
-        heartbeat_timeout=args.heartbeat_timeout,
+        heartbeat_timeout=args.heartbeat_timeout, stage_timeouts=stage_timeouts,
         probe_credentials=ProbeCredentials(token=args.probe_token or None, tls_ca=args.probe_tls_ca,
                                            tls_cert=args.probe_tls_cert, tls_key=args.probe_tls_key),
     )
 
 
-def parse_duration(text: str) -> float:
+def parse_stage_timeouts(items: Sequence[str]) -> dict[str, float]:
+    """['30m', 'recover=12h'] -> {'*': 1800.0, 'recover': 43200.0}; none given: the defaults."""
+    limits = dict(DEFAULT_STAGE_TIMEOUTS)
+    for item in items:
+        stage, _, duration = item.rpartition("=")
+        if stage and stage not in STAGES:
+            raise ValueError(f"--stage-timeout {item!r}: no stage {stage!r}; the stages are {', '.join(STAGES)}")
+        if not stage:
+            limits = {}
+        limits[stage or "*"] = parse_duration(duration, flag="--stage-timeout")
+    return limits
+
+
+def parse_duration(text: str, *, flag: str = "--retention") -> float:
     """'7d', '12h', '30m', '45s' or plain seconds -> seconds."""
     units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
     text = text.strip().lower()
     try:
         seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
-        raise ValueError(f"--retention {text!r}: expected a duration such as 7d, 12h or 30m") from None
+        raise ValueError(f"{flag} {text!r}: expected a duration such as 7d, 12h or 30m") from None
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"--retention {text!r} must be positive")
+        raise ValueError(f"{flag} {text!r} must be positive")
     return seconds
 
 

@@ -8,6 +8,9 @@ from typing import Any, Callable, Protocol
 
 from secateurs.errors import Cancelled
 
+# A job's stages in order (engine/pipeline.py runs them; the scheduler limits each one's time).
+STAGES = ("load", "profile", "search", "prune", "recover", "export", "benchmark", "report")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Event:

@@ -26,7 +26,7 @@ import torch
 
 from secateurs.engine.budget import Measurement, budget_shortfall
 from secateurs.engine.intake.calibration import DataRoles, Evaluator, build_roles
-from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
+from secateurs.engine.events import STAGES, CancelCheck, Event, EventSink, check_cancel, ignore_events
 from secateurs.engine.latency import devicelock
 from secateurs.engine.export import check_parity, export_onnx, export_pt2
 from secateurs.engine.latency.protocol import measurements_taken
@@ -40,7 +40,6 @@ from secateurs.engine.search.sensitivity import Calibration, recalibrate_batchno
 from secateurs.engine.size import count_macs, count_params, file_bytes
 from secateurs.errors import ParityError, machine_limit
 
-STAGES = ("load", "profile", "search", "prune", "recover", "export", "benchmark", "report")
 REPORT_VERSION = 4  # of engine/report/schema.json; docs/observability.md says what changed
 
 

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from secateurs.errors import as_secateurs_error, code_for, reason_for
 from secateurs.jobs.blobs import BlobStore
@@ -26,6 +26,10 @@ from secateurs.jobs.worker import DEFAULT_RUNNER, worker_main
 from secateurs.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
+# Seconds one stage of a job may run, by stage name; "*" for any stage not named. A stage past
+# its limit has its worker killed and the job fails `stage_timeout`: a tracer that never returns
+# (it happened) must not hold a worker for ever. Recovery runs as many epochs as a job asks.
+DEFAULT_STAGE_TIMEOUTS: Mapping[str, float] = {"*": 3600.0, "recover": 86400.0}
 _CTX = mp.get_context("spawn")  # fork would copy the server's threads and locks
 
 
@@ -44,17 +48,20 @@ class Scheduler:
         runner: str = DEFAULT_RUNNER, cancel_grace: float = 2.0, max_attempts: int = 3,
         metrics: ServiceMetrics | None = None, worker_env: dict[str, str] | None = None,
         memory_bytes: int | None = None, heartbeat_timeout: float = 60.0,
+        stage_timeouts: Mapping[str, float] = DEFAULT_STAGE_TIMEOUTS,
     ) -> None:
         """metrics: where job starts, events and ends are counted (the workers cannot: they are
         other processes). worker_env: environment variables set in each worker (probe credentials).
         memory_bytes: each worker's address-space limit (None: none). heartbeat_timeout: a worker
-        silent this long is killed and its job fails `worker_unresponsive`."""
+        silent this long is killed and its job fails `worker_unresponsive`. stage_timeouts: seconds
+        a stage may run (DEFAULT_STAGE_TIMEOUTS); past it the job fails `stage_timeout`."""
         self._store, self._blobs = store, blobs
         self._work_dir, self._workers, self._runner = work_dir, workers, runner
         self._cancel_grace, self.max_attempts = cancel_grace, max_attempts
         self.metrics = metrics
         self.worker_env = dict(worker_env or {})
         self.memory_bytes, self.heartbeat_timeout = memory_bytes, heartbeat_timeout
+        self.stage_timeouts = dict(stage_timeouts)
         self._running: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -146,6 +153,9 @@ class _Run:
         self._env = scheduler.worker_env
         self._memory_bytes, self._heartbeat_timeout = scheduler.memory_bytes, scheduler.heartbeat_timeout
         self._unresponsive = False
+        self._stage_timeouts = scheduler.stage_timeouts
+        self._stage: tuple[str, float] | None = None  # the running stage and when it started
+        self._timed_out: tuple[str, float] | None = None  # the stage killed at its limit, and the limit
         self.job = job
         self.out_dir = scheduler._work_dir / job.id
         self._cancel_event = _CTX.Event()
@@ -210,6 +220,7 @@ class _Run:
         heard = time.monotonic()
         while True:
             self._enforce_cancel()
+            self._enforce_stage_limit()
             if time.monotonic() - heard > self._heartbeat_timeout and self._proc.is_alive():
                 log.warning("job %s: worker pid %s silent for %.0f s; killing it", self.job.id, self._proc.pid,
                             self._heartbeat_timeout)
@@ -226,6 +237,8 @@ class _Run:
                 continue
             if kind == "event":
                 last_message = payload.get("message") or last_message
+                if payload.get("kind") == "started":
+                    self._stage = (payload["stage"], time.monotonic())
                 try:
                     store.append_event(self.job.id, **payload)
                 except sqlite3.OperationalError as exc:  # a full disk: lose the event, not the job's end
@@ -253,6 +266,16 @@ class _Run:
         elif waited > self._cancel_grace:
             self._proc.terminate()
 
+    def _enforce_stage_limit(self) -> None:
+        if self._stage is None or self._timed_out is not None or not self._proc.is_alive():
+            return
+        stage, since = self._stage
+        limit = self._stage_timeouts.get(stage, self._stage_timeouts.get("*"))
+        if limit is not None and time.monotonic() - since > limit:
+            log.warning("job %s: stage %s ran past its limit of %.0f s; killing the worker", self.job.id, stage, limit)
+            self._timed_out = (stage, limit)
+            self._proc.kill()
+
     def _finish(self, result: dict | None, error: dict | None, exitcode: int | None, last: str) -> None:
         self._end(result, error, exitcode, last)
         report = json.loads(result["report"]) if result is not None and not self._interrupted else None
@@ -278,6 +301,11 @@ class _Run:
     def _failure(self, error: dict | None, exitcode: int | None, last: str) -> tuple[JobState, JobError]:
         """The end of a job that produced no result, and why."""
         after = f"; last event: {last}" if last else ""
+        if self._timed_out is not None:
+            stage, limit = self._timed_out
+            return JobState.FAILED, JobError(reason="stage_timeout", code="DEADLINE_EXCEEDED", message=(
+                f"stage {stage!r} ran past its limit of {limit:g} s (the server's --stage-timeout) and was "
+                f"stopped{after}"))
         if self._unresponsive:
             return JobState.FAILED, JobError(reason="worker_unresponsive", message=(
                 f"the worker sent nothing for {self._heartbeat_timeout:.0f} s (stopped, or hung outside Python) "

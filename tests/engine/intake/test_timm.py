@@ -49,3 +49,18 @@ def test_a_timm_model_prunes_exports_and_keeps_parity(tmp_path, arch, kwargs, si
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     export_onnx(pruned, x, tmp_path / "m.onnx")
     assert check_parity(pruned, tmp_path / "m.onnx", tuple(x.shape)).passed
+
+
+def test_a_group_through_a_channels_first_layernorm_is_masked_on_its_channel_axis():
+    from secateurs.engine.search.sensitivity import masked
+
+    torch.manual_seed(0)
+    model = build_architecture("timm:convnext_atto", {"num_classes": 10}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ctx = prepare(model, x)
+    info = next(g for g in describe_groups(ctx, x) if g.prunable and any(".norm" in layer for layer in g.layers))
+    with torch.no_grad():
+        before = model(x)
+        with masked(ctx, info.name, info, keep=info.channels // 2):  # timm's LayerNorm2d: channels at dim 1
+            after = model(x)
+    assert after.shape == before.shape and not torch.allclose(after, before)

@@ -9,6 +9,7 @@ prunable or not and why).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from secateurs.engine.prune.attention import convert_attention
 from secateurs.engine.prune.importance import head_norm, importance_of
+from secateurs.engine.prune.support import describe_tracer_failure, refuse_untraceable, window_attention_holds
 from secateurs.engine.size import forward_with_hooks, layer_macs
 from secateurs.errors import UnsupportedModel, machine_limit
 
@@ -105,24 +107,31 @@ def prepare(model: nn.Module, example: torch.Tensor, *, criterion: str = "l1",
     when the graph cannot be built.
     """
     model.eval()
+    refuse_untraceable(model, example)
     heads_by_name = convert_attention(model)
     heads = {model.get_submodule(name): n for name, n in heads_by_name.items()}
     classifier = find_classifier(model, example)
+    held = window_attention_holds(model, classifier)  # before the tracer: grouping them would never end
     try:
-        pruner = tp.pruner.BasePruner(
-            model, example,
-            importance=importance_of(criterion),
-            pruning_ratio=0.0,
-            pruning_ratio_dict=ratios or {},
-            ignored_layers=[model.get_submodule(classifier)],
-        )
+        with warnings.catch_warnings():  # its recursion-depth notice is the windows above, already handled
+            warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+            pruner = tp.pruner.BasePruner(
+                model, example,
+                importance=importance_of(criterion),
+                pruning_ratio=0.0,
+                pruning_ratio_dict=ratios or {},
+                ignored_layers=[model.get_submodule(name) for name in (classifier, *held)],
+            )
     except Exception as exc:  # Torch-Pruning raises many kinds; the user needs one clear message
         if machine_limit(exc):
             raise
+        where = describe_tracer_failure(exc)
         raise UnsupportedModel(
-            f"cannot build the dependency graph of this model: {type(exc).__name__}: {exc}"
+            f"cannot build the dependency graph of this model{' ' + where if where else ''}: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
-    ctx = GraphContext(model=model, pruner=pruner, heads=heads, classifier=classifier, criterion=criterion)
+    ctx = GraphContext(model=model, pruner=pruner, heads=heads, classifier=classifier, criterion=criterion,
+                       held=dict(held))
     # Groups the pruner cannot cut (nor score) are held whole: it must never see them.
     for name, group in list(ctx.iter_groups()):
         multiplied = _feeds_channel_multiplier(ctx, group)
@@ -164,7 +173,8 @@ def describe_groups(ctx: GraphContext, example: torch.Tensor, *, min_channels: i
                                macs_share=share, prunable=prunable, reason=reason, step=step if prunable else 1))
     for name, reason in ctx.held.items():
         module = ctx.model.get_submodule(name)
-        infos.append(GroupInfo(name=name, channels=int(ctx.graph.get_out_channels(module) or 0), unit="channels",
+        width = getattr(module, "out_channels", None) or getattr(module, "out_features", 0)  # some run functionally
+        infos.append(GroupInfo(name=name, channels=int(width), unit="channels",
                                layers=(name,), macs_share=macs.get(name, 0) / total, prunable=False, reason=reason))
     return infos
 

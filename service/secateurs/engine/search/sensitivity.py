@@ -146,6 +146,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
 
 
 def _channel_dim(module: nn.Module) -> int:
+    """Where a layer's output keeps its channels. A LayerNorm over channels-first maps (timm's
+    LayerNorm2d subclasses nn.LayerNorm) keeps them at 1: its hook decides from the shape it sees."""
     return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
 
 
@@ -190,8 +192,11 @@ def _zeroing(channels: list[int], dim: int) -> Callable[..., torch.Tensor]:
     broadcast mask, which keeps a channels-last tensor channels-last (index_fill would not)."""
     masks: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
 
-    def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
-        size, axis = out.shape[dim], dim % out.dim()
+    def hook(module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        axis = dim % out.dim()
+        if isinstance(module, nn.LayerNorm) and out.dim() > 2 and out.shape[-1] != module.normalized_shape[-1]:
+            axis = 1  # normalised over channels-first maps
+        size = out.shape[axis]
         key = (size, out.dim(), out.dtype)
         if key not in masks:
             mask = torch.ones(size, dtype=out.dtype)

@@ -1,0 +1,31 @@
+"""Whole jobs on families beyond the CNNs the engine grew up on, at small inputs: a speedup
+budget, the search, pruning, export with parity and a report that validates."""
+
+from __future__ import annotations
+
+import pytest
+
+from secateurs.engine.budget import Budget
+from secateurs.engine.pipeline import compress
+from secateurs.engine.report.schema import validate_report
+from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
+
+QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=40, max_seconds=2.0)
+SMALL_SWIN = {"img_size": 64, "window_size": 4, "embed_dim": 48, "depths": (2, 2, 2, 2), "num_heads": (2, 2, 4, 4),
+              "num_classes": 10}
+
+
+def test_a_swin_speedup_job_prunes_mlp_widths_or_blocks_and_reports(tmp_path):
+    pytest.importorskip("timm", reason="timm is the optional 'timm' extra (make test installs it)")
+    spec = CompressSpec(model=ModelSpec(arch="timm:swin_tiny_patch4_window7_224", arch_kwargs=SMALL_SWIN),
+                        input_shape=(1, 3, 64, 64), out_dir=tmp_path, protocol=QUICK, calibration_samples=32,
+                        cache_dir=tmp_path / "cache", budget=Budget(speedup=1.2))
+    report = compress(spec).report
+    validate_report(report)
+    assert report["parity"]["passed"]
+    groups = report["pruning"]["groups"]
+    cut = [g for g in groups if g["after"] < g["before"]]
+    assert all(".mlp.fc1" in g["name"] for g in cut)  # the residual width and the heads are held
+    assert any(".attn.qkv" in g["name"] for g in groups)  # listed, whole
+    assert cut or report["pruning"]["dropped_blocks"]  # something was taken out, by width or by depth
+    assert report["size"]["compressed"]["macs"] < report["size"]["baseline"]["macs"]
