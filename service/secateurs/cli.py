@@ -310,7 +310,8 @@ def quality_line(report: dict, indent: str) -> str:
         lo, hi = after["interval"]
         return (f"{indent}accuracy    {before['accuracy']:.2%} -> {after['accuracy']:.2%} on {n:,} evaluation "
                 f"images (95% interval {lo:.1%}-{hi:.1%}){how}")
-    return f"{indent}fidelity    top-1 agreement {after.get('agreement', 0):.2%} on {n:,} generated inputs{how}"
+    what = "per-pixel" if quality.get("scored") == "per position" else "top-1"
+    return f"{indent}fidelity    {what} agreement {after.get('agreement', 0):.2%} on {n:,} generated inputs{how}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,3 +29,21 @@ def test_a_swin_speedup_job_prunes_mlp_widths_or_blocks_and_reports(tmp_path):
     assert any(".attn.qkv" in g["name"] for g in groups)  # listed, whole
     assert cut or report["pruning"]["dropped_blocks"]  # something was taken out, by width or by depth
     assert report["size"]["compressed"]["macs"] < report["size"]["baseline"]["macs"]
+
+
+def test_a_segmentation_speedup_job_keeps_its_classes_and_scores_every_pixel(tmp_path):
+    import onnxruntime as ort
+
+    spec = CompressSpec(model=ModelSpec(arch="torchvision:lraspp_mobilenet_v3_large", arch_kwargs={"num_classes": 4}),
+                        input_shape=(1, 3, 64, 64), out_dir=tmp_path, protocol=QUICK, calibration_samples=16,
+                        cache_dir=tmp_path / "cache", budget=Budget(speedup=1.2))
+    result = compress(spec)
+    report = result.report
+    validate_report(report)
+    assert report["parity"]["passed"] and report["parity"]["top1_agreement"] is not None  # per pixel, 4 images
+    after = report["quality"]["after"]
+    assert 0.0 <= after["agreement"] <= 1.0 and after["samples"] > 0  # positions agreeing, not images
+    assert report["size"]["compressed"]["macs"] < report["size"]["baseline"]["macs"]
+    session = ort.InferenceSession(str(result.artifacts["onnx"]), providers=["CPUExecutionProvider"])
+    (output,) = session.get_outputs()
+    assert output.shape == [1, 4, 64, 64]  # the classes kept, at the input's resolution

@@ -159,7 +159,8 @@ def _recovery_lines(report: Mapping[str, Any]) -> list[str]:
         lines.append(f"  accuracy     {was}{after['accuracy']:.2%} on {n:,} evaluation images "
                      f"(95% interval {lo:.1%}-{hi:.1%}){how}")
     elif after.get("agreement") is not None:
-        lines.append(f"  fidelity     top-1 agreement {after['agreement']:.2%} on {n:,} held-out inputs{how}")
+        what = "per-pixel" if quality.get("scored") == "per position" else "top-1"
+        lines.append(f"  fidelity     {what} agreement {after['agreement']:.2%} on {n:,} held-out inputs{how}")
     floor = report.get("accuracy_floor")
     if floor:
         lines.append(f"  floor        max drop {floor['max_drop']:.2%}, measured {floor['drop']:.2%}: "

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from secateurs.engine.outputs import class_scores
 from secateurs.engine.latency.devicelock import computing
 from secateurs.errors import ParityError, UnsupportedModel, machine_limit
 
@@ -218,9 +219,9 @@ def check_parity(model: nn.Module, onnx_path: Path, input_shape: tuple[int, ...]
             if got.shape != ref.shape:
                 raise ParityError(f"ONNX output shape {tuple(got.shape)} differs from PyTorch {tuple(ref.shape)}")
             max_diff = max(max_diff, float((got - ref).abs().max()))
-            if ref.dim() == 2 and ref.shape[1] > 1:
-                agree += int((got.argmax(1) == ref.argmax(1)).sum())
-                total += ref.shape[0]
+            if ref.dim() >= 2 and ref.shape[1] > 1:  # class scores on dim 1; dense: every position
+                agree += int((class_scores(got).argmax(1) == class_scores(ref).argmax(1)).sum())
+                total += class_scores(ref).shape[0]
     finally:
         if patched is not None:
             patched.unlink(missing_ok=True)

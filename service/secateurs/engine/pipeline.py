@@ -31,7 +31,8 @@ from secateurs.engine.latency import devicelock
 from secateurs.engine.export import check_parity, export_onnx, export_pt2
 from secateurs.engine.latency.protocol import measurements_taken
 from secateurs.engine.latency.target import TargetOpener, open_target
-from secateurs.engine.intake.models import check_runs, load_model
+from secateurs.engine.intake.models import check_runs, load_model, refuse_labels_for_dense
+from secateurs.engine.outputs import is_dense
 from secateurs.engine.prune.apply import prune, write_plan
 from secateurs.engine.search.run import search
 from secateurs.engine.spec import CompressSpec, PruneSpec, SearchSpec, parse_input_shape
@@ -85,6 +86,7 @@ class _Run:
     out: Path
     shape: tuple[int, ...]
     timings: dict[str, float] = field(default_factory=dict)
+    dense: bool = False  # the output scores every position (segmentation): quality is per position
 
     def stage(self, name: str) -> _Stage:
         return _Stage(name, self.on_event, self.cancel, self.timings)
@@ -126,7 +128,9 @@ def compress(
 
     with run.stage("load"):
         model = load_model(spec.model)
-        check_runs(model, shape)
+        output = check_runs(model, shape)
+        refuse_labels_for_dense(output, spec.data, spec.train_data)
+        run.dense = is_dense(output)
         example = torch.randn(shape, generator=torch.Generator().manual_seed(spec.seed))
         roles = build_roles(spec.data, spec.train_data, shape, calibration_samples=spec.calibration_samples,
                             evaluation_samples=spec.evaluation_samples, seed=spec.seed)
@@ -234,8 +238,8 @@ def _pruned_within_floor(run: _Run, model: torch.nn.Module, example: torch.Tenso
         floor = _accuracy_floor(run.spec, before, after)
         attempts.append({"candidate": candidate, "quality": after, **({"met": floor["met"], "drop": floor["drop"]}
                                                                      if floor else {})})
-        outcome = replace(outcome, quality={"before": before, "after": after, "measured_on": roles.summary["evaluation"]},
-                          floor=floor)
+        outcome = replace(outcome, quality={"before": before, "after": after, "measured_on": roles.summary["evaluation"],
+                                            "scored": "per position" if run.dense else "per example"}, floor=floor)
         if floor is None or floor["met"]:
             break
         run.on_event(Event(stage="recover" if run.spec.recovery else "prune", kind="log",

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from secateurs.engine.outputs import class_scores
 from secateurs.engine.intake.data import SyntheticDataset, load_dataset
 from secateurs.engine.spec import DataSpec
 from secateurs.engine.latency.devicelock import computing
@@ -194,7 +195,7 @@ class Evaluator:
         """Accuracy (None without labels) with its Wilson interval, agreement, KL, and the sample count."""
         keep = self._reference is None and model is self.original
         kept: list[torch.Tensor] = []
-        correct = agree = n = 0
+        correct = agree = n = rows = 0
         kl = 0.0
         with torch.no_grad():
             for i, (x, y) in enumerate(self.evaluation.batches()):
@@ -205,6 +206,8 @@ class Evaluator:
                 if keep:
                     kept.append(out)
                 n += x.shape[0]
+                out, ref = class_scores(out), class_scores(ref)  # a dense output: every position counts
+                rows += out.shape[0]
                 agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
                 kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
                                      reduction="sum"))
@@ -214,4 +217,4 @@ class Evaluator:
             self._reference = kept
         accuracy = correct / n if self.evaluation.labelled and n else None
         return {"accuracy": accuracy, "interval": list(wilson(correct, n)) if accuracy is not None else None,
-                "agreement": agree / n if n else None, "kl": kl / n if n else None, "samples": n}
+                "agreement": agree / rows if rows else None, "kl": kl / rows if rows else None, "samples": n}

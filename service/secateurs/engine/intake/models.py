@@ -21,6 +21,7 @@ from torch import nn
 
 from secateurs.engine.spec import ModelSpec
 from secateurs.engine.intake.zoo import ZOO
+from secateurs.engine.outputs import is_dense, unwrap_single_output
 from secateurs.errors import (InvalidModel, InvalidRequest, PermissionDenied, ResourceExhausted, UnsafeModel,
                               machine_limit)
 
@@ -78,7 +79,7 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *,
                 raise InvalidRequest(
                     f"unknown architecture {arch!r}: torchvision has no model named {name!r}", field="model.arch"
                 )
-            return torchvision.models.get_model(name, weights=None, **kwargs)
+            return _build_torchvision(name, kwargs)
         if kind == "timm":
             return _build_timm(arch, name, kwargs)
         if kind == "module":
@@ -93,6 +94,23 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *,
         f"module:<pkg.mod>:<callable>",
         field="model.arch",
     )
+
+
+def _build_torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Built without weights; a backbone's pretrained weights (segmentation and detection builders
+    download them by default) are never fetched: weights come with the job."""
+    import inspect
+
+    import torchvision
+
+    for key in ("weights", "weights_backbone", "progress"):
+        if key in kwargs:
+            raise InvalidRequest(f"model.arch_kwargs: {key!r} is not accepted: it would download weights; "
+                                 f"a job's weights come with the job (model.weights)", field="model.arch_kwargs")
+    builder = torchvision.models.get_model_builder(name)
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        kwargs = {**kwargs, "weights_backbone": None}
+    return builder(weights=None, **kwargs)
 
 
 def module_admitted(module_name: str, attr: str, allowed: Sequence[str]) -> tuple[bool, bool]:
@@ -276,7 +294,8 @@ def load_model(spec: ModelSpec) -> nn.Module:
 
 
 def check_runs(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Run one forward pass; a shape the model cannot take is the request's fault."""
+    """Run one forward pass; a shape the model cannot take is the request's fault. A model whose
+    one output tensor comes in a dict or tuple is made to return the tensor (engine/outputs.py)."""
     try:
         with torch.no_grad():
             out = model(torch.zeros(input_shape))
@@ -288,8 +307,14 @@ def check_runs(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
             f"the model cannot run on input shape {'x'.join(map(str, input_shape))}: {first}",
             field="input_shape",
         ) from None
-    if not isinstance(out, torch.Tensor):
+    return unwrap_single_output(model, out)  # {"out": t} -> t, by a hook on the model
+
+
+def refuse_labels_for_dense(output: torch.Tensor, *data: Any) -> None:
+    """A model with scores per position (N, C, H, W: segmentation) is scored by fidelity to the
+    original, position by position; per-image class labels cannot score it."""
+    if is_dense(output) and any(d is not None and d.source != "synthetic" for d in data):
         raise InvalidRequest(
-            f"the model returns {type(out).__name__}; a single output tensor is required", field="model.arch"
-        )
-    return out
+            f"the model's output {tuple(output.shape)} has scores per position (segmentation); an image-folder "
+            f"dataset labels whole images, which cannot score it: give no data (generated inputs, scored by "
+            f"per-position agreement with the original)", field="data")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from secateurs.engine.outputs import class_scores
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.spec import IMPORTANCES
 from secateurs.errors import InvalidRequest
@@ -57,6 +58,6 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[torch.Tensor], refe
     for x in batches:
         with computing():
             with torch.no_grad():
-                target = F.softmax(reference(x), dim=-1)
-            loss = F.kl_div(F.log_softmax(model(x), dim=-1), target, reduction="batchmean")
+                target = F.softmax(class_scores(reference(x)), dim=-1)
+            loss = F.kl_div(F.log_softmax(class_scores(model(x)), dim=-1), target, reduction="batchmean")
             loss.backward()

@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secateurs.engine.outputs import class_scores
 from secateurs.engine.latency.devicelock import computing
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher || student) of the softened outputs, times T^2 so gradients keep their scale (Hinton 2015)."""
     t = temperature
+    student_logits, teacher_logits = class_scores(student_logits), class_scores(teacher_logits)  # dense: per position
     return F.kl_div(F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
                     log_target=True, reduction="batchmean") * (t * t)
 
@@ -212,7 +214,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any], teacher: nn.Module | None 
     model.eval()
     if teacher is not None:
         teacher.eval()
-    correct = labelled = agree = n = 0
+    correct = labelled = agree = n = rows = 0
     kl = 0.0
     try:
         for i, batch in enumerate(loader):
@@ -221,8 +223,8 @@ def evaluate(model: nn.Module, loader: Iterable[Any], teacher: nn.Module | None 
             x, y = split_batch(batch)
             x = x.to(device)
             with computing():
-                out = model(x).float()
-                ref = teacher(x).float() if teacher is not None else None
+                out = class_scores(model(x).float())
+                ref = class_scores(teacher(x).float()) if teacher is not None else None
             n += x.shape[0]
             if y is not None:
                 y = y.to(device)
@@ -230,6 +232,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any], teacher: nn.Module | None 
                 labelled += int(mask.sum())
                 correct += int((out.argmax(-1)[mask] == y[mask]).sum())
             if ref is not None:
+                rows += out.shape[0]  # examples, or positions of a dense output
                 agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
                 kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
                                      reduction="sum"))
@@ -237,8 +240,9 @@ def evaluate(model: nn.Module, loader: Iterable[Any], teacher: nn.Module | None 
         for m, mode in modes:
             m.train(mode)
     has_teacher = teacher is not None and n > 0
-    return {"accuracy": correct / labelled if labelled else None, "agreement": agree / n if has_teacher else None,
-            "kl": kl / n if has_teacher else None, "samples": float(n)}
+    return {"accuracy": correct / labelled if labelled else None,
+            "agreement": agree / rows if has_teacher and rows else None,
+            "kl": kl / rows if has_teacher and rows else None, "samples": float(n)}
 
 
 @dataclass(frozen=True, kw_only=True)

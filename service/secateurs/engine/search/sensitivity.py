@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secateurs.engine.outputs import class_scores
 from secateurs.engine.events import EventSink, counted, ignore_events
 from secateurs.engine.prune.blocks import BlockInfo, bypassed
 from secateurs.engine.prune.groups import GraphContext, GroupInfo
@@ -88,7 +89,8 @@ def measure_quality(model: nn.Module, calib: Calibration, reference: Sequence[to
     with torch.no_grad():
         for i, (x, ref) in enumerate(zip(calib.inputs, reference)):
             with computing():
-                out = model(laid_out(x))
+                out = class_scores(model(laid_out(x)))
+            ref = class_scores(ref)  # a dense output is compared position by position
             kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
                                  reduction="sum"))
             agree += float((out.argmax(-1) == ref.argmax(-1)).sum())
@@ -97,7 +99,7 @@ def measure_quality(model: nn.Module, calib: Calibration, reference: Sequence[to
                 ce += float(F.cross_entropy(out, y, reduction="sum"))
                 ce_ref += float(F.cross_entropy(ref, y, reduction="sum"))
                 correct += float((out.argmax(-1) == y).sum())
-            n += x.shape[0]
+            n += out.shape[0]  # rows of scores: examples, or positions of a dense output
     if calib.labels is not None:
         return Quality(loss=(ce - ce_ref) / n, agreement=agree / n, kl=kl / n, accuracy=correct / n)
     return Quality(loss=kl / n, agreement=agree / n, kl=kl / n)
