@@ -20,7 +20,8 @@ QUICK_PROTOCOL = dict(warmup_runs=5, warmup_seconds=0.1, window=20, min_samples=
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name>, timm:<name> or module:<pkg.mod>:<callable>")
+    p.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name>, timm:<name>, "
+                                                  "module:<pkg.mod>:<callable>, or pt2:FILE (a torch.export program)")
     p.add_argument("--kwarg", action="append", default=[], metavar="NAME=VALUE",
                    help="constructor argument, repeatable (e.g. --kwarg num_classes=10)")
     p.add_argument("--weights", type=Path, help="safetensors file or torch state dict")
@@ -120,6 +121,13 @@ def _model_spec(args: argparse.Namespace):
     from secateurs.engine.intake.models import parse_kwargs
     from secateurs.engine.spec import ModelSpec
 
+    if args.model.startswith("pt2:"):  # a torch.export program file, named by its digest
+        import hashlib
+
+        program = Path(args.model[len("pt2:"):])
+        digest = hashlib.sha256(program.read_bytes()).hexdigest() if program.is_file() else "missing"
+        return ModelSpec(arch=f"pt2:{digest}", program=program, weights=args.weights,
+                         trust_pickle=args.trust_pickled_models)
     return ModelSpec(arch=args.model, arch_kwargs=parse_kwargs(args.kwarg), weights=args.weights,
                      trust_pickle=args.trust_pickled_models)
 

@@ -45,11 +45,12 @@ def build_request(
     kd_weight: float | None = None, feature_weight: float = 0.0, attention_weight: float = 0.0,
     progressive_steps: int = 0, optimizer: str = "", batch_size: int = 0, train_blob_id: str = "",
     val_blob_id: str = "", train_uri: str = "", val_uri: str = "", data_preset: str = "", val_split: str = "",
-    calibration_samples: int = 0, evaluation_samples: int = 0,
+    calibration_samples: int = 0, evaluation_samples: int = 0, program_blob_id: str = "",
 ) -> pb.CreateJobRequest:
     """A CreateJobRequest from plain values (the message can also be built directly).
 
-    Give `ratio`, `group_ratios` or a budget (any of latency_ms, speedup, size_bytes,
+    The model: `arch` (with `arch_kwargs`, `weights_blob_id`), or `program_blob_id`, an uploaded
+    torch.export program (.pt2) with `arch` empty. Give `ratio`, `group_ratios` or a budget (any of latency_ms, speedup, size_bytes,
     params, macs; max_accuracy_drop only with one of them). `percentile` (50, 90, 95,
     99) is where latency is read, budgets included. The target: `runtime`, `precision`
     ("fp16" on GPU runtimes), `threads`, `batch` (measured and exported at; 0: the input's)
@@ -65,7 +66,7 @@ def build_request(
     """
     req = pb.CreateJobRequest(
         request_id=request_id, input_shape=list(input_shape), exports=list(exports), labels=dict(labels or {}),
-        model=pb.ModelSource(arch=arch, weights_blob_id=weights_blob_id),
+        model=pb.ModelSource(arch=arch, weights_blob_id=weights_blob_id, program_blob_id=program_blob_id),
         pruning=pb.Pruning(group_ratios=dict(group_ratios or {}), importance=importance, round_to=round_to),
         target=pb.Target(runtime=runtime, threads=threads, percentile=percentile, precision=precision, batch=batch,
                          probe=probe, protocol=pb.LatencyProtocol(**dict(protocol or {}))),

@@ -44,8 +44,10 @@ def _client(args: argparse.Namespace) -> Client:
 def cmd_compress(client: Client, args: argparse.Namespace) -> int:
     uploaded: dict[Path, str] = {}  # one zip for train and val is sent once
     weights, train, val = (_upload(client, path, uploaded) for path in (args.weights, args.train_data, args.val_data))
+    program = _upload(client, Path(args.arch[len("pt2:"):]), uploaded) if args.arch.startswith("pt2:") else ""
     req = build_request(
-        arch=args.arch, input_shape=_shape(args.input_shape), weights_blob_id=weights, ratio=args.ratio,
+        arch="" if program else args.arch, program_blob_id=program, input_shape=_shape(args.input_shape),
+        weights_blob_id=weights, ratio=args.ratio,
         group_ratios=dict(_pair(p, float) for p in args.group_ratio), importance=args.importance,
         round_to=args.round_to, exports=args.export, labels=dict(_pair(p, str) for p in args.label),
         runtime=args.runtime, threads=args.threads, percentile=args.percentile or 0.0, precision=args.precision,
@@ -288,7 +290,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compress", help="upload weights and data, run a job, download its artifacts")
-    c.add_argument("--arch", required=True, help="e.g. zoo:resnet20, torchvision:resnet18")
+    c.add_argument("--arch", required=True, help="e.g. zoo:resnet20, torchvision:resnet18, or pt2:FILE (a "
+                                                 "torch.export program, uploaded)")
     c.add_argument("--weights", type=Path, help=".safetensors or state-dict file")
     c.add_argument("--input-shape", required=True, help="e.g. 1x3x32x32")
     c.add_argument("--ratio", type=float, help="uniform channel pruning ratio in [0, 1)")

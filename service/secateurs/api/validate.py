@@ -85,7 +85,8 @@ def spec_from_request(req: pb.CreateJobRequest, blobs: BlobStore, policy: Reques
             calibration_samples=req.data.calibration_samples or None,
             evaluation_samples=req.data.evaluation_samples or None,
             cache_dir=policy.cache_dir, data=data, train_data=train_data, recovery=recovery, seed=_JOB_SEED)
-    if not model.arch.startswith("module:"):  # sized on the meta device, before a worker allocates it
+    # Sized on the meta device, before a worker allocates it (a program is counted when the worker reads it).
+    if model.program is None and not model.arch.startswith("module:"):
         with _engine_fields():
             check_model_size(model)
     if spec.target.probe_address is None:  # BackendUnavailable: FAILED_PRECONDITION, with the reason
@@ -96,7 +97,8 @@ def spec_from_request(req: pb.CreateJobRequest, blobs: BlobStore, policy: Reques
 
 
 _ENGINE_TO_WIRE = {"protocol": "target.protocol", "model.kwargs": "model.arch_kwargs",
-                   "model.weights": "model.weights_blob_id", "ratio": "pruning.ratio",
+                   "model.weights": "model.weights_blob_id", "model.program": "model.program_blob_id",
+                   "ratio": "pruning.ratio",
                    "importance": "pruning.importance", "round_to": "pruning.round_to",
                    "min_channels": "pruning.min_channels", "group_ratios": "pruning.group_ratios",
                    "depth": "pruning.depth",
@@ -184,6 +186,8 @@ def _recovery(r: pb.Recovery) -> RecoverySpec:
 
 
 def _model(model: pb.ModelSource, blobs: BlobStore, policy: RequestPolicy) -> ModelSpec:
+    if model.program_blob_id:
+        return _program(model, blobs, policy)
     if not model.arch:
         raise _bad("model.arch", "required, e.g. 'zoo:resnet20'")
     if len(model.arch) > 256 or not model.arch.isprintable():
@@ -206,6 +210,18 @@ def _model(model: pb.ModelSource, blobs: BlobStore, policy: RequestPolicy) -> Mo
     weights = blobs.require(model.weights_blob_id, field="model.weights_blob_id") if model.weights_blob_id else None
     return ModelSpec(arch=model.arch, arch_kwargs=kwargs, weights=weights, trust_pickle=policy.trust_pickle,
                      allowed_modules=tuple(policy.allowed_modules), max_params=policy.max_model_params)
+
+
+def _program(model: pb.ModelSource, blobs: BlobStore, policy: RequestPolicy) -> ModelSpec:
+    """An uploaded torch.export program instead of an architecture; its file is read in the worker."""
+    if model.arch:
+        raise _bad("model.arch", "give model.arch or model.program_blob_id, not both")
+    if model.HasField("arch_kwargs") and model.arch_kwargs.fields:
+        raise _bad("model.arch_kwargs", "a program takes no constructor arguments")
+    program = blobs.require(model.program_blob_id, field="model.program_blob_id")
+    weights = blobs.require(model.weights_blob_id, field="model.weights_blob_id") if model.weights_blob_id else None
+    return ModelSpec(arch=f"pt2:{model.program_blob_id}", program=program, weights=weights,
+                     trust_pickle=policy.trust_pickle, max_params=policy.max_model_params)
 
 
 def _kwargs(struct: Any) -> dict[str, Any]:

@@ -34,7 +34,8 @@ DEPTH_MODES = ("auto", "off", "only")
 class ModelSpec:
     """An architecture spec plus weights.
 
-    arch: "zoo:resnet56", "torchvision:resnet18" or "module:pkg.mod:factory".
+    arch: "zoo:resnet56", "torchvision:resnet18", "timm:resnet18", "module:pkg.mod:factory", or
+        "pt2:<sha256>" for `program` (the file's digest: caches keyed by arch stay per program).
     arch_kwargs: keyword arguments for the constructor (e.g. {"num_classes": 10}).
     weights: a .safetensors file or a torch state dict (read with weights_only=True);
         None keeps the constructor's initialisation.
@@ -43,6 +44,7 @@ class ModelSpec:
         anything importable (the local command line), a tuple: a server's allow-list.
     max_params: refuse an architecture with more parameters and buffers than this, counted
         on the meta device before anything is allocated (None: no limit).
+    program: a torch.export program (.pt2) instead of an architecture (engine/intake/program.py).
     """
 
     arch: str
@@ -51,6 +53,7 @@ class ModelSpec:
     trust_pickle: bool = False
     allowed_modules: tuple[str, ...] | None = None
     max_params: int | None = None
+    program: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

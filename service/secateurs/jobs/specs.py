@@ -29,8 +29,9 @@ def spec_to_json(spec: CompressSpec) -> str:
 def spec_from_json(text: str, out_dir: Path) -> CompressSpec:
     raw: dict[str, Any] = json.loads(text)
     model = dict(raw.pop("model"))
-    if model.get("weights") is not None:
-        model["weights"] = Path(model["weights"])
+    for key in ("weights", "program"):
+        if model.get(key) is not None:
+            model[key] = Path(model[key])
     if raw.get("budget") is not None:
         raw["budget"] = Budget(**raw["budget"])
     if raw.get("cache_dir") is not None:

@@ -55,14 +55,16 @@ class Blob(_message.Message):
     def __init__(self, id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., existed: _Optional[bool] = ...) -> None: ...
 
 class ModelSource(_message.Message):
-    __slots__ = ("arch", "arch_kwargs", "weights_blob_id")
+    __slots__ = ("arch", "arch_kwargs", "weights_blob_id", "program_blob_id")
     ARCH_FIELD_NUMBER: _ClassVar[int]
     ARCH_KWARGS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_BLOB_ID_FIELD_NUMBER: _ClassVar[int]
     arch: str
     arch_kwargs: _struct_pb2.Struct
     weights_blob_id: str
-    def __init__(self, arch: _Optional[str] = ..., arch_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., weights_blob_id: _Optional[str] = ...) -> None: ...
+    program_blob_id: str
+    def __init__(self, arch: _Optional[str] = ..., arch_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., weights_blob_id: _Optional[str] = ..., program_blob_id: _Optional[str] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("latency_ms", "speedup", "size_bytes", "params", "macs", "max_accuracy_drop")

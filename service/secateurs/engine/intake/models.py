@@ -283,7 +283,11 @@ def load_model(spec: ModelSpec) -> nn.Module:
     The architecture is sized on the meta device first (spec.max_params), so nothing is
     allocated for a model over the limit."""
     loaded = read_weights(spec.weights, trust_pickle=spec.trust_pickle) if spec.weights else None
-    if isinstance(loaded, nn.Module):
+    if spec.program is not None:
+        model = _program_model(spec)
+        if isinstance(loaded, dict):
+            apply_state_dict(model, loaded)
+    elif isinstance(loaded, nn.Module):
         model = loaded
     else:
         check_model_size(spec)
@@ -291,6 +295,17 @@ def load_model(spec: ModelSpec) -> nn.Module:
         if loaded is not None:
             apply_state_dict(model, loaded)
     return model.eval()
+
+
+def _program_model(spec: ModelSpec) -> nn.Module:
+    from secateurs.engine.intake.program import program_module
+
+    model = program_module(spec.program)
+    count = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    if spec.max_params is not None and count > spec.max_params:
+        raise ResourceExhausted(f"the program has {count:,} parameters and buffers, over this server's limit of "
+                                f"{spec.max_params:,} (--max-model-params)", field="model.program_blob_id")
+    return model
 
 
 def check_runs(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
