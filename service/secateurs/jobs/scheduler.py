@@ -206,6 +206,8 @@ class _Run:
                   self._env, self._memory_bytes),
         )
         self._proc.start()
+        if self._interrupted:  # shutdown came between creating the process and starting it: interrupt missed it
+            self._proc.terminate()
         self._started = time.monotonic()
         if self._metrics is not None:
             job = self.job  # a resumed job's wait would include its earlier runs: only the first counts

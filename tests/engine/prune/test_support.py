@@ -72,6 +72,8 @@ def test_swin_prunes_its_mlp_widths_and_holds_the_rest_with_the_reason(tmp_path,
     assert prunable and all(".mlp." in g.name for g in prunable)
     held = [g for g in groups if not g.prunable]
     assert any(g.reason == WINDOW_HOLD_REASON and "attn" in g.name for g in held)
+    if arch.startswith("torchvision:"):  # 28 M parameters: its whole job is in RESULTS "Beyond timm"
+        return
     pruned = prune(model, x, PruneSpec(ratio=0.5)).model
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     export_onnx(pruned, x, tmp_path / "m.onnx")
