@@ -80,11 +80,10 @@ def read_program(path: Path) -> torch.export.ExportedProgram:
     try:
         with _weights_only_unpickling():
             return torch.export.load(str(path))
-    except (_RefusedUnpickling, Exception) as exc:  # noqa: BLE001 - a crafted archive can raise anything
-        unpickling = isinstance(exc, _RefusedUnpickling) or "weights_only" in str(exc) or "Unpickl" in str(exc)
-        if isinstance(exc, MemoryError):
-            raise
-        if unpickling:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a crafted archive can raise anything
+        if isinstance(exc, _RefusedUnpickling) or "weights_only" in str(exc) or "Unpickl" in str(exc):
             raise UnsafeModel(
                 f"program {path.name!r} holds pickled data that is not plain tensors; refused without running it: "
                 f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}",
@@ -147,14 +146,17 @@ def raise_layers(module: fx.GraphModule) -> fx.GraphModule:
     return module
 
 
-def _attr(module: nn.Module, node: Any) -> Any:
-    return module.get_parameter(node.target) if node.target in dict(module.named_parameters()) else (
-        module.get_buffer(node.target))
+def _attr(module: nn.Module, node: fx.Node) -> Any:
+    """The parameter or buffer a get_attr node reads."""
+    owner, _, name = str(node.target).rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, name)
 
 
 def _build_layer(kind: str, module: nn.Module, node: fx.Node) -> nn.Module | None:
     args = list(node.args)
-    tensor = lambda i: _attr(module, args[i]) if len(args) > i and isinstance(args[i], fx.Node) else None  # noqa: E731
+
+    def tensor(i: int) -> Any:
+        return _attr(module, args[i]) if len(args) > i and isinstance(args[i], fx.Node) else None
     if kind == "conv2d":
         weight, bias = tensor(1), tensor(2)
         stride, padding, dilation, groups = (list(args[3:7]) + [1, 0, 1, 1][len(args[3:7]):])
