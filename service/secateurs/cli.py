@@ -20,12 +20,16 @@ QUICK_PROTOCOL = dict(warmup_runs=5, warmup_seconds=0.1, window=20, min_samples=
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name>, timm:<name>, "
-                                                  "module:<pkg.mod>:<callable>, or pt2:FILE (a torch.export program)")
+    p.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name>, timm:<name>, hf:<AutoClass> "
+                                                  "(with --hf-config), module:<pkg.mod>:<callable>, or pt2:FILE "
+                                                  "(a torch.export program)")
+    p.add_argument("--hf-config", type=Path, metavar="CONFIG_JSON",
+                   help="for hf:<AutoClass>: a Hugging Face config.json; its fields become the model's arguments")
     p.add_argument("--kwarg", action="append", default=[], metavar="NAME=VALUE",
                    help="constructor argument, repeatable (e.g. --kwarg num_classes=10)")
     p.add_argument("--weights", type=Path, help="safetensors file or torch state dict")
-    p.add_argument("--input", required=True, help="input shape, batch first, e.g. 1x3x224x224")
+    p.add_argument("--input", required=True, help="input shape, batch first, e.g. 1x3x224x224; several named inputs as "
+                   "NAME:SHAPE[:DTYPE],..., e.g. input_ids:1x128:int64,attention_mask:1x128:int64")
     p.add_argument("--trust-pickled-models", action="store_true",
                    help="allow weights that are a whole pickled nn.Module (runs code from the file)")
     p.add_argument("--threads", type=int, default=_TARGET.threads,
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ImageFolder directory or .zip whose --data-split the accuracy is measured on; "
                                "calibration comes from its train split (or --train-data's), never from that one")
     compress.add_argument("--data-split", default="test", help="split of --data to evaluate on (default test)")
+    compress.add_argument("--data-format", choices=("imagefolder", "jsonl"), default="imagefolder",
+                          help="of --data and --train-data: imagefolder (default), or jsonl: <split>.jsonl lines of "
+                               "{\"text\", \"label\"} beside a tokenizer.json (tokenizers), for hf: text models")
     compress.add_argument("--calibration-samples", type=int, default=_JOB.calibration_samples,
                           help="images that score plans, as many again recalibrate BatchNorm "
                                f"(default {_JOB.calibration_samples})")
@@ -128,7 +135,12 @@ def _model_spec(args: argparse.Namespace):
         digest = hashlib.sha256(program.read_bytes()).hexdigest() if program.is_file() else "missing"
         return ModelSpec(arch=f"pt2:{digest}", program=program, weights=args.weights,
                          trust_pickle=args.trust_pickled_models)
-    return ModelSpec(arch=args.model, arch_kwargs=parse_kwargs(args.kwarg), weights=args.weights,
+    kwargs = parse_kwargs(args.kwarg)
+    if args.hf_config is not None:
+        from secateurs.engine.intake.hf import read_config_file
+
+        kwargs = {**read_config_file(args.hf_config), **kwargs}
+    return ModelSpec(arch=args.model, arch_kwargs=kwargs, weights=args.weights,
                      trust_pickle=args.trust_pickled_models)
 
 
@@ -157,6 +169,14 @@ def _print_progress(event: Any) -> None:
         print(f"  {event.stage:<10} {event.message}", file=sys.stderr, flush=True)
 
 
+def _inputs_text(model: dict[str, Any]) -> str:
+    """'1x3x32x32', or 'input_ids:1x128:int64, ...' for named inputs."""
+    inputs = model.get("inputs") or [{"name": "input", "shape": model["input_shape"], "dtype": "float32"}]
+    if len(inputs) == 1 and inputs[0]["name"] == "input" and inputs[0]["dtype"] == "float32":
+        return "x".join(map(str, inputs[0]["shape"]))
+    return ", ".join(f"{i['name']}:{'x'.join(map(str, i['shape']))}:{i['dtype']}" for i in inputs)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     import torch
 
@@ -164,21 +184,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from secateurs.engine.prune.groups import describe_groups, prepare
     from secateurs.engine.export import export_onnx
     from secateurs.engine.intake.models import check_runs, load_model
-    from secateurs.engine.spec import parse_input_shape
+    from secateurs.engine.inputs import generate
+    from secateurs.engine.spec import parse_inputs
     from secateurs.engine.size import count_macs, count_params
     from secateurs.probe.client import open_target
     import copy
     import tempfile
 
-    shape = parse_input_shape(args.input)
+    inputs = parse_inputs(args.input)
+    shape = inputs[0].shape
     model = load_model(_model_spec(args))
-    check_runs(model, shape)
-    example = torch.randn(shape)
+    check_runs(model, inputs)
+    example = generate(inputs, generator=torch.Generator().manual_seed(0))
     groups = describe_groups(prepare(copy.deepcopy(model), example), example, min_channels=args.min_channels)
     blocks = find_blocks(model, example)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        export_onnx(model, example, path)
+        export_onnx(model, example, path, input_names=[i.name for i in inputs])
         target = open_target(_target(args))
         try:
             stats = target.measure([target.load(shape, onnx=path, module=model)], _protocol(args))[0]
@@ -227,7 +249,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                   max_accuracy_drop=args.max_accuracy_drop)
     data = None
     if args.data is not None:
-        data = DataSpec(source="imagefolder", path=args.data, split=args.data_split,
+        data = DataSpec(source=args.data_format, path=args.data, split=args.data_split,
                         transform=TransformSpec.preset(args.data_preset) if args.data_preset else None, seed=args.seed)
     recovery = train_data = None
     if args.epochs is not None:
@@ -237,7 +259,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                                 seed=args.seed)
         if args.train_data is not None:
             preset = TransformSpec.preset(args.data_preset, train=True) if args.data_preset else None
-            train_data = DataSpec(source="imagefolder", path=args.train_data, split="train", transform=preset,
+            train_data = DataSpec(source=args.data_format, path=args.train_data, split="train", transform=preset,
                                   seed=args.seed)
             if data is None:  # only a train split: evaluate on a seeded part of it, never trained on
                 from secateurs.engine.intake.calibration import held_out
@@ -289,7 +311,7 @@ def summary(report: dict) -> str:
                      f"{'met' if floor['met'] else 'MISSED by ' + format(floor['missed_by'], '.2%')}"
                      f" ({floor.get('outcome', '')})")
     return "\n".join([
-        f"{report['model']['arch']} {'x'.join(map(str, report['model']['input_shape']))} "
+        f"{report['model']['arch']} {_inputs_text(report['model'])} "
         f"on {report['target']['runtime']} ({report['target']['threads']} threads"
         f"{', ' + report['target']['precision'] if report['target'].get('precision', 'fp32') != 'fp32' else ''}"
         f"{', probe ' + report['target']['probe_address'] if report['target'].get('probe_address') else ''})",
@@ -317,7 +339,7 @@ def quality_line(report: dict, indent: str) -> str:
     if after.get("accuracy") is not None:
         lo, hi = after["interval"]
         return (f"{indent}accuracy    {before['accuracy']:.2%} -> {after['accuracy']:.2%} on {n:,} evaluation "
-                f"images (95% interval {lo:.1%}-{hi:.1%}){how}")
+                f"samples (95% interval {lo:.1%}-{hi:.1%}){how}")
     what = "per-pixel" if quality.get("scored") == "per position" else "top-1"
     return f"{indent}fidelity    {what} agreement {after.get('agreement', 0):.2%} on {n:,} generated inputs{how}"
 

@@ -144,7 +144,7 @@ def test_summary_shows_accuracy_or_fidelity_after_recovery() -> None:
     rec = {"history": [{"epoch": 1}, {"epoch": 2}], "label_free": False, "note": "accuracy on the validation data"}
     labelled = {"recovery": rec, "quality": {"before": {"accuracy": 0.91}, "after": {
         "accuracy": 0.885, "samples": 2000, "interval": [0.8702, 0.8984]}}}
-    assert summary(labelled) == ["  accuracy     91.00% -> 88.50% on 2,000 evaluation images (95% interval "
+    assert summary(labelled) == ["  accuracy     91.00% -> 88.50% on 2,000 evaluation samples (95% interval "
                                  "87.0%-89.8%) after 2 epoch(s) of recovery"]
     free = {"recovery": {**rec, "label_free": True, "note": "the data has no labels"},
             "quality": {"before": {"accuracy": None, "agreement": 1.0}, "after": {"accuracy": None,

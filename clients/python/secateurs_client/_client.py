@@ -33,7 +33,7 @@ TERMINAL = frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED})
 
 
 def build_request(
-    *, arch: str, input_shape: Sequence[int], weights_blob_id: str = "",
+    *, arch: str, input_shape: Sequence[int] = (), weights_blob_id: str = "",
     arch_kwargs: Mapping[str, Any] | None = None, ratio: float | None = None,
     group_ratios: Mapping[str, float] | None = None, importance: str = "", round_to: int = 0,
     exports: Sequence[str] = (), labels: Mapping[str, str] | None = None, runtime: str = "",
@@ -46,11 +46,14 @@ def build_request(
     progressive_steps: int = 0, optimizer: str = "", batch_size: int = 0, train_blob_id: str = "",
     val_blob_id: str = "", train_uri: str = "", val_uri: str = "", data_preset: str = "", val_split: str = "",
     calibration_samples: int = 0, evaluation_samples: int = 0, program_blob_id: str = "",
+    inputs: Sequence[tuple[str, Sequence[int], str]] = (), data_format: str = "",
 ) -> pb.CreateJobRequest:
     """A CreateJobRequest from plain values (the message can also be built directly).
 
     The model: `arch` (with `arch_kwargs`, `weights_blob_id`), or `program_blob_id`, an uploaded
-    torch.export program (.pt2) with `arch` empty. Give `ratio`, `group_ratios` or a budget (any of latency_ms, speedup, size_bytes,
+    torch.export program (.pt2) with `arch` empty; for `hf:<AutoClass>` the arch_kwargs are the fields of
+    its config.json. Its inputs: `input_shape` (one float input), or `inputs`, (name, shape, dtype) in
+    argument order, e.g. [("input_ids", (1, 128), "int64"), ("attention_mask", (1, 128), "int64")]. Give `ratio`, `group_ratios` or a budget (any of latency_ms, speedup, size_bytes,
     params, macs; max_accuracy_drop only with one of them). `percentile` (50, 90, 95,
     99) is where latency is read, budgets included. The target: `runtime`, `precision`
     ("fp16" on GPU runtimes), `threads`, `batch` (measured and exported at; 0: the input's)
@@ -60,12 +63,14 @@ def build_request(
     lr, kd_weight, feature_weight, attention_weight, progressive_steps, optimizer and
     batch_size tune it (unset: the server's defaults). Data: an ImageFolder .zip
     uploaded as a blob (train_blob_id, val_blob_id) or a path under the server's
-    --data-root (train_uri, val_uri); data_preset "cifar10" or "imagenet". Calibration (the search's
+    --data-root (train_uri, val_uri); data_preset "cifar10" or "imagenet"; data_format "jsonl" for text
+    (<split>.jsonl and tokenizer.json). Calibration (the search's
     decisions) and evaluation (the reported accuracy) never share an image: calibration_samples
     (default 128) and evaluation_samples (default: the whole evaluation split) size them.
     """
     req = pb.CreateJobRequest(
         request_id=request_id, input_shape=list(input_shape), exports=list(exports), labels=dict(labels or {}),
+        inputs=[pb.InputTensor(name=name, shape=list(shape), dtype=dtype) for name, shape, dtype in inputs],
         model=pb.ModelSource(arch=arch, weights_blob_id=weights_blob_id, program_blob_id=program_blob_id),
         pruning=pb.Pruning(group_ratios=dict(group_ratios or {}), importance=importance, round_to=round_to),
         target=pb.Target(runtime=runtime, threads=threads, percentile=percentile, precision=precision, batch=batch,
@@ -95,7 +100,7 @@ def build_request(
         if kd_weight is not None:
             req.recovery.distill_kl_weight = kd_weight
     req.data.CopyFrom(pb.DataSource(train_blob_id=train_blob_id, val_blob_id=val_blob_id, train_uri=train_uri,
-                                    val_uri=val_uri, preset=data_preset, val_split=val_split,
+                                    val_uri=val_uri, preset=data_preset, val_split=val_split, format=data_format,
                                     calibration_samples=calibration_samples, evaluation_samples=evaluation_samples))
     if not req.data.ListFields():
         req.ClearField("data")

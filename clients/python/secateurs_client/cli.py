@@ -46,7 +46,8 @@ def cmd_compress(client: Client, args: argparse.Namespace) -> int:
     weights, train, val = (_upload(client, path, uploaded) for path in (args.weights, args.train_data, args.val_data))
     program = _upload(client, Path(args.arch[len("pt2:"):]), uploaded) if args.arch.startswith("pt2:") else ""
     req = build_request(
-        arch="" if program else args.arch, program_blob_id=program, input_shape=_shape(args.input_shape),
+        arch="" if program else args.arch, program_blob_id=program, **_inputs(args.input_shape),
+        arch_kwargs=_config(args.hf_config), data_format=args.data_format,
         weights_blob_id=weights, ratio=args.ratio,
         group_ratios=dict(_pair(p, float) for p in args.group_ratio), importance=args.importance,
         round_to=args.round_to, exports=args.export, labels=dict(_pair(p, str) for p in args.label),
@@ -158,7 +159,7 @@ def _recovery_lines(report: Mapping[str, Any]) -> list[str]:
     if after.get("accuracy") is not None:
         was = f"{before['accuracy']:.2%} -> " if before.get("accuracy") is not None else ""
         lo, hi = after.get("interval") or (0.0, 1.0)
-        lines.append(f"  accuracy     {was}{after['accuracy']:.2%} on {n:,} evaluation images "
+        lines.append(f"  accuracy     {was}{after['accuracy']:.2%} on {n:,} evaluation samples "
                      f"(95% interval {lo:.1%}-{hi:.1%}){how}")
     elif after.get("agreement") is not None:
         what = "per-pixel" if quality.get("scored") == "per position" else "top-1"
@@ -262,6 +263,36 @@ def _shape(text: str) -> list[int]:
         raise ValueError(f"--input-shape {text!r}: expected e.g. 1x3x32x32") from None
 
 
+def _inputs(text: str) -> dict[str, Any]:
+    """build_request's input_shape ('1x3x32x32'), or its named inputs ('NAME:SHAPE[:DTYPE],...')."""
+    if ":" not in text:
+        return {"input_shape": _shape(text)}
+    named = []
+    for part in text.split(","):
+        fields = part.strip().split(":")
+        if len(fields) not in (2, 3):
+            raise ValueError(f"--input-shape {part!r}: expected NAME:SHAPE[:DTYPE], e.g. input_ids:1x128:int64")
+        named.append((fields[0], [int(d) for d in fields[1].lower().split("x")], fields[2] if len(fields) == 3 else ""))
+    return {"inputs": named}
+
+
+def _config(path: Path | None) -> dict[str, Any] | None:
+    """A Hugging Face config.json as arch_kwargs: its label map becomes num_labels; bookkeeping fields go
+    (the server refuses any field that is not the model's own)."""
+    if path is None:
+        return None
+    config = json.loads(Path(path).read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"--hf-config {path}: not a JSON object")
+    labels = config.pop("id2label", None)
+    config.pop("label2id", None)
+    if isinstance(labels, dict):
+        config.setdefault("num_labels", len(labels))
+    for key in ("transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype"):
+        config.pop(key, None)
+    return config
+
+
 def _count(text: str) -> int:
     """An integer, also written as 1.5e5."""
     value = float(text)
@@ -290,10 +321,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compress", help="upload weights and data, run a job, download its artifacts")
-    c.add_argument("--arch", required=True, help="e.g. zoo:resnet20, torchvision:resnet18, or pt2:FILE (a "
-                                                 "torch.export program, uploaded)")
+    c.add_argument("--arch", required=True, help="e.g. zoo:resnet20, torchvision:resnet18, "
+                                                 "hf:AutoModelForSequenceClassification (with --hf-config), or "
+                                                 "pt2:FILE (a torch.export program, uploaded)")
+    c.add_argument("--hf-config", type=Path, metavar="CONFIG_JSON",
+                   help="for hf:<AutoClass>: a Hugging Face config.json, sent as the model's arguments")
     c.add_argument("--weights", type=Path, help=".safetensors or state-dict file")
-    c.add_argument("--input-shape", required=True, help="e.g. 1x3x32x32")
+    c.add_argument("--input-shape", required=True,
+                   help="e.g. 1x3x32x32; named inputs: input_ids:1x128:int64,attention_mask:1x128:int64")
     c.add_argument("--ratio", type=float, help="uniform channel pruning ratio in [0, 1)")
     c.add_argument("--group-ratio", action="append", default=[], metavar="GROUP=RATIO")
     b = c.add_argument_group("budget", "instead of --ratio: a search picks each group's ratio so that every "
@@ -325,6 +360,8 @@ def _parser() -> argparse.ArgumentParser:
     dg.add_argument("--val-uri", default="", help="server-side path instead of --val-data")
     dg.add_argument("--val-split", default="", help="split folder of the val data (default test)")
     dg.add_argument("--data-preset", default="", help="normalisation and augmentation: cifar10 or imagenet")
+    dg.add_argument("--data-format", default="", choices=("", "imagefolder", "jsonl"),
+                    help="jsonl: text, <split>.jsonl lines of {\"text\", \"label\"} beside tokenizer.json")
     dg.add_argument("--calibration-samples", type=int, default=0,
                     help="images the search decides on (as many again recalibrate BatchNorm); default 128")
     dg.add_argument("--evaluation-samples", type=int, default=0,

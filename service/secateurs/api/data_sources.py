@@ -45,13 +45,18 @@ def data_specs(
         raise _bad("data.preset", "a preset applies to data; give data.val_* or data.train_* too")
     if src.val_split and val_path is None:
         raise _bad("data.val_split", "applies to val data; give data.val_blob_id or data.val_uri too")
+    if src.format not in ("", "imagefolder", "jsonl"):
+        raise _bad("data.format", f"must be 'imagefolder' or 'jsonl', got {src.format[:32]!r}")
+    source = src.format or "imagefolder"
+    if source == "jsonl" and src.preset:
+        raise _bad("data.preset", "a preset transforms images; text data has none")
     val = train = None
     if val_path is not None:
-        val = DataSpec(source="imagefolder", path=val_path, split=src.val_split or DEFAULT_VAL_SPLIT, seed=seed,
+        val = DataSpec(source=source, path=val_path, split=src.val_split or DEFAULT_VAL_SPLIT, seed=seed,
                        transform=val_transform)
         _check(val, path_field=val_field, split_field="data.val_split")
     if train_path is not None:
-        train = DataSpec(source="imagefolder", path=train_path, split="train", seed=seed,
+        train = DataSpec(source=source, path=train_path, split="train", seed=seed,
                          transform=train_transform)
         _check(train, path_field=train_field, split_field=train_field)
         if val is None:  # only a train split: evaluate on a seeded part of it that recovery never trains on

@@ -24,8 +24,8 @@ from typing import Any, Iterator, Mapping
 from secateurs.api.data_sources import data_specs
 from secateurs.engine.intake.models import check_model_size, module_admitted
 from secateurs.engine.intake.zoo import ZOO
-from secateurs.engine.spec import (CompressSpec, ModelSpec, ProtocolSpec, RecoverySpec, TargetSpec, validate_protocol,
-                                   validate_recovery_spec)
+from secateurs.engine.spec import (DEFAULT_INPUT_NAME, INPUT_DTYPES, CompressSpec, InputSpec, ModelSpec, ProtocolSpec,
+                                   RecoverySpec, TargetSpec, validate_protocol, validate_recovery_spec)
 from secateurs.engine.validate import BUDGET_LIMITS, build_spec
 from secateurs.errors import InvalidRequest, PermissionDenied, ResourceExhausted
 from secateurs.jobs.blobs import BlobStore
@@ -64,7 +64,8 @@ def spec_from_request(req: pb.CreateJobRequest, blobs: BlobStore, policy: Reques
     InvalidRequest, PermissionDenied or ResourceExhausted naming the field)."""
     _check_request_id(req.request_id)
     _check_labels(dict(req.labels))
-    shape = _input_shape(list(req.input_shape))
+    inputs = _inputs(req)
+    shape = inputs[0].shape
     model = _model(req.model, blobs, policy)
     target = _target(req.target, shape, policy)
     limits = {name: getattr(req.budget, name) for name in BUDGET_LIMITS if req.budget.HasField(name)}
@@ -76,7 +77,7 @@ def spec_from_request(req: pb.CreateJobRequest, blobs: BlobStore, policy: Reques
     with _engine_fields():  # the job's own checks (engine/validate.py), under the request's field names
         # 0, "" and empty lists are the wire's "unset": None keeps the spec's default
         spec = build_spec(
-            model=model, input_shape=shape, out_dir=_PLACEHOLDER_OUT, target=target,
+            model=model, input_shape=inputs, out_dir=_PLACEHOLDER_OUT, target=target,
             limits=limits,
             ratio=ratio, group_ratios=group_ratios, importance=pruning.importance or None,
             round_to=_bounded("pruning.round_to", pruning.round_to, 1, 1024),
@@ -157,13 +158,35 @@ def _check_labels(labels: dict[str, str]) -> None:
             raise _bad(f"labels[{key}]", "values are at most 256 characters")
 
 
-def _input_shape(shape: list[int]) -> tuple[int, ...]:
+def _inputs(req: pb.CreateJobRequest) -> tuple[InputSpec, ...]:
+    """input_shape (one float input), or the named `inputs` (then input_shape is empty)."""
+    if not req.inputs:
+        return (InputSpec(DEFAULT_INPUT_NAME, _input_shape(list(req.input_shape), "input_shape")),)
+    if req.input_shape:
+        raise _bad("input_shape", "give input_shape or inputs, not both")
+    if len(req.inputs) > 16:
+        raise _bad("inputs", f"at most 16 inputs, got {len(req.inputs)}")
+    inputs = []
+    for i, tensor in enumerate(req.inputs):
+        where = f"inputs[{i}]"
+        if not tensor.name.isidentifier() or not tensor.name.isascii() or len(tensor.name) > 64:
+            raise _bad(f"{where}.name", f"{_shown(tensor.name)} is not a name (letters, digits and '_')")
+        if tensor.dtype not in ("", *INPUT_DTYPES):
+            raise _bad(f"{where}.dtype", f"one of {', '.join(INPUT_DTYPES)}, got {_shown(tensor.dtype)}")
+        inputs.append(InputSpec(tensor.name, _input_shape(list(tensor.shape), f"{where}.shape"),
+                                tensor.dtype or "float32"))
+    if sum(math.prod(i.shape) for i in inputs) > MAX_INPUT_ELEMENTS:
+        raise _bad("inputs", f"at most {MAX_INPUT_ELEMENTS} elements in all")
+    return tuple(inputs)
+
+
+def _input_shape(shape: list[int], field: str) -> tuple[int, ...]:
     if not shape:
-        raise _bad("input_shape", "required, e.g. [1, 3, 32, 32]")
+        raise _bad(field, "required, e.g. [1, 3, 32, 32]")
     if not 2 <= len(shape) <= 5 or any(d < 1 for d in shape):
-        raise _bad("input_shape", f"must have 2 to 5 dimensions, each at least 1 (got {shape})")
+        raise _bad(field, f"must have 2 to 5 dimensions, each at least 1 (got {shape})")
     if math.prod(shape) > MAX_INPUT_ELEMENTS:
-        raise _bad("input_shape", f"at most {MAX_INPUT_ELEMENTS} elements")
+        raise _bad(field, f"at most {MAX_INPUT_ELEMENTS} elements")
     return tuple(shape)
 
 

@@ -35,12 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from secateurs.engine.outputs import class_scores
+from secateurs.engine.inputs import Batch, as_inputs, generate, shapes, tensors
+from secateurs.engine.outputs import class_scores, output_name
+from secateurs.engine.spec import DEFAULT_INPUT_NAME, InputSpec
 from secateurs.engine.latency.devicelock import computing
 from secateurs.errors import ParityError, UnsupportedModel, machine_limit
 
 OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "input", "output"
+INPUT_NAME = DEFAULT_INPUT_NAME
 EXPORT_CACHE_BYTES = 1 << 30  # kept exports in all; the least recently used go first
 
 
@@ -59,9 +61,12 @@ class Parity:
         return asdict(self)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool = False,
-                exporters: Sequence[str] | None = None, cache_dir: Path | None = None) -> dict:
-    """Write an ONNX model (opset 18, input 'input', output 'output') and check it.
+def export_onnx(model: nn.Module, example: Batch, path: Path, *, dynamic_batch: bool = False,
+                exporters: Sequence[str] | None = None, cache_dir: Path | None = None,
+                input_names: Sequence[str] | None = None) -> dict:
+    """Write an ONNX model (opset 18) and check it. Its inputs are `input_names` (default 'input' for
+    one input, 'input_0', ... for several), its output the model's own name for it ('logits' from a
+    dict) or 'output'; `dynamic_batch` makes dimension 0 of every input and the output dynamic.
 
     Uses the dynamo-based exporter; falls back to the TorchScript exporter for models it
     cannot trace (`exporters` gives another order). Returns what was used ({"exporter", "opset"}).
@@ -71,7 +76,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_
 
     model = model.eval()
     path = Path(path)
-    cached = _cached_export(cache_dir, model, example, exporters, dynamic_batch)
+    names = list(input_names or _default_names(example))
+    cached = _cached_export(cache_dir, model, example, exporters, dynamic_batch, names)
     if cached is not None and cached[0].is_file() and cached[1].is_file():
         shutil.copyfile(cached[0], path)
         os.utime(cached[0])  # recently used
@@ -80,7 +86,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_
     for exporter in exporters or ("dynamo", "torchscript"):
         try:
             with computing():  # seconds of CPU: never while another job measures
-                _export(model, example, path, exporter, dynamic_batch)
+                _export(model, example, path, exporter, dynamic_batch, names)
             break
         except Exception as exc:  # each exporter fails in its own ways
             if machine_limit(exc):
@@ -98,8 +104,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_
     return info
 
 
-def _cached_export(cache_dir: Path | None, model: nn.Module, example: torch.Tensor, exporters: Sequence[str] | None,
-                   dynamic_batch: bool) -> tuple[Path, Path] | None:
+def _default_names(example: Batch) -> list[str]:
+    parts = tensors(example)
+    return [INPUT_NAME] if len(parts) == 1 else [f"{INPUT_NAME}_{i}" for i in range(len(parts))]
+
+
+def _cached_export(cache_dir: Path | None, model: nn.Module, example: Batch, exporters: Sequence[str] | None,
+                   dynamic_batch: bool, names: list[str]) -> tuple[Path, Path] | None:
     """Where the export of this model would be kept (file, info), or None without a cache."""
     if cache_dir is None:
         return None
@@ -111,8 +122,9 @@ def _cached_export(cache_dir: Path | None, model: nn.Module, example: torch.Tens
         except (OSError, TypeError):
             source = ""
         digest.update(f"{cls.__module__}.{cls.__qualname__}\n{source}".encode())
-    digest.update(json.dumps([torch.__version__, OPSET, list(exporters or ()), dynamic_batch,
-                              list(example.shape), str(example.dtype), repr(model)]).encode())
+    digest.update(json.dumps([torch.__version__, OPSET, list(exporters or ()), dynamic_batch, names,
+                              output_name(model), [list(s) for s in shapes(example)],
+                              [str(t.dtype) for t in tensors(example)], repr(model)]).encode())
     for name, tensor in list(model.state_dict(keep_vars=False).items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
@@ -138,23 +150,26 @@ def _keep_export(path: Path, info: dict, file: Path, info_file: Path) -> None:
         pass  # a cache that cannot be written costs time on the next export, nothing else
 
 
-def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str, dynamic_batch: bool) -> None:
+def _export(model: nn.Module, example: Batch, path: Path, exporter: str, dynamic_batch: bool,
+            names: list[str]) -> None:
     quiet = io.StringIO()
+    args, output = tensors(example), output_name(model)
     with warnings.catch_warnings(), redirect_stdout(quiet):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         if exporter == "dynamo":
-            dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-            sample = example.repeat(2, *([1] * (example.dim() - 1))) if dynamic_batch else example
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            dynamic = tuple({0: batch} for _ in args) if dynamic_batch else None
+            sample = tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in args) if dynamic_batch else args
             program = torch.onnx.export(
-                model, (sample,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, verbose=False, optimize=True,
+                model, sample, dynamo=True, opset_version=OPSET, input_names=names,
+                output_names=[output], dynamic_shapes=dynamic, verbose=False, optimize=True,
             )
             program.save(str(path), external_data=False)
         else:
-            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+            axes = {name: {0: "batch"} for name in (*names, output)} if dynamic_batch else None
+            torch.onnx.export(model, args, str(path), dynamo=False, opset_version=OPSET,
+                              input_names=names, output_names=[output], dynamic_axes=axes)
 
 
 def _last_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
@@ -194,13 +209,15 @@ def _perturb_last_layer(model: nn.Module, onnx_path: Path, generator: torch.Gene
     return model, patched
 
 
-def check_parity(model: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], *, tolerance: float = 1e-3,
-                 batches: int = 4, seed: int = 0) -> Parity:
-    """Compare ONNX Runtime with PyTorch on seeded random inputs."""
+def check_parity(model: nn.Module, onnx_path: Path, inputs: Sequence[InputSpec] | tuple[int, ...], *,
+                 tolerance: float = 1e-3, batches: int = 4, seed: int = 0) -> Parity:
+    """Compare ONNX Runtime with PyTorch on seeded random inputs (`inputs`: the model's, or one float
+    input's shape). The ONNX model's inputs are fed in order, whatever their names."""
     generator = torch.Generator().manual_seed(seed)
-    inputs = [torch.randn(input_shape, generator=generator) for _ in range(batches)]
+    specs = as_inputs(inputs)
+    samples = [generate(specs, generator=generator) for _ in range(batches)]
     with torch.no_grad():
-        refs = [model(x).float() for x in inputs]
+        refs = [_call(model, x).float() for x in samples]
     scale = max(float(r.abs().max()) for r in refs)
     spread = max(float(r.std()) if r.numel() > 1 else 0.0 for r in refs)
     mode, patched = "outputs", None
@@ -208,14 +225,16 @@ def check_parity(model: nn.Module, onnx_path: Path, input_shape: tuple[int, ...]
         model, patched = _perturb_last_layer(model, onnx_path, generator)
         onnx_path, mode = patched, "perturbed-classifier"
         with torch.no_grad():
-            refs = [model(x).float() for x in inputs]
+            refs = [_call(model, x).float() for x in samples]
         scale = max(float(r.abs().max()) for r in refs)
 
     try:
         session = _cpu_session(onnx_path)
         max_diff, agree, total = 0.0, 0, 0
-        for x, ref in zip(inputs, refs):
-            got = torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0]).float()
+        names = [i.name for i in session.get_inputs()]
+        for x, ref in zip(samples, refs):
+            feeds = {name: t.numpy() for name, t in zip(names, tensors(x))}
+            got = torch.from_numpy(session.run(None, feeds)[0]).float()
             if got.shape != ref.shape:
                 raise ParityError(f"ONNX output shape {tuple(got.shape)} differs from PyTorch {tuple(ref.shape)}")
             max_diff = max(max_diff, float((got - ref).abs().max()))
@@ -229,7 +248,7 @@ def check_parity(model: nn.Module, onnx_path: Path, input_shape: tuple[int, ...]
     top1 = agree / total if total else None
     passed = relative <= tolerance and (top1 is None or top1 >= 0.99 or relative <= tolerance / 10)
     return Parity(max_abs_diff=max_diff, output_scale=scale, relative_diff=relative, top1_agreement=top1,
-                  samples=sum(x.shape[0] for x in inputs), tolerance=tolerance, mode=mode, passed=passed)
+                  samples=sum(tensors(x)[0].shape[0] for x in samples), tolerance=tolerance, mode=mode, passed=passed)
 
 
 def _cpu_session(path: Path):
@@ -240,10 +259,14 @@ def _cpu_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _call(model: nn.Module, x: Batch) -> torch.Tensor:
+    return model(*tensors(x))
+
+
+def export_pt2(model: nn.Module, example: Batch, path: Path) -> None:
     """torch.export the model and save it as a .pt2 archive."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(model.eval(), (example,))
+        program = torch.export.export(model.eval(), tensors(example))
         torch.export.save(program, str(path))
 

@@ -14,6 +14,7 @@ the names of the outputs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -48,6 +49,16 @@ def _select(key: Any, _module: nn.Module, _inputs: Any, output: Any) -> torch.Te
     return output[key]
 
 
+OUTPUT_NAME = "output"
+_NAME_ATTRIBUTE = "_secateurs_output_name"
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def output_name(model: nn.Module) -> str:
+    """The ONNX name of the model's output: its key in the dict it came in ('out', 'logits'), else 'output'."""
+    return getattr(model, _NAME_ATTRIBUTE, OUTPUT_NAME)
+
+
 def unwrap_single_output(model: nn.Module, output: Any) -> torch.Tensor:
     """Make `model` return its only output tensor (a hook, so layer names do not change); return it.
     Raises InvalidRequest naming the outputs when there is not exactly one tensor."""
@@ -59,6 +70,8 @@ def unwrap_single_output(model: nn.Module, output: Any) -> torch.Tensor:
         name = next(iter(tensors))
         key = name if isinstance(output, Mapping) else int(name)
         model.register_forward_hook(partial(_select, key))
+        if isinstance(output, Mapping) and _PLAIN_NAME.fullmatch(str(name)):
+            setattr(model, _NAME_ATTRIBUTE, str(name))  # copies of the model keep it
         return tensors[name]
     described = ", ".join(f"{k or '(value)'}: {type(v).__name__}" for k, v in parts.items())
     raise InvalidRequest(

@@ -31,15 +31,18 @@ from secateurs.engine.latency import devicelock
 from secateurs.engine.export import check_parity, export_onnx, export_pt2
 from secateurs.engine.latency.protocol import measurements_taken
 from secateurs.engine.latency.target import TargetOpener, open_target
+from secateurs.engine.intake.hf import family_of, save_pruned_archive
 from secateurs.engine.intake.models import check_runs, load_model, refuse_labels_for_dense
-from secateurs.engine.outputs import is_dense
+from secateurs.engine.outputs import is_dense, output_name
 from secateurs.engine.prune.apply import prune, write_plan
 from secateurs.engine.search.run import search
-from secateurs.engine.spec import CompressSpec, PruneSpec, SearchSpec, parse_input_shape
+from secateurs.engine.inputs import Batch, batch_size, generate, shape_key
+from secateurs.engine.intake.data import generated_dataset
+from secateurs.engine.spec import CompressSpec, InputSpec, PruneSpec, SearchSpec
 from secateurs.engine.validate import validate_spec
 from secateurs.engine.search.sensitivity import Calibration, recalibrate_batchnorm
 from secateurs.engine.size import count_macs, count_params, file_bytes
-from secateurs.errors import ParityError, machine_limit
+from secateurs.errors import InvalidRequest, ParityError, machine_limit
 
 REPORT_VERSION = 4  # of engine/report/schema.json; docs/observability.md says what changed
 
@@ -47,7 +50,7 @@ REPORT_VERSION = 4  # of engine/report/schema.json; docs/observability.md says w
 @dataclass(frozen=True, kw_only=True)
 class CompressResult:
     """What a job produced: the report (also written as report.json) and artifact files
-    by kind ("onnx", "pt2", "plan", "report", "report_html")."""
+    by kind ("onnx", "pt2", "hf_checkpoint", "plan", "report", "report_html")."""
 
     report: dict[str, Any]
     artifacts: dict[str, Path] = field(default_factory=dict)
@@ -84,7 +87,8 @@ class _Run:
     on_event: EventSink
     cancel: CancelCheck | None
     out: Path
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # the first input's, at the batch measured
+    inputs: tuple[InputSpec, ...]  # every input at the batch measured
     timings: dict[str, float] = field(default_factory=dict)
     dense: bool = False  # the output scores every position (segmentation): quality is per position
 
@@ -120,19 +124,20 @@ def compress(
     measured_before, windows_before = measurements_taken(), len(devicelock.windows())
     devicelock.configure(spec.cache_dir)  # one measurement at a time among the jobs sharing this cache
     torch.manual_seed(spec.seed)
-    shape = parse_input_shape(spec.input_shape)
+    inputs = spec.inputs
     if spec.target.batch:  # the deployment's batch: measured, and exported, at it
-        shape = (spec.target.batch, *shape[1:])
-    run = _Run(spec=spec, on_event=on_event, cancel=cancel, out=Path(spec.out_dir), shape=shape)
+        inputs = tuple(replace(i, shape=(spec.target.batch, *i.shape[1:])) for i in inputs)
+    shape = inputs[0].shape
+    run = _Run(spec=spec, on_event=on_event, cancel=cancel, out=Path(spec.out_dir), shape=shape, inputs=inputs)
     run.out.mkdir(parents=True, exist_ok=True)
 
     with run.stage("load"):
         model = load_model(spec.model)
-        output = check_runs(model, shape)
+        output = check_runs(model, inputs)
         refuse_labels_for_dense(output, spec.data, spec.train_data)
         run.dense = is_dense(output)
-        example = torch.randn(shape, generator=torch.Generator().manual_seed(spec.seed))
-        roles = build_roles(spec.data, spec.train_data, shape, calibration_samples=spec.calibration_samples,
+        example = generate(inputs, generator=torch.Generator().manual_seed(spec.seed))
+        roles = build_roles(spec.data, spec.train_data, inputs, calibration_samples=spec.calibration_samples,
                             evaluation_samples=spec.evaluation_samples, seed=spec.seed)
     with run.stage("profile") as st:
         # first: a runtime or probe that is not there fails the job before any work, saying why
@@ -140,7 +145,7 @@ def compress(
         st.progress(0.1, f"measuring on {_where(latency.where)}, device {latency.fingerprint['id']}")
         baseline_onnx = run.out / "baseline.onnx"
         baseline_export = export_onnx(model, example, baseline_onnx, dynamic_batch=spec.dynamic_batch,
-                                      cache_dir=spec.cache_dir)
+                                      cache_dir=spec.cache_dir, input_names=[i.name for i in inputs])
         baseline_size = {"params": count_params(model), "macs": count_macs(model, example),
                          "onnx_bytes": file_bytes(baseline_onnx)}
     search_report = _search_stage(run, model, example, baseline_onnx, roles, latency)
@@ -180,7 +185,7 @@ def _search_stage(run: _Run, model: torch.nn.Module, example: torch.Tensor, base
     if spec.budget is None:
         return None
     with run.stage("search") as st:
-        job_key = _search_key(spec, model, run.shape)
+        job_key = _search_key(spec, model, example)
         saved = _load_search(run.out, job_key)
         if saved is not None:  # an interrupted attempt of this job already searched
             st.progress(1.0, "reusing the search result of the interrupted attempt")
@@ -288,10 +293,10 @@ def _export_stage(run: _Run, outcome: _Outcome, example: torch.Tensor,
     with run.stage("export") as st:
         onnx_path = out / "model.onnx"
         exports["onnx"] = export_onnx(pruned, example, onnx_path, dynamic_batch=spec.dynamic_batch,
-                                      cache_dir=spec.cache_dir)
+                                      cache_dir=spec.cache_dir, input_names=[i.name for i in run.inputs])
         artifacts["onnx"] = onnx_path
         st.progress(0.4, "ONNX exported; checking parity")
-        parity = check_parity(pruned, onnx_path, run.shape, tolerance=spec.parity_tolerance, seed=spec.seed)
+        parity = check_parity(pruned, onnx_path, run.inputs, tolerance=spec.parity_tolerance, seed=spec.seed)
         if not parity.passed:
             raise ParityError(
                 f"ONNX Runtime disagrees with PyTorch: relative max difference {parity.relative_diff:.2e} "
@@ -307,6 +312,13 @@ def _export_stage(run: _Run, outcome: _Outcome, example: torch.Tensor,
                 if machine_limit(exc):
                     raise
                 exports["pt2"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+        if family_of(pruned) is not None:
+            st.progress(0.75, "saving the Hugging Face checkpoint")
+            try:
+                exports["hf_checkpoint"] = save_pruned_archive(pruned, out / "model-hf.zip")
+                artifacts["hf_checkpoint"] = out / "model-hf.zip"
+            except InvalidRequest as exc:  # widths the stock config cannot hold: the ONNX model still stands
+                exports["hf_checkpoint"] = {"ok": False, "error": str(exc)}
         if spec.target.runtime == "tensorrt":
             st.progress(0.8, "building the TensorRT engine")
             from secateurs.engine.latency.tensorrt_backend import export_engine
@@ -336,6 +348,8 @@ def _report(run: _Run, *, started_at: datetime, started: float, outcome: _Outcom
         "job": {"id": spec.job_id, "started_at": started_at.isoformat(),
                 "finished_at": datetime.now(timezone.utc).isoformat(), "seconds": round(time.perf_counter() - started, 3)},
         "model": {"arch": spec.model.arch, "kwargs": dict(spec.model.arch_kwargs), "input_shape": list(shape),
+                  "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in run.inputs],
+                  "output": output_name(pruned),
                   "weights_sha256": _sha256(spec.model.weights)},
         "pruning": {"ratio": spec.ratio, "importance": spec.importance, "round_to": spec.round_to,
                     "min_channels": spec.min_channels, "groups": result.plan.groups, "heads": result.plan.heads,
@@ -430,19 +444,17 @@ def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor,
     from dataclasses import asdict
 
     from secateurs.engine.intake.data import load_dataset, make_loader
-    from secateurs.engine.spec import DataSpec
     from secateurs.engine.recover.progressive import progressive
     from secateurs.engine.recover.train import recover
 
     recipe = spec.recovery
     if spec.train_data is not None:
-        train_set = load_dataset(spec.train_data)
+        train_set = load_dataset(spec.train_data, spec.inputs)
     else:  # label-free: distillation alone, on generated inputs
-        train_set = load_dataset(DataSpec(source="synthetic", shape=tuple(example.shape[1:]),
-                                          limit=max(512, recipe.batch_size * 8), seed=spec.seed))
+        train_set = generated_dataset(spec.inputs, max(512, recipe.batch_size * 8), spec.seed)
     loader = make_loader(train_set, recipe.batch_size, shuffle=True, seed=spec.seed,
                          drop_last=len(train_set) > recipe.batch_size)
-    labels = calib.labels or [torch.full((x.shape[0],), -1, dtype=torch.long) for x in calib.inputs]
+    labels = calib.labels or [torch.full((batch_size(x),), -1, dtype=torch.long) for x in calib.inputs]
     val = list(zip(calib.inputs, labels))
     plan_path = out / "plan.json"
     if recipe.progressive_steps > 1:
@@ -501,14 +513,14 @@ def _search_section(result: Any, spec: CompressSpec) -> dict[str, Any]:
 _SEARCH_FILE = "search.json"
 
 
-def _search_key(spec: CompressSpec, model: torch.nn.Module, shape: tuple[int, ...]) -> str:
+def _search_key(spec: CompressSpec, model: torch.nn.Module, example: Batch) -> str:
     """What a saved search result must match to be reused: the whole spec but its out_dir, and the weights."""
     from dataclasses import asdict
 
     from secateurs.engine.search.sensitivity import model_identity
 
     fields = {k: v for k, v in asdict(spec).items() if k != "out_dir"}
-    return hashlib.sha256(f"{sorted(fields.items())!r}|{model_identity(model, spec.model.arch, shape)}"
+    return hashlib.sha256(f"{sorted(fields.items())!r}|{model_identity(model, spec.model.arch, shape_key(example))}"
                           .encode()).hexdigest()[:24]
 
 

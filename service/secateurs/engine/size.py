@@ -6,13 +6,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from secateurs.engine.inputs import Batch, call
 
 
-def forward_with_hooks(model: nn.Module, example: torch.Tensor, handles: list) -> None:
+def forward_with_hooks(model: nn.Module, example: Batch, handles: list) -> None:
     """Run one forward pass with hooks that observe it, then remove them whatever happens."""
     try:
         with torch.no_grad():
-            model(example)
+            call(model, example)
     finally:
         for handle in handles:
             handle.remove()

@@ -129,6 +129,66 @@ class PruneSpec:
     drop_blocks: tuple[str, ...] = ()  # removable blocks (engine/prune/blocks.py) replaced by the identity
 
 
+# Element types a model input may have (ONNX's names); integers are token ids and masks.
+INPUT_DTYPES = ("float32", "float16", "int64", "int32", "bool")
+DEFAULT_INPUT_NAME = "input"
+_INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One named model input: what is traced, exported (the ONNX input's name) and fed."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def text(self) -> str:
+        return f"{self.name}:{'x'.join(map(str, self.shape))}:{self.dtype}"
+
+
+def parse_inputs(text: str | tuple | list) -> tuple[InputSpec, ...]:
+    """'1x3x224x224' -> one float input named 'input'; 'input_ids:1x128:int64,attention_mask:1x128:int64'
+    -> named inputs in the model's argument order; InputSpecs as they are, checked. Raises
+    InvalidRequest(field='inputs')."""
+    if isinstance(text, (tuple, list)) and text and isinstance(text[0], InputSpec):
+        validate_inputs(tuple(text))
+        return tuple(text)
+    if not isinstance(text, str) or ":" not in text:
+        return (InputSpec(DEFAULT_INPUT_NAME, parse_input_shape(text)),)
+    inputs = []
+    for part in text.split(","):
+        fields = part.strip().split(":")
+        if len(fields) not in (2, 3):
+            raise InvalidRequest(f"input {part!r} is malformed: expected NAME:SHAPE[:DTYPE], "
+                                 f"e.g. input_ids:1x128:int64", field="inputs")
+        inputs.append(InputSpec(fields[0], parse_input_shape(fields[1]), fields[2] if len(fields) == 3 else "float32"))
+    validate_inputs(tuple(inputs))
+    return tuple(inputs)
+
+
+def validate_inputs(inputs: tuple[InputSpec, ...]) -> None:
+    """Names unique and plain, dtypes known, shapes as parse_input_shape allows, one batch size."""
+    if not inputs:
+        raise InvalidRequest("a model needs at least one input", field="inputs")
+    if len(inputs) > 16:
+        raise InvalidRequest(f"at most 16 inputs, got {len(inputs)}", field="inputs")
+    for spec in inputs:
+        if not isinstance(spec.name, str) or not _INPUT_NAME.fullmatch(spec.name):
+            raise InvalidRequest(f"input name {spec.name!r} must be letters, digits and '_' (not first), "
+                                 f"at most 64", field="inputs")
+        if spec.dtype not in INPUT_DTYPES:
+            raise InvalidRequest(f"input {spec.name!r}: dtype must be one of {', '.join(INPUT_DTYPES)}, "
+                                 f"got {spec.dtype!r}", field="inputs")
+        parse_input_shape(spec.shape)
+    names = [i.name for i in inputs]
+    if len(set(names)) != len(names):
+        raise InvalidRequest(f"input names repeat: {', '.join(names)}", field="inputs")
+    if len({i.shape[0] for i in inputs}) != 1:
+        raise InvalidRequest("every input must have the same batch size (dimension 0): "
+                             + ", ".join(i.text() for i in inputs), field="inputs")
+
+
 def parse_input_shape(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """'1x3x224x224' -> (1, 3, 224, 224). Raises InvalidRequest(field='input_shape')."""
     if isinstance(text, str):
@@ -170,10 +230,11 @@ class CompressSpec:
     recalibrated when there is data). cache_dir: measurements cached across jobs.
     job_id: the server's id of the job, copied into the report (None from the command line).
     depth: whether a budget search may drop whole residual blocks (DEPTH_MODES).
+    inputs: the model's inputs by name, shape and dtype, in argument order; input_shape is the first's.
     """
 
     model: ModelSpec
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # the first input's: its batch is the batch measured
     out_dir: Path
     ratio: float | None = None
     group_ratios: Mapping[str, float] | None = None
@@ -195,10 +256,15 @@ class CompressSpec:
     seed: int = 0
     job_id: str | None = None
     depth: str = "auto"
+    inputs: tuple[InputSpec, ...] = ()  # named inputs; () is one float input of input_shape named "input"
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            object.__setattr__(self, "inputs", (InputSpec(DEFAULT_INPUT_NAME, tuple(self.input_shape)),))
 
 
 # Data: what a job reads (engine/intake/data.py loads it).
-SOURCES = ("imagefolder", "digits", "synthetic")
+SOURCES = ("imagefolder", "digits", "synthetic", "jsonl")
 SPLITS = ("train", "test", "val")
 DISTRIBUTIONS = ("normal", "uniform")
 _PRESETS = {
@@ -254,7 +320,9 @@ class DataSpec:
     """Which data to load.
 
     source: "imagefolder" (path: a directory or .zip holding <split>/<class>/<image>),
-        "digits" (scikit-learn's 8x8 digits, splits train/test) or "synthetic".
+        "digits" (scikit-learn's 8x8 digits, splits train/test), "synthetic", or "jsonl" (path: a
+        directory or .zip holding <split>.jsonl, one {"text": ..., "label": <int>} per line, and
+        tokenizer.json, a `tokenizers` tokenizer; engine/intake/text.py).
     split: "train", "test" or "val" (ignored for synthetic).
     limit: keep at most this many samples, balanced over classes (synthetic: how
         many samples to generate, default SYNTHETIC_DEFAULT_SIZE).
@@ -313,8 +381,12 @@ def validate_data_spec(spec: DataSpec) -> None:
         raise bad("holdout", f"holdout must be 'held' or 'kept', got {spec.holdout!r}")
     if not 0 < spec.holdout_fraction < 1:
         raise bad("holdout_fraction", f"holdout_fraction must be in (0, 1), got {spec.holdout_fraction}")
-    if spec.source == "imagefolder" and spec.path is None:
-        raise bad("path", "source 'imagefolder' needs a path (a directory or a .zip)")
+    if spec.source in ("imagefolder", "jsonl") and spec.path is None:
+        raise bad("path", f"source {spec.source!r} needs a path (a directory or a .zip)")
+    if spec.source == "jsonl":
+        for name in ("transform", "channels"):
+            if getattr(spec, name) is not None:
+                raise bad(name, f"{name} does not apply to text data")
     if spec.source == "synthetic":
         if spec.shape is None or not spec.shape or any(d <= 0 for d in spec.shape):
             raise bad("shape", f"synthetic data needs a shape of positive sizes, got {spec.shape}")

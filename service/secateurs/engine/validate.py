@@ -18,7 +18,8 @@ from typing import Any, Mapping
 from secateurs.engine.budget import PERCENTILES, Budget, validate_budget
 from secateurs.engine.latency.runtimes import RuntimeSettings, check_settings
 from secateurs.engine.spec import (DEPTH_MODES, EXPORTS, IMPORTANCES, CompressSpec, ModelSpec, PruneSpec, TargetSpec,
-                                   parse_input_shape, validate_data_spec, validate_protocol, validate_recovery_spec)
+                                   parse_input_shape, parse_inputs, validate_data_spec, validate_inputs,
+                                   validate_protocol, validate_recovery_spec)
 from secateurs.errors import InvalidRequest
 
 
@@ -34,7 +35,8 @@ def build_spec(*, model: ModelSpec, input_shape: str | tuple[int, ...] | list[in
     target = target or TargetSpec()
     values = {k: v for k, v in (limits or {}).items() if v is not None}
     budget = Budget(**values, percentile=target.percentile) if values else None
-    spec = CompressSpec(model=model, input_shape=parse_input_shape(input_shape), out_dir=Path(out_dir),
+    inputs = parse_inputs(input_shape)
+    spec = CompressSpec(model=model, input_shape=inputs[0].shape, inputs=inputs, out_dir=Path(out_dir),
                         target=target, budget=budget, **{k: v for k, v in given.items() if v is not None})
     validate_spec(spec)
     return spec
@@ -43,6 +45,13 @@ def build_spec(*, model: ModelSpec, input_shape: str | tuple[int, ...] | list[in
 def validate_spec(spec: CompressSpec) -> None:
     """Every check that needs no model, in one place, with the field at fault."""
     parse_input_shape(spec.input_shape)
+    validate_inputs(spec.inputs)
+    if spec.inputs[0].shape != tuple(spec.input_shape):
+        raise InvalidRequest(f"input_shape {'x'.join(map(str, spec.input_shape))} is not the first input's "
+                             f"({spec.inputs[0].text()})", field="inputs")
+    if spec.target.runtime.startswith("torch") and (len(spec.inputs) > 1 or spec.inputs[0].dtype != "float32"):
+        raise InvalidRequest(f"{spec.target.runtime} measures models of one float input; measure "
+                             f"{len(spec.inputs)} named inputs on an ONNX runtime", field="target.runtime")
     if spec.target.percentile not in PERCENTILES:  # before the budget's: the budget holds at the target's
         raise InvalidRequest(f"target.percentile: must be one of {', '.join(f'{q:g}' for q in PERCENTILES)} "
                              f"(got {spec.target.percentile:g})", field="target.percentile")

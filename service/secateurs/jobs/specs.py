@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secateurs.engine.budget import Budget
-from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec, TargetSpec
+from secateurs.engine.spec import CompressSpec, InputSpec, ModelSpec, ProtocolSpec, TargetSpec
 
 if TYPE_CHECKING:
     from secateurs.engine.spec import DataSpec
@@ -48,6 +48,7 @@ def spec_from_json(text: str, out_dir: Path) -> CompressSpec:
             "target": TargetSpec(**raw["target"]),
             "protocol": ProtocolSpec(**raw["protocol"]),
             "input_shape": tuple(raw["input_shape"]),
+            "inputs": tuple(InputSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in raw.get("inputs", ())),
             "exports": tuple(raw["exports"]),
         },
         out_dir=out_dir,

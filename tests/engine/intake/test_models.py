@@ -111,7 +111,7 @@ def test_missing_and_unexpected_tensors_are_named(resnet20_state):
                      "resnet56, vgg16_bn"),
     ("torchvision:resnet19", "unknown architecture 'torchvision:resnet19': torchvision has no model named 'resnet19'"),
     ("keras:resnet50", "unknown architecture 'keras:resnet50': expected zoo:<name>, torchvision:<name>, "
-                       "timm:<name> or module:<pkg.mod>:<callable>"),
+                       "timm:<name>, hf:<AutoClass> or module:<pkg.mod>:<callable>"),
     ("module:nosuchpkg:build", "unknown architecture 'module:nosuchpkg:build': No module named 'nosuchpkg'"),
     ("module:secateurs.engine.intake.zoo", "architecture 'module:secateurs.engine.intake.zoo' must look like "
                                     "module:<package.module>:<callable>"),

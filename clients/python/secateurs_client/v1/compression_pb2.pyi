@@ -117,7 +117,7 @@ class Target(_message.Message):
     def __init__(self, runtime: _Optional[str] = ..., threads: _Optional[int] = ..., batch: _Optional[int] = ..., precision: _Optional[str] = ..., percentile: _Optional[float] = ..., probe: _Optional[str] = ..., protocol: _Optional[_Union[LatencyProtocol, _Mapping]] = ...) -> None: ...
 
 class DataSource(_message.Message):
-    __slots__ = ("train_blob_id", "train_uri", "val_blob_id", "val_uri", "preset", "val_split", "calibration_samples", "evaluation_samples")
+    __slots__ = ("train_blob_id", "train_uri", "val_blob_id", "val_uri", "preset", "val_split", "calibration_samples", "evaluation_samples", "format")
     TRAIN_BLOB_ID_FIELD_NUMBER: _ClassVar[int]
     TRAIN_URI_FIELD_NUMBER: _ClassVar[int]
     VAL_BLOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class DataSource(_message.Message):
     VAL_SPLIT_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     train_blob_id: str
     train_uri: str
     val_blob_id: str
@@ -134,7 +135,8 @@ class DataSource(_message.Message):
     val_split: str
     calibration_samples: int
     evaluation_samples: int
-    def __init__(self, train_blob_id: _Optional[str] = ..., train_uri: _Optional[str] = ..., val_blob_id: _Optional[str] = ..., val_uri: _Optional[str] = ..., preset: _Optional[str] = ..., val_split: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., evaluation_samples: _Optional[int] = ...) -> None: ...
+    format: str
+    def __init__(self, train_blob_id: _Optional[str] = ..., train_uri: _Optional[str] = ..., val_blob_id: _Optional[str] = ..., val_uri: _Optional[str] = ..., preset: _Optional[str] = ..., val_split: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., evaluation_samples: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
 
 class Recovery(_message.Message):
     __slots__ = ("epochs", "lr", "distill_kl_weight", "distill_feature_weight", "distill_attention_weight", "progressive_steps", "optimizer", "batch_size")
@@ -179,8 +181,18 @@ class Pruning(_message.Message):
     depth: str
     def __init__(self, ratio: _Optional[float] = ..., group_ratios: _Optional[_Mapping[str, float]] = ..., importance: _Optional[str] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., depth: _Optional[str] = ...) -> None: ...
 
+class InputTensor(_message.Message):
+    __slots__ = ("name", "shape", "dtype")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
+
 class CreateJobRequest(_message.Message):
-    __slots__ = ("request_id", "model", "input_shape", "budget", "target", "data", "recovery", "pruning", "exports", "labels")
+    __slots__ = ("request_id", "model", "input_shape", "inputs", "budget", "target", "data", "recovery", "pruning", "exports", "labels")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +203,7 @@ class CreateJobRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +214,7 @@ class CreateJobRequest(_message.Message):
     request_id: str
     model: ModelSource
     input_shape: _containers.RepeatedScalarFieldContainer[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[InputTensor]
     budget: Budget
     target: Target
     data: DataSource
@@ -208,7 +222,7 @@ class CreateJobRequest(_message.Message):
     pruning: Pruning
     exports: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelSource, _Mapping]] = ..., input_shape: _Optional[_Iterable[int]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., data: _Optional[_Union[DataSource, _Mapping]] = ..., recovery: _Optional[_Union[Recovery, _Mapping]] = ..., pruning: _Optional[_Union[Pruning, _Mapping]] = ..., exports: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelSource, _Mapping]] = ..., input_shape: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Iterable[_Union[InputTensor, _Mapping]]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., data: _Optional[_Union[DataSource, _Mapping]] = ..., recovery: _Optional[_Union[Recovery, _Mapping]] = ..., pruning: _Optional[_Union[Pruning, _Mapping]] = ..., exports: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Artifact(_message.Message):
     __slots__ = ("name", "filename", "sha256", "size_bytes")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from secateurs.engine.outputs import class_scores
-from secateurs.engine.intake.data import SyntheticDataset, load_dataset
-from secateurs.engine.spec import DataSpec
+from secateurs.engine.inputs import as_inputs, batch_size, call, generate, shapes, split, stack
+from secateurs.engine.intake.data import generated_dataset, load_dataset
+from secateurs.engine.spec import DataSpec, InputSpec
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.errors import InvalidData, InvalidRequest
@@ -66,14 +67,14 @@ class DataRoles:
     summary: dict[str, Any]
 
 
-def build_roles(data: DataSpec | None, train: DataSpec | None, shape: tuple[int, ...], *, calibration_samples: int,
-                evaluation_samples: int | None, seed: int) -> DataRoles:
+def build_roles(data: DataSpec | None, train: DataSpec | None, inputs: Sequence[InputSpec] | Sequence[int], *,
+                calibration_samples: int, evaluation_samples: int | None, seed: int) -> DataRoles:
     """The calibration and evaluation sets of a job (see the module docstring)."""
-    n = calibration_samples
+    n, inputs = calibration_samples, as_inputs(inputs)
     if data is None:
-        return _generated(shape, n, evaluation_samples or max(GENERATED_EVALUATION, n), seed)
-    evaluated = load_dataset(data)
-    source, note, carve = _calibration_source(data, train, evaluated)
+        return _generated(inputs, n, evaluation_samples or max(GENERATED_EVALUATION, n), seed)
+    evaluated = load_dataset(data, inputs)
+    source, note, carve = _calibration_source(data, train, evaluated, inputs)
     if len(evaluated) < (2 * n + 1 if carve else 1):
         raise InvalidData(f"the {data.split} split has {len(evaluated)} images: too few to "
                           + ("calibrate on 2x" + str(n) + " and evaluate on the rest" if carve else "evaluate on"))
@@ -83,7 +84,7 @@ def build_roles(data: DataSpec | None, train: DataSpec | None, shape: tuple[int,
     if evaluation_samples is not None and evaluation_samples < len(rest):
         chosen = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed + 1))[:evaluation_samples]
         rest = [rest[i] for i in sorted(chosen.tolist())]
-    calibration = _materialise(source, picked, n, shape)
+    calibration = _materialise(source, picked, n, inputs)
     evaluation = Evaluation(dataset=evaluated, indices=sorted(rest), labelled=bool(evaluated.labelled))
     calibration_ids = [_sample_id(source, i) for i in picked]
     evaluation_ids = [_sample_id(evaluated, i) for i in evaluation.indices]
@@ -107,7 +108,8 @@ def held_out(train: DataSpec, transform: Any) -> tuple[DataSpec, DataSpec]:
     return replace(train, transform=transform, holdout="held"), replace(train, holdout="kept")
 
 
-def _calibration_source(data: DataSpec, train: DataSpec | None, evaluated: Any) -> tuple[Any, str, bool]:
+def _calibration_source(data: DataSpec, train: DataSpec | None, evaluated: Any,
+                        inputs: Sequence[InputSpec]) -> tuple[Any, str, bool]:
     """The dataset calibration draws from, what the report says of it, and whether it is carved
     from the evaluation split itself."""
     candidates = [("the training data", replace(train, split="train", transform=data.transform, limit=None,
@@ -118,7 +120,7 @@ def _calibration_source(data: DataSpec, train: DataSpec | None, evaluated: Any) 
         if _same_images(spec, data):
             continue
         try:
-            return load_dataset(spec), f"{where} (split train, without augmentation)", False
+            return load_dataset(spec, inputs), f"{where} (split train, without augmentation)", False
         except InvalidData:
             continue  # no train split there
     return evaluated, (f"carved, seeded, from the {data.split} split (no separate train split was given); "
@@ -132,11 +134,11 @@ def _same_images(a: DataSpec, b: DataSpec) -> bool:
         Path(a.path).resolve() == Path(b.path).resolve() and sides != {"held", "kept"}
 
 
-def _generated(shape: tuple[int, ...], n: int, evaluated: int, seed: int) -> DataRoles:
+def _generated(specs: Sequence[InputSpec], n: int, evaluated: int, seed: int) -> DataRoles:
     generator = torch.Generator().manual_seed(seed + 1)
     batch = min(16, n)
-    inputs = [torch.randn((min(batch, n - i),) + tuple(shape[1:]), generator=generator) for i in range(0, n, batch)]
-    dataset = SyntheticDataset(tuple(shape[1:]), evaluated, seed + _EVALUATION_SEED, "normal")
+    inputs = [generate(specs, min(batch, n - i), generator=generator) for i in range(0, n, batch)]
+    dataset = generated_dataset(specs, evaluated, seed + _EVALUATION_SEED)
     evaluation = Evaluation(dataset=dataset, indices=list(range(evaluated)), labelled=False)
     summary = {"calibration": {"split": None, "samples": n, "recalibration_samples": 0,
                                "note": "generated inputs (no data)"},
@@ -149,18 +151,21 @@ def _generated(shape: tuple[int, ...], n: int, evaluated: int, seed: int) -> Dat
                      summary=summary)
 
 
-def _materialise(dataset: Any, picked: list[int], n: int, shape: tuple[int, ...]) -> Calibration:
+def _materialise(dataset: Any, picked: list[int], n: int, specs: Sequence[InputSpec]) -> Calibration:
     """The picked images as tensors: the first n score plans, the others recalibrate BatchNorm."""
     xs, ys = zip(*(dataset[i] for i in picked))
-    if tuple(xs[0].shape) != tuple(shape[1:]):
-        raise InvalidRequest(f"data samples have shape {tuple(xs[0].shape)}, the model input is {tuple(shape[1:])}; "
-                             f"set the data transform (resize/crop)", field="data")
-    x, y = torch.stack(xs), torch.tensor(ys)
+    got, wanted = shapes(xs[0]), tuple(tuple(s.shape[1:]) for s in specs)
+    if got != wanted:
+        raise InvalidRequest(f"data samples have shape {', '.join(map(str, got))}, the model's inputs are "
+                             f"{', '.join(map(str, wanted))}; set the data transform (resize/crop) or the "
+                             f"sequence length", field="data")
+    x, y = stack(xs), torch.tensor(ys)
     batch = min(16, n)
-    scoring, recal = x[:n], x[n:]
+    parts = split(x, n)
+    scoring, recal = parts[0], parts[1] if len(parts) > 1 else None
     labels = list(y[:n].split(batch)) if dataset.labelled else None
-    return Calibration(inputs=list(scoring.split(batch)), labels=labels, real=True,
-                       recalibration=list(recal.split(batch)) if len(recal) else None)
+    return Calibration(inputs=split(scoring, batch), labels=labels, real=True,
+                       recalibration=split(recal, batch) if recal is not None else None)
 
 
 def _sample_id(dataset: Any, index: int) -> str:
@@ -200,12 +205,12 @@ class Evaluator:
         with torch.no_grad():
             for i, (x, y) in enumerate(self.evaluation.batches()):
                 with computing():
-                    out = model(x)
+                    out = call(model, x)
                     ref = self._reference[i] if self._reference is not None else (
-                        out if model is self.original else self.original(x))
+                        out if model is self.original else call(self.original, x))
                 if keep:
                     kept.append(out)
-                n += x.shape[0]
+                n += batch_size(x)
                 out, ref = class_scores(out), class_scores(ref)  # a dense output: every position counts
                 rows += out.shape[0]
                 agree += int((out.argmax(-1) == ref.argmax(-1)).sum())

@@ -30,7 +30,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from secateurs.engine.spec import DataSpec, TransformSpec, validate_data_spec
+from secateurs.engine.inputs import generate, tensors
+from secateurs.engine.spec import DataSpec, InputSpec, TransformSpec, validate_data_spec
 from secateurs.errors import InvalidData, InvalidRequest, ResourceExhausted
 
 UNLABELLED = -1
@@ -264,7 +265,34 @@ class SyntheticDataset(Dataset):
         return torch.from_numpy(draw(self.shape, dtype=np.float32)), UNLABELLED
 
 
-def load_dataset(spec: DataSpec) -> ImageFolderDataset | DigitsDataset | SyntheticDataset:
+class GeneratedInputsDataset(Dataset):
+    """Unlabelled generated samples of a model's several inputs (engine/inputs.py `generate`), each a
+    tuple of tensors; sample i depends only on (seed, i)."""
+
+    labelled = False
+    num_classes: int | None = None
+
+    def __init__(self, inputs: Sequence[InputSpec], size: int, seed: int) -> None:
+        self.inputs, self.size, self.seed = tuple(inputs), size, seed
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...], int]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} samples")
+        made = generate(self.inputs, 1, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + index))
+        return tuple(t[0] for t in tensors(made)), UNLABELLED
+
+
+def generated_dataset(inputs: Sequence[InputSpec], size: int, seed: int) -> Dataset:
+    """Generated unlabelled samples for these inputs: normal images for one float input, else per input."""
+    if len(inputs) == 1 and inputs[0].dtype == "float32":
+        return SyntheticDataset(tuple(inputs[0].shape[1:]), size, seed, "normal")
+    return GeneratedInputsDataset(inputs, size, seed)
+
+
+def load_dataset(spec: DataSpec, inputs: Sequence[InputSpec] | None = None) -> Dataset:
     """Build the dataset a DataSpec names.
 
     Raises InvalidRequest: field="data.<name>" for a bad spec field (see
@@ -279,6 +307,14 @@ def load_dataset(spec: DataSpec) -> ImageFolderDataset | DigitsDataset | Synthet
         return SyntheticDataset(spec.shape or (), spec.limit or SYNTHETIC_DEFAULT_SIZE, spec.seed, spec.distribution)
     if spec.source == "digits":
         return _load_digits(spec, transform)
+    if spec.source == "jsonl":  # tokenised for the model's inputs (their names and sequence length)
+        from secateurs.engine.intake.text import load_text
+
+        path = Path(spec.path)
+        if not path.exists():
+            raise InvalidData(f"text data {path} is neither a directory nor a file")
+        reader = _DirReader(path) if path.is_dir() else _ZipReader(path)
+        return load_text(spec, reader, inputs, held_out=_held_out, subset=_subset)
     return _load_imagefolder(spec, transform)
 
 

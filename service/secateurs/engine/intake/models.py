@@ -19,9 +19,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from secateurs.engine.spec import ModelSpec
+from secateurs.engine.spec import InputSpec, ModelSpec
 from secateurs.engine.intake.zoo import ZOO
 from secateurs.engine.outputs import is_dense, unwrap_single_output
+from secateurs.engine.inputs import as_inputs, call, describe, generate
 from secateurs.errors import (InvalidModel, InvalidRequest, PermissionDenied, ResourceExhausted, UnsafeModel,
                               machine_limit)
 
@@ -52,7 +53,8 @@ def parse_kwargs(items: list[str]) -> dict[str, Any]:
 
 def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *,
                        allowed_modules: Sequence[str] | None = None) -> nn.Module:
-    """Instantiate `zoo:<name>`, `torchvision:<name>`, `timm:<name>` or `module:<pkg.mod>:<callable>`.
+    """Instantiate `zoo:<name>`, `torchvision:<name>`, `timm:<name>`, `hf:<AutoClass>` (kwargs: its config's
+    fields, engine/intake/hf.py) or `module:<pkg.mod>:<callable>`.
 
     timm (an optional extra) builds its registered models without weights and never downloads:
     weights come with the job; its keyword arguments are limited to TIMM_KWARGS.
@@ -82,6 +84,10 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *,
             return _build_torchvision(name, kwargs)
         if kind == "timm":
             return _build_timm(arch, name, kwargs)
+        if kind == "hf":
+            from secateurs.engine.intake.hf import build_hf
+
+            return build_hf(arch, name, kwargs)
         if kind == "module":
             return _build_module(arch, name, kwargs, allowed_modules)
     except (TypeError, ValueError, RuntimeError) as exc:  # a constructor refusing its keyword arguments
@@ -90,7 +96,7 @@ def build_architecture(arch: str, kwargs: Mapping[str, Any] | None = None, *,
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise InvalidRequest(f"cannot build {arch!r} with {kwargs}: {first}", field="model.arch_kwargs") from None
     raise InvalidRequest(
-        f"unknown architecture {arch!r}: expected zoo:<name>, torchvision:<name>, timm:<name> or "
+        f"unknown architecture {arch!r}: expected zoo:<name>, torchvision:<name>, timm:<name>, hf:<AutoClass> or "
         f"module:<pkg.mod>:<callable>",
         field="model.arch",
     )
@@ -308,19 +314,20 @@ def _program_model(spec: ModelSpec) -> nn.Module:
     return model
 
 
-def check_runs(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Run one forward pass; a shape the model cannot take is the request's fault. A model whose
+def check_runs(model: nn.Module, inputs: Sequence[InputSpec] | Sequence[int]) -> torch.Tensor:
+    """Run one forward pass; inputs the model cannot take are the request's fault. A model whose
     one output tensor comes in a dict or tuple is made to return the tensor (engine/outputs.py)."""
+    inputs = as_inputs(inputs)
     try:
         with torch.no_grad():
-            out = model(torch.zeros(input_shape))
+            out = call(model, generate(inputs, generator=torch.Generator().manual_seed(0)))
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
         if machine_limit(exc):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidRequest(
-            f"the model cannot run on input shape {'x'.join(map(str, input_shape))}: {first}",
-            field="input_shape",
+            f"the model cannot run on {'input shape' if len(inputs) == 1 else 'inputs'} {describe(inputs)}: {first}",
+            field="input_shape" if len(inputs) == 1 else "inputs",
         ) from None
     return unwrap_single_output(model, out)  # {"out": t} -> t, by a hook on the model
 

@@ -13,6 +13,8 @@ import numpy as np
 
 from secateurs.errors import BackendUnavailable
 
+_ELEMENT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                  "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 PROVIDERS = {"onnxruntime-cpu": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider"}
 
 
@@ -57,10 +59,7 @@ class OnnxRuntimeBackend:
         self.threads = threads
         self.batch = input_shape[0]
         self.precision = precision
-        first = self.session.get_inputs()[0]
-        dtype = np.float16 if first.type == "tensor(float16)" else np.float32
-        self._feeds = {first.name: np.random.default_rng(seed).standard_normal(input_shape, dtype=np.float32)
-                       .astype(dtype)}
+        self._feeds = random_feeds(self.session.get_inputs(), input_shape, seed)
 
     def samples(self, n: int) -> list[float]:
         out = []
@@ -70,3 +69,21 @@ class OnnxRuntimeBackend:
             run(None, feeds)
             out.append((time.perf_counter_ns() - t0) / 1e6)
         return out
+
+
+def random_feeds(graph_inputs: list, first_shape: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs for every input of a session: the first at `first_shape`, the others at their
+    own static shapes with the first's batch; floats normal, integers 0 or 1 (valid ids and masks)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i, graph_input in enumerate(graph_inputs):
+        dtype = _ELEMENT_TYPES.get(graph_input.type)
+        if dtype is None:
+            raise BackendUnavailable(f"input {graph_input.name!r} has type {graph_input.type}, which cannot be generated")
+        shape = tuple(first_shape) if i == 0 else (first_shape[0], *(
+            d if isinstance(d, int) and d > 0 else 1 for d in graph_input.shape[1:]))
+        if np.issubdtype(dtype, np.floating):
+            feeds[graph_input.name] = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        else:
+            feeds[graph_input.name] = rng.integers(0, 2, shape).astype(dtype)
+    return feeds

@@ -24,6 +24,7 @@ from secateurs.engine.prune.groups import GroupInfo, describe_groups, prepare
 from secateurs.engine.prune.importance import accumulate_gradients, head_norm
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.spec import PruneSpec
+from secateurs.engine.inputs import Batch, call
 from secateurs.engine.validate import validate_prune_spec
 from secateurs.errors import InvalidRequest, UnsupportedModel, machine_limit
 
@@ -131,7 +132,8 @@ def _prune(model: nn.Module, example: torch.Tensor, spec: PruneSpec,
         else:
             keep = kept_count(g.channels, r, round_to=spec.round_to, min_channels=spec.min_channels, step=g.step)
             if keep < g.channels:
-                module_ratio[g.name] = 1 - (keep + 0.5) / g.channels  # +0.5: the pruner truncates
+                for root in g.roots:  # a tied group's roots all take its width
+                    module_ratio[root] = 1 - (keep + 0.5) / g.channels  # +0.5: the pruner truncates
         planned[g.name] = (g.channels, keep)
 
     # Build again so the pruner knows each root module's ratio (its scopes are fixed at construction).
@@ -157,7 +159,8 @@ def _prune(model: nn.Module, example: torch.Tensor, spec: PruneSpec,
 
     plan_groups = [
         {"name": g.name, "unit": g.unit, "before": g.channels, "planned": planned[g.name][1],
-         "after": actual.get(g.name, g.channels), "ratio_requested": ratios.get(g.name, 0.0)}
+         "after": actual.get(g.name, g.channels), "ratio_requested": ratios.get(g.name, 0.0),
+         **({"tied": list(g.tied)} if g.tied else {})}
         for g in groups
     ]
     history = [(n, bool(o), [int(i) for i in idx]) for n, o, idx in ctx.graph.pruning_history()]
@@ -230,10 +233,10 @@ def _sync_attributes(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def _check_forward(model: nn.Module, example: torch.Tensor) -> None:
+def _check_forward(model: nn.Module, example: Batch) -> None:
     try:
         with torch.no_grad():
-            model(example)
+            call(model, example)
     except Exception as exc:
         if machine_limit(exc):
             raise

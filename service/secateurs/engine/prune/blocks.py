@@ -30,6 +30,9 @@ import torch
 import torch.fx
 from torch import nn
 
+from secateurs.engine.inputs import Batch, call
+from secateurs.engine.intake.hf import encoder_layers
+
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -63,6 +66,11 @@ def find_blocks(model: nn.Module, example: torch.Tensor) -> list[BlockInfo]:
         if _adds_its_input(module):
             found.append(BlockInfo(name=name, kind=type(module).__name__, shape=shape_in,
                                    params=sum(p.numel() for p in module.parameters())))
+    for name in encoder_layers(model):  # a transformer's encoder layers: removable whole (engine/intake/hf.py)
+        if name in shapes and not any(name == b.name or name.startswith(b.name + ".") for b in found):
+            layer = model.get_submodule(name)
+            found.append(BlockInfo(name=name, kind=type(layer).__name__, shape=shapes[name][0] or (),
+                                   params=sum(p.numel() for p in layer.parameters())))
     order = list(shapes)
     return sorted(found, key=lambda b: order.index(b.name))
 
@@ -101,7 +109,7 @@ class _Skip(nn.Module):
         return x
 
 
-def _io_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tuple[int, ...] | None, Any]]:
+def _io_shapes(model: nn.Module, example: Batch) -> dict[str, tuple[tuple[int, ...] | None, Any]]:
     """Shape of each module's first input and of its output, in the order modules finish."""
     shapes: dict[str, tuple[tuple[int, ...] | None, Any]] = {}
     handles = []
@@ -113,7 +121,7 @@ def _io_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tuple
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model.eval()(example)
+            call(model.eval(), example)
     finally:
         for h in handles:
             h.remove()

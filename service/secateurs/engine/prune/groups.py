@@ -10,7 +10,7 @@ prunable or not and why).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import torch
@@ -19,6 +19,7 @@ from torch import nn
 
 from secateurs.engine.prune.attention import convert_attention
 from secateurs.engine.prune.importance import head_norm, importance_of
+from secateurs.engine.intake.hf import constraints as transformer_constraints
 from secateurs.engine.prune.support import describe_tracer_failure, refuse_untraceable, window_attention_holds
 from secateurs.engine.size import forward_with_hooks, layer_macs
 from secateurs.errors import UnsupportedModel, machine_limit
@@ -36,13 +37,19 @@ class GroupInfo:
     prunable: bool
     reason: str = ""
     step: int = 1  # the channels come in this many equal groups (a grouped convolution's): widths are multiples
+    tied: tuple[str, ...] = ()  # other groups' roots that always take this group's width (one config field)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "channels": self.channels, "unit": self.unit, "layers": list(self.layers),
             "macs_share": round(self.macs_share, 6), "prunable": self.prunable, "reason": self.reason,
-            "step": self.step,
+            "step": self.step, "tied": list(self.tied),
         }
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """Every group root this entry sets: its own, then the tied ones."""
+        return (self.name, *self.tied)
 
 
 @dataclass
@@ -55,6 +62,7 @@ class GraphContext:
     classifier: str
     criterion: str = "l1"
     held: dict[str, str] = field(default_factory=dict)  # group root -> why the pruner must leave it whole
+    ties: list[tuple[str, ...]] = field(default_factory=list)  # group roots that take one width together
 
     @property
     def head_norm(self) -> int:
@@ -112,6 +120,8 @@ def prepare(model: nn.Module, example: torch.Tensor, *, criterion: str = "l1",
     heads = {model.get_submodule(name): n for name, n in heads_by_name.items()}
     classifier = find_classifier(model, example)
     held = window_attention_holds(model, classifier)  # before the tracer: grouping them would never end
+    config_held, ties = transformer_constraints(model, classifier)
+    held.update(config_held)
     try:
         with warnings.catch_warnings():  # its recursion-depth notice is the windows above, already handled
             warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
@@ -131,7 +141,7 @@ def prepare(model: nn.Module, example: torch.Tensor, *, criterion: str = "l1",
             f"{type(exc).__name__}: {exc}"
         ) from exc
     ctx = GraphContext(model=model, pruner=pruner, heads=heads, classifier=classifier, criterion=criterion,
-                       held=dict(held))
+                       held=dict(held), ties=ties)
     # Groups the pruner cannot cut (nor score) are held whole: it must never see them.
     for name, group in list(ctx.iter_groups()):
         multiplied = _feeds_channel_multiplier(ctx, group)
@@ -176,7 +186,22 @@ def describe_groups(ctx: GraphContext, example: torch.Tensor, *, min_channels: i
         width = getattr(module, "out_channels", None) or getattr(module, "out_features", 0)  # some run functionally
         infos.append(GroupInfo(name=name, channels=int(width), unit="channels",
                                layers=(name,), macs_share=macs.get(name, 0) / total, prunable=False, reason=reason))
-    return infos
+    return _tie(infos, ctx.ties)
+
+
+def _tie(infos: list[GroupInfo], ties: list[tuple[str, ...]]) -> list[GroupInfo]:
+    """One entry per tie, at its first root, covering every tied group (all prunable, all one width)."""
+    by_name = {g.name: g for g in infos}
+    for roots in ties:
+        members = [by_name.get(r) for r in roots]
+        if any(m is None or not m.prunable or m.channels != members[0].channels for m in members):
+            continue  # not all free and alike: each stays its own group
+        lead = members[0]
+        by_name[lead.name] = replace(lead, tied=tuple(roots[1:]), macs_share=sum(m.macs_share for m in members),
+                                     layers=tuple(layer for m in members for layer in m.layers))
+        for follower in roots[1:]:
+            del by_name[follower]
+    return [by_name[g.name] for g in infos if g.name in by_name]
 
 
 def _feeds_channel_multiplier(ctx: GraphContext, group: Any) -> str | None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from secateurs.engine.inputs import Batch, call
 from secateurs.engine.outputs import class_scores
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.spec import IMPORTANCES
@@ -51,13 +52,13 @@ def head_norm(name: str) -> int:
     return 2 if name == "l2" else 1
 
 
-def accumulate_gradients(model: nn.Module, batches: Iterable[torch.Tensor], reference: nn.Module) -> None:
+def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], reference: nn.Module) -> None:
     """Gradients of the KL divergence to `reference`'s outputs, summed over `batches`, on `model`'s
     weights: what first-order Taylor importance reads. Works without labels."""
     model.zero_grad()
     for x in batches:
         with computing():
             with torch.no_grad():
-                target = F.softmax(class_scores(reference(x)), dim=-1)
-            loss = F.kl_div(F.log_softmax(class_scores(model(x)), dim=-1), target, reduction="batchmean")
+                target = F.softmax(class_scores(call(reference, x)), dim=-1)
+            loss = F.kl_div(F.log_softmax(class_scores(call(model, x)), dim=-1), target, reduction="batchmean")
             loss.backward()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from secateurs.engine.inputs import Batch, call
 from secateurs.errors import UnsupportedModel
 
 WINDOW_HOLD_REASON = ("the residual width and the heads of a shifted-window transformer pass through window "
@@ -62,7 +63,7 @@ def _splits_channels(source: torch.Tensor, out: torch.Tensor) -> bool:
             and tuple(out.shape[3:]) == tuple(source.shape[2:]))
 
 
-def find_channel_shuffles(model: nn.Module, example: torch.Tensor) -> list[str]:
+def find_channel_shuffles(model: nn.Module, example: Batch) -> list[str]:
     """Names of the modules whose forward shuffles channels, in forward order."""
     spy = _ShuffleSpy()
     handles = []
@@ -72,7 +73,7 @@ def find_channel_shuffles(model: nn.Module, example: torch.Tensor) -> list[str]:
             handles.append(module.register_forward_hook(lambda _m, _i, _o: spy.stack.pop() and None))
     try:
         with torch.no_grad(), spy:
-            model(example)
+            call(model, example)
     finally:
         for handle in handles:
             handle.remove()

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from secateurs.engine.outputs import class_scores
+from secateurs.engine.inputs import Batch, batch_size, call, to_device
 from secateurs.engine.latency.devicelock import computing
 
 
@@ -93,7 +94,7 @@ def find_feature_points(teacher: nn.Module, example: torch.Tensor) -> list[str]:
     try:
         teacher.eval()
         with torch.no_grad():
-            teacher(example)
+            call(teacher, example)
     finally:
         for h in handles:
             h.remove()
@@ -187,7 +188,7 @@ def _features(model: nn.Module, names: Sequence[str], batches: Iterable[torch.Te
     try:
         with FeatureTaps(model, names) as taps, torch.no_grad():
             for x in batches:
-                model(x)
+                call(model, x)
                 for n, f in taps.outputs.items():
                     if isinstance(f, torch.Tensor):
                         out.setdefault(n, []).append(f.detach().clone())
@@ -196,7 +197,7 @@ def _features(model: nn.Module, names: Sequence[str], batches: Iterable[torch.Te
     return out
 
 
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def split_batch(batch: Any) -> tuple[Batch, torch.Tensor | None]:
     """(inputs, labels or None) from a batch that is a tensor or an (inputs, labels, ...) sequence."""
     if isinstance(batch, torch.Tensor):
         return batch, None
@@ -221,11 +222,11 @@ def evaluate(model: nn.Module, loader: Iterable[Any], teacher: nn.Module | None 
             if max_batches is not None and i >= max_batches:
                 break
             x, y = split_batch(batch)
-            x = x.to(device)
+            x = to_device(x, device)
             with computing():
-                out = class_scores(model(x).float())
-                ref = class_scores(teacher(x).float()) if teacher is not None else None
-            n += x.shape[0]
+                out = class_scores(call(model, x).float())
+                ref = class_scores(call(teacher, x).float()) if teacher is not None else None
+            n += batch_size(x)
             if y is not None:
                 y = y.to(device)
                 mask = y >= 0

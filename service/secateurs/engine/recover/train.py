@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from secateurs.engine.inputs import batch_size, call, split, to_device
 from secateurs.engine.outputs import class_scores
 from secateurs.engine.recover.distill import (Distiller, FeatureTaps, LossWeights, evaluate, find_feature_points,
                                               loss_parts, split_batch)
@@ -190,17 +191,17 @@ class _Run:
                     break
                 check_cancel(cancel)
                 x, y = split_batch(batch)
-                x, y = x.to(self.device, non_blocking=True), None if y is None else y.to(self.device)
+                x, y = to_device(x, self.device, non_blocking=True), None if y is None else y.to(self.device)
                 lr = lr_at(self.step, total, warmup, spec.learning_rate)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 amp = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
                 with computing(), amp:  # a step never runs while another job measures on these cores
-                    logits = student(x)
+                    logits = call(student, x)
                     ref = None
                     if teacher is not None and self.weights.needs_teacher:
                         with torch.no_grad():
-                            ref = teacher(x)
+                            ref = call(teacher, x)
                     parts = loss_parts(logits, ref, y, self.weights, self.distiller, s_taps.outputs, t_taps.outputs)
                     loss = sum(parts.values(), torch.zeros((), device=self.device))
                     self.optimizer.zero_grad(set_to_none=True)
@@ -209,10 +210,11 @@ class _Run:
                     self.scaler.update()
                 self.step += 1
                 steps += 1
-                seen += x.shape[0]
-                sums["loss"] += float(loss.detach()) * x.shape[0]
+                size = batch_size(x)
+                seen += size
+                sums["loss"] += float(loss.detach()) * size
                 for k, v in parts.items():
-                    sums[k] += float(v.detach()) * x.shape[0]
+                    sums[k] += float(v.detach()) * size
                 pred = class_scores(logits.detach()).argmax(-1)
                 if y is not None:
                     labelled += int((y >= 0).sum())
@@ -276,7 +278,7 @@ def recover(student: nn.Module, teacher: nn.Module | None, train_loader: Iterabl
         teacher.to(device).eval()
     try:
         checkpoint = latest_checkpoint(checkpoint_dir)
-        probe = split_batch(first)[0][:2].to(device)
+        probe = to_device(split(split_batch(first)[0], 2)[0], device)
         distiller: Distiller | None = None
         if teacher is not None and (weights.feature > 0 or weights.attention > 0):
             points = list(spec.feature_points or find_feature_points(teacher, probe))
@@ -284,7 +286,7 @@ def recover(student: nn.Module, teacher: nn.Module | None, train_loader: Iterabl
             if not distiller.points:
                 on_event(Event(stage="recover", kind="log", message="no feature points: map distillation is off"))
         if checkpoint is None and spec.recalibration_batches:
-            batches = [split_batch(b)[0].to(device) for _, b in zip(range(spec.recalibration_batches), train_loader)]
+            batches = [to_device(split_batch(b)[0], device) for _, b in zip(range(spec.recalibration_batches), train_loader)]
             recalibrate_batchnorm(student, batches)  # the pruned layers' statistics changed
             if distiller is not None and weights.feature > 0:
                 distiller.fit_adapters(student, teacher, batches[:4])

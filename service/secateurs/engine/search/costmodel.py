@@ -27,8 +27,10 @@ class GroupLayers:
         self.layers = layers
         self.groups = {g.name: g for g in groups}
         self.members: dict[str, list[tuple[str, str, float]]] = {}
-        for name, group in ctx.iter_groups():
-            if name not in self.groups:
+        leader = {root: g.name for g in groups for root in g.roots}  # a tied group's roots count as its own
+        for root, group in ctx.iter_groups():
+            name = leader.get(root)
+            if name is None:
                 continue
             width = self.groups[name].channels
             seen = set()

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from secateurs.engine.budget import Budget, Measurement, latency_ceiling
+from secateurs.engine.inputs import shape_key, shapes
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events, within
 from secateurs.engine.latency.cache import MeasurementCache
 from secateurs.engine.latency.layers import LayerLatencyModel, LayerShape, collect_layers
@@ -114,7 +115,7 @@ def search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: S
     owned = latency_target is None
     latency_target = latency_target or open_target(spec.target, seed=spec.seed)
     cache = MeasurementCache(Path(spec.cache_dir) / "measurements.sqlite" if spec.cache_dir else None)
-    target = MeasuringTarget(spec, tuple(example.shape), cache, latency_target)
+    target = MeasuringTarget(spec, shapes(example)[0], cache, latency_target)
     try:
         return _search(model, example, baseline_onnx, spec, calib, target, sink, cancel)
     finally:
@@ -127,7 +128,7 @@ def _search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: 
             target: MeasuringTarget, sink: EventSink, cancel: CancelCheck | None) -> SearchResult:
     a = _analyse(model, example, spec, calib)
     cache = target.cache
-    model_id = target.model_id = model_identity(model, spec.arch, tuple(example.shape))
+    model_id = target.model_id = model_identity(model, spec.arch, shape_key(example))
     _progress(sink, 0.02, "measuring the baseline")
     baseline = _baseline(model, example, baseline_onnx, spec, target, cancel)
     ceilings = _ceilings(spec.budget, baseline)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from secateurs.engine.outputs import class_scores
+from secateurs.engine.inputs import Batch, call, tensors
 from secateurs.engine.events import EventSink, counted, ignore_events
 from secateurs.engine.prune.blocks import BlockInfo, bypassed
 from secateurs.engine.prune.groups import GraphContext, GroupInfo
@@ -41,19 +42,20 @@ class Calibration:
     """Inputs the quality is measured on. `labels` None means fidelity only; `real` says whether
     the inputs come from data (then BatchNorm is recalibrated on `recalibration`)."""
 
-    inputs: list[torch.Tensor]
+    inputs: list[Batch]
     labels: list[torch.Tensor] | None = None
     real: bool = False
-    recalibration: list[torch.Tensor] | None = None
+    recalibration: list[Batch] | None = None
 
     def identity(self) -> str:
         h = hashlib.sha256()
         for x in self.inputs:
-            h.update(x.numpy().tobytes())
+            for t in tensors(x):
+                h.update(t.numpy().tobytes())
         for y in self.labels or []:
             h.update(y.numpy().tobytes())
         for x in self.recalibration or []:
-            h.update(x.numpy().tobytes()[:4096])
+            h.update(tensors(x)[0].numpy().tobytes()[:4096])
         return h.hexdigest()[:24]
 
 
@@ -68,9 +70,11 @@ class Quality:
         return {"loss": self.loss, "agreement": self.agreement, "kl": self.kl, "accuracy": self.accuracy}
 
 
-def laid_out(x: torch.Tensor) -> torch.Tensor:
+def laid_out(x: Batch) -> Batch:
     """Images in channels-last order: convolutions on the CPU run about a quarter faster so, and the
     search evaluates thousands of them (the values are the same)."""
+    if isinstance(x, (tuple, list)):
+        return tuple(laid_out(t) for t in x)
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
@@ -81,7 +85,7 @@ def channels_last(model: nn.Module) -> nn.Module:
 
 def reference_outputs(model: nn.Module, calib: Calibration) -> list[torch.Tensor]:
     with torch.no_grad(), computing():
-        return [model(laid_out(x)) for x in calib.inputs]
+        return [call(model, laid_out(x)) for x in calib.inputs]
 
 
 def measure_quality(model: nn.Module, calib: Calibration, reference: Sequence[torch.Tensor]) -> Quality:
@@ -89,7 +93,7 @@ def measure_quality(model: nn.Module, calib: Calibration, reference: Sequence[to
     with torch.no_grad():
         for i, (x, ref) in enumerate(zip(calib.inputs, reference)):
             with computing():
-                out = class_scores(model(laid_out(x)))
+                out = class_scores(call(model, laid_out(x)))
             ref = class_scores(ref)  # a dense output is compared position by position
             kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
                                  reduction="sum"))
@@ -106,7 +110,7 @@ def measure_quality(model: nn.Module, calib: Calibration, reference: Sequence[to
 
 
 @contextmanager
-def recalibrated(model: nn.Module, batches: Sequence[torch.Tensor] | None) -> Iterator[None]:
+def recalibrated(model: nn.Module, batches: Sequence[Batch] | None) -> Iterator[None]:
     """Re-estimate BatchNorm statistics on `batches` (forward passes only), restore them after."""
     norms = [m for m in model.modules() if isinstance(m, _NORMS)]
     if not batches or not norms:
@@ -126,7 +130,7 @@ def recalibrated(model: nn.Module, batches: Sequence[torch.Tensor] | None) -> It
         model.eval()
 
 
-def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+def recalibrate_batchnorm(model: nn.Module, batches: Sequence[Batch]) -> None:
     """Cumulative-average BatchNorm statistics over `batches`; everything else in eval mode.
     Each layer's momentum is restored, so later training behaves as before."""
     norms = [m for m in model.modules() if isinstance(m, _NORMS)]
@@ -140,7 +144,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
         with torch.no_grad():
             for x in batches:
                 with computing():
-                    model(laid_out(x))
+                    call(model, laid_out(x))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
@@ -155,9 +159,8 @@ def _channel_dim(module: nn.Module) -> int:
 
 @contextmanager
 def masked(ctx: GraphContext, group_name: str, info: GroupInfo, keep: int) -> Iterator[None]:
-    """Zero the (width - keep) least important channels (or heads) of one group."""
+    """Zero the (width - keep) least important channels (or heads) of one group (and of the groups tied to it)."""
     hooks = []
-    module = ctx.model.get_submodule(group_name)
     if info.unit == "heads":
         attention = ctx.model.get_submodule(group_name.rsplit(".", 1)[0])  # heads groups are SelfAttention.qkv
         drop = weakest_heads(attention, info.channels - keep, p=ctx.head_norm)
@@ -166,27 +169,34 @@ def masked(ctx: GraphContext, group_name: str, info: GroupInfo, keep: int) -> It
         hooks.append(attention.proj.register_forward_pre_hook(
             lambda _m, inputs: (inputs[0].index_fill(-1, idx, 0.0),) + tuple(inputs[1:])))
     else:
-        graph = ctx.graph
-        handler = graph.get_pruner_of_module(module).prune_out_channels
-        group = graph.get_pruning_group(module, handler, list(range(info.channels)))
-        scores = ctx.importance(group)  # the job's criterion: the channels the final pruning removes
-        if info.step > 1:  # as the pruner does: the same positions in each of the step groups
-            per_group = info.channels // info.step
-            weakest = torch.argsort(scores.view(info.step, per_group).mean(0))[: per_group - keep // info.step]
-            drop = sorted(int(p) + g * per_group for g in range(info.step) for p in weakest)
-        else:
-            drop = torch.argsort(scores)[: info.channels - keep].tolist()
-        group = graph.get_pruning_group(module, handler, sorted(drop))
-        for dep, idxs in group:
-            target = dep.target.module
-            if not isinstance(target, nn.Module) or not graph.is_out_channel_pruning_fn(dep.handler) or not idxs:
-                continue
-            hooks.append(target.register_forward_hook(_zeroing(sorted(set(int(i) for i in idxs)), _channel_dim(target))))
+        for root in (group_name, *info.tied):
+            hooks.extend(_channel_masks(ctx, root, info, keep))
     try:
         yield
     finally:
         for h in hooks:
             h.remove()
+
+
+def _channel_masks(ctx: GraphContext, root: str, info: GroupInfo, keep: int) -> list[Any]:
+    """Hooks zeroing the weakest channels of the group rooted at `root`, ranked by the job's criterion."""
+    graph, module = ctx.graph, ctx.model.get_submodule(root)
+    handler = graph.get_pruner_of_module(module).prune_out_channels
+    group = graph.get_pruning_group(module, handler, list(range(info.channels)))
+    scores = ctx.importance(group)  # the job's criterion: the channels the final pruning removes
+    if info.step > 1:  # as the pruner does: the same positions in each of the step groups
+        per_group = info.channels // info.step
+        weakest = torch.argsort(scores.view(info.step, per_group).mean(0))[: per_group - keep // info.step]
+        drop = sorted(int(p) + g * per_group for g in range(info.step) for p in weakest)
+    else:
+        drop = torch.argsort(scores)[: info.channels - keep].tolist()
+    hooks = []
+    for dep, idxs in graph.get_pruning_group(module, handler, sorted(drop)):
+        target = dep.target.module
+        if not isinstance(target, nn.Module) or not graph.is_out_channel_pruning_fn(dep.handler) or not idxs:
+            continue
+        hooks.append(target.register_forward_hook(_zeroing(sorted(set(int(i) for i in idxs)), _channel_dim(target))))
+    return hooks
 
 
 def _zeroing(channels: list[int], dim: int) -> Callable[..., torch.Tensor]:
@@ -310,7 +320,7 @@ def cached_quality(model: nn.Module, calib: Calibration, reference: Sequence[tor
     return quality, True
 
 
-def model_identity(model: nn.Module, arch: str, input_shape: tuple[int, ...]) -> str:
+def model_identity(model: nn.Module, arch: str, input_shape: tuple) -> str:
     """A hash of the weights and architecture (cache key for sensitivity)."""
     h = hashlib.sha256(f"{arch}|{input_shape}".encode())
     for name, tensor in model.state_dict().items():
