@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from secateurs.engine.inputs import Batch, as_inputs, generate, shapes, tensors
+from secateurs.engine.inputs import Batch, generate, shapes, tensors
 from secateurs.engine.outputs import class_scores, output_name
-from secateurs.engine.spec import DEFAULT_INPUT_NAME, InputSpec
+from secateurs.engine.spec import DEFAULT_INPUT_NAME, InputSpec, parse_inputs
 from secateurs.engine.latency.devicelock import computing
 from secateurs.errors import ParityError, UnsupportedModel, machine_limit
 
@@ -214,7 +214,7 @@ def check_parity(model: nn.Module, onnx_path: Path, inputs: Sequence[InputSpec] 
     """Compare ONNX Runtime with PyTorch on seeded random inputs (`inputs`: the model's, or one float
     input's shape). The ONNX model's inputs are fed in order, whatever their names."""
     generator = torch.Generator().manual_seed(seed)
-    specs = as_inputs(inputs)
+    specs = parse_inputs(inputs)
     samples = [generate(specs, generator=generator) for _ in range(batches)]
     with torch.no_grad():
         refs = [_call(model, x).float() for x in samples]

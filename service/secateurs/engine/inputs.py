@@ -14,19 +14,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from secateurs.engine.spec import DEFAULT_INPUT_NAME, InputSpec
+from secateurs.engine.spec import InputSpec
 
 Batch = torch.Tensor | tuple[torch.Tensor, ...]
 INTEGER_HIGH = 2
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
                 "bool": torch.bool}
-
-
-def as_inputs(inputs: Sequence[InputSpec] | Sequence[int]) -> tuple[InputSpec, ...]:
-    """Input specs as given, or one float input named 'input' from a bare shape."""
-    if inputs and isinstance(inputs[0], int):
-        return (InputSpec(DEFAULT_INPUT_NAME, tuple(int(d) for d in inputs)),)
-    return tuple(inputs)  # type: ignore[arg-type]
 
 
 def call(model: nn.Module, x: Batch) -> Any:

@@ -28,9 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from secateurs.engine.outputs import class_scores
-from secateurs.engine.inputs import as_inputs, batch_size, call, generate, shapes, split, stack
+from secateurs.engine.inputs import batch_size, call, generate, shapes, split, stack
 from secateurs.engine.intake.data import generated_dataset, load_dataset
-from secateurs.engine.spec import DataSpec, InputSpec
+from secateurs.engine.spec import DataSpec, InputSpec, parse_inputs
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.search.sensitivity import Calibration
 from secateurs.errors import InvalidData, InvalidRequest
@@ -70,7 +70,7 @@ class DataRoles:
 def build_roles(data: DataSpec | None, train: DataSpec | None, inputs: Sequence[InputSpec] | Sequence[int], *,
                 calibration_samples: int, evaluation_samples: int | None, seed: int) -> DataRoles:
     """The calibration and evaluation sets of a job (see the module docstring)."""
-    n, inputs = calibration_samples, as_inputs(inputs)
+    n, inputs = calibration_samples, parse_inputs(inputs)
     if data is None:
         return _generated(inputs, n, evaluation_samples or max(GENERATED_EVALUATION, n), seed)
     evaluated = load_dataset(data, inputs)

@@ -19,10 +19,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from secateurs.engine.spec import InputSpec, ModelSpec
+from secateurs.engine.spec import InputSpec, ModelSpec, parse_inputs
 from secateurs.engine.intake.zoo import ZOO
 from secateurs.engine.outputs import is_dense, unwrap_single_output
-from secateurs.engine.inputs import as_inputs, call, describe, generate
+from secateurs.engine.inputs import call, describe, generate
 from secateurs.errors import (InvalidModel, InvalidRequest, PermissionDenied, ResourceExhausted, UnsafeModel,
                               machine_limit)
 
@@ -317,7 +317,7 @@ def _program_model(spec: ModelSpec) -> nn.Module:
 def check_runs(model: nn.Module, inputs: Sequence[InputSpec] | Sequence[int]) -> torch.Tensor:
     """Run one forward pass; inputs the model cannot take are the request's fault. A model whose
     one output tensor comes in a dict or tuple is made to return the tensor (engine/outputs.py)."""
-    inputs = as_inputs(inputs)
+    inputs = parse_inputs(inputs)
     try:
         with torch.no_grad():
             out = call(model, generate(inputs, generator=torch.Generator().manual_seed(0)))
