@@ -21,7 +21,7 @@ from secateurs.engine.spec import DataSpec, ModelSpec, ProtocolSpec, RecoverySpe
 from secateurs.engine.validate import build_spec  # noqa: E402
 from text_data import distilbert_config, vit_config, write_text_dataset  # noqa: E402
 
-QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=40, max_seconds=2.0)
+QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=10, min_samples=20, max_seconds=0.5)  # no budget asserted
 TEXT_INPUTS = "input_ids:1x16:int64,attention_mask:1x16:int64"
 
 

@@ -10,7 +10,7 @@ from secateurs.engine.pipeline import compress
 from secateurs.engine.report.schema import validate_report
 from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec
 
-QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=40, max_seconds=2.0)
+QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=10, min_samples=20, max_seconds=0.5)  # no budget asserted
 SMALL_SWIN = {"img_size": 32, "window_size": 4, "embed_dim": 32, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 4, 4),
               "num_classes": 10}
 

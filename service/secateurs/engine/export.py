@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from secateurs.engine.inputs import Batch, generate, shapes, tensors
-from secateurs.engine.outputs import class_scores, output_name
+from secateurs.engine.outputs import Detections, Output, class_scores, output_names, output_tensors
 from secateurs.engine.spec import DEFAULT_INPUT_NAME, InputSpec, parse_inputs
 from secateurs.engine.latency.devicelock import computing
 from secateurs.errors import ParityError, UnsupportedModel, machine_limit
@@ -56,6 +56,7 @@ class Parity:
     tolerance: float
     mode: str  # "outputs" | "perturbed-classifier"
     passed: bool
+    outputs: dict[str, float] | None = None  # relative difference of each output to its own scale
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +124,7 @@ def _cached_export(cache_dir: Path | None, model: nn.Module, example: Batch, exp
             source = ""
         digest.update(f"{cls.__module__}.{cls.__qualname__}\n{source}".encode())
     digest.update(json.dumps([torch.__version__, OPSET, list(exporters or ()), dynamic_batch, names,
-                              output_name(model), [list(s) for s in shapes(example)],
+                              list(output_names(model)), [list(s) for s in shapes(example)],
                               [str(t.dtype) for t in tensors(example)], repr(model)]).encode())
     for name, tensor in list(model.state_dict(keep_vars=False).items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
@@ -153,7 +154,7 @@ def _keep_export(path: Path, info: dict, file: Path, info_file: Path) -> None:
 def _export(model: nn.Module, example: Batch, path: Path, exporter: str, dynamic_batch: bool,
             names: list[str]) -> None:
     quiet = io.StringIO()
-    args, output = tensors(example), output_name(model)
+    args, outputs = tensors(example), list(output_names(model))
     with warnings.catch_warnings(), redirect_stdout(quiet):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -163,13 +164,13 @@ def _export(model: nn.Module, example: Batch, path: Path, exporter: str, dynamic
             sample = tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in args) if dynamic_batch else args
             program = torch.onnx.export(
                 model, sample, dynamo=True, opset_version=OPSET, input_names=names,
-                output_names=[output], dynamic_shapes=dynamic, verbose=False, optimize=True,
+                output_names=outputs, dynamic_shapes=dynamic, verbose=False, optimize=True,
             )
             program.save(str(path), external_data=False)
         else:
-            axes = {name: {0: "batch"} for name in (*names, output)} if dynamic_batch else None
+            axes = {name: {0: "batch"} for name in (*names, *outputs)} if dynamic_batch else None
             torch.onnx.export(model, args, str(path), dynamo=False, opset_version=OPSET,
-                              input_names=names, output_names=[output], dynamic_axes=axes)
+                              input_names=names, output_names=outputs, dynamic_axes=axes)
 
 
 def _last_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
@@ -212,43 +213,60 @@ def _perturb_last_layer(model: nn.Module, onnx_path: Path, generator: torch.Gene
 def check_parity(model: nn.Module, onnx_path: Path, inputs: Sequence[InputSpec] | tuple[int, ...], *,
                  tolerance: float = 1e-3, batches: int = 4, seed: int = 0) -> Parity:
     """Compare ONNX Runtime with PyTorch on seeded random inputs (`inputs`: the model's, or one float
-    input's shape). The ONNX model's inputs are fed in order, whatever their names."""
+    input's shape), every output against its own scale. The ONNX model's inputs are fed in order,
+    whatever their names; its outputs are read in the model's order (engine/outputs.py)."""
     generator = torch.Generator().manual_seed(seed)
     specs = parse_inputs(inputs)
     samples = [generate(specs, generator=generator) for _ in range(batches)]
-    with torch.no_grad():
-        refs = [_call(model, x).float() for x in samples]
-    scale = max(float(r.abs().max()) for r in refs)
-    spread = max(float(r.std()) if r.numel() > 1 else 0.0 for r in refs)
+    refs = _reference(model, samples)
     mode, patched = "outputs", None
-    if spread < 1e-6 * max(scale, 1.0):  # constant outputs: a comparison of them proves nothing
+    scale = max(float(r[0].abs().max()) for r in refs)
+    if max(float(r[0].std()) if r[0].numel() > 1 else 0.0 for r in refs) < 1e-6 * max(scale, 1.0):
+        # constant outputs: a comparison of them proves nothing
         model, patched = _perturb_last_layer(model, onnx_path, generator)
         onnx_path, mode = patched, "perturbed-classifier"
-        with torch.no_grad():
-            refs = [_call(model, x).float() for x in samples]
-        scale = max(float(r.abs().max()) for r in refs)
-
+        refs = _reference(model, samples)
+    names = output_names(model)
+    scales = [max(max(float(r[k].abs().max()) for r in refs), 1e-12) for k in range(len(names))]
     try:
         session = _cpu_session(onnx_path)
-        max_diff, agree, total = 0.0, 0, 0
-        names = [i.name for i in session.get_inputs()]
+        diffs, agree, total = [0.0] * len(names), 0, 0
+        feeds_names = [i.name for i in session.get_inputs()]
         for x, ref in zip(samples, refs):
-            feeds = {name: t.numpy() for name, t in zip(names, tensors(x))}
-            got = torch.from_numpy(session.run(None, feeds)[0]).float()
-            if got.shape != ref.shape:
-                raise ParityError(f"ONNX output shape {tuple(got.shape)} differs from PyTorch {tuple(ref.shape)}")
-            max_diff = max(max_diff, float((got - ref).abs().max()))
-            if ref.dim() >= 2 and ref.shape[1] > 1:  # class scores on dim 1; dense: every position
-                agree += int((class_scores(got).argmax(1) == class_scores(ref).argmax(1)).sum())
-                total += class_scores(ref).shape[0]
+            got = [torch.from_numpy(a).float() for a in session.run(None, dict(zip(feeds_names, (
+                t.numpy() for t in tensors(x)))))]
+            for k, (g, r) in enumerate(zip(got, ref)):
+                if g.shape != r.shape:
+                    raise ParityError(f"ONNX output {names[k]!r} has shape {tuple(g.shape)}, PyTorch "
+                                      f"{tuple(r.shape)}")
+                diffs[k] = max(diffs[k], float((g - r).abs().max()))
+            rows, ref_rows = _score_rows(got), _score_rows(ref)
+            if ref_rows is not None:
+                agree += int((rows.argmax(1) == ref_rows.argmax(1)).sum())
+                total += ref_rows.shape[0]
     finally:
         if patched is not None:
             patched.unlink(missing_ok=True)
-    relative = max_diff / max(scale, 1e-12)
+    per_output = {name: d / s for name, d, s in zip(names, diffs, scales)}
+    worst = max(range(len(names)), key=lambda k: per_output[names[k]])
+    relative = per_output[names[worst]]
     top1 = agree / total if total else None
     passed = relative <= tolerance and (top1 is None or top1 >= 0.99 or relative <= tolerance / 10)
-    return Parity(max_abs_diff=max_diff, output_scale=scale, relative_diff=relative, top1_agreement=top1,
-                  samples=sum(tensors(x)[0].shape[0] for x in samples), tolerance=tolerance, mode=mode, passed=passed)
+    return Parity(max_abs_diff=diffs[worst], output_scale=scales[worst], relative_diff=relative,
+                  top1_agreement=top1, samples=sum(tensors(x)[0].shape[0] for x in samples), tolerance=tolerance,
+                  mode=mode, passed=passed, outputs=per_output)
+
+
+def _score_rows(parts: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """Rows of class scores for the top-1 check; None when the output has no classes on dimension 1."""
+    if len(parts) > 1:
+        return class_scores(Detections(*parts))
+    return class_scores(parts[0]) if parts[0].dim() >= 2 and parts[0].shape[1] > 1 else None
+
+
+def _reference(model: nn.Module, samples: Sequence[Batch]) -> list[tuple[torch.Tensor, ...]]:
+    with torch.no_grad():
+        return [tuple(t.float() for t in output_tensors(_call(model, x))) for x in samples]
 
 
 def _cpu_session(path: Path):
@@ -259,7 +277,7 @@ def _cpu_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _call(model: nn.Module, x: Batch) -> torch.Tensor:
+def _call(model: nn.Module, x: Batch) -> Output:
     return model(*tensors(x))
 
 

@@ -1,40 +1,181 @@
-"""A model's output as the engine reads it: one tensor, whose class scores lie on dimension 1.
+"""A model's output as the engine reads it: class scores, and for a detector its boxes too.
 
 A classifier returns (N, classes). A segmentation network returns (N, classes, H, W), often
-inside a dict (torchvision's {"out": ...}). Every quality measure of the engine (agreement, KL,
-accuracy, distillation) compares class distributions; `class_scores` turns either shape into
-rows of class scores, so a dense output is compared pixel by pixel: agreement becomes
-per-pixel agreement, and distillation matches every pixel's distribution.
+inside a dict (torchvision's {"out": ...}). A detector (engine/intake/detection.py) returns
+`Detections`: per anchor, class probabilities and decoded boxes. Every quality figure of the
+engine compares a model's outputs with the original's, and they are all computed here, once:
+
+- `compare` sums top-1 agreement and divergence over rows: examples, positions of a dense output,
+  or anchors, where agreement is weighted by the original's foreground score and the boxes are
+  compared by IoU under the same weight (score-weighted box agreement);
+- `distillation_loss` is the differentiable form recovery and Taylor importance use;
+- `predictions` are the classes labels are checked against.
 
 A dict or tuple holding exactly one tensor is unwrapped by a forward hook on the model
 (`unwrap_single_output`), so the exported ONNX model has the one output a deployment reads.
-More than one output tensor (an auxiliary head, a detector's boxes and scores) is refused with
-the names of the outputs.
+Other outputs with several tensors (an auxiliary head) are refused with the names of the outputs.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from secateurs.errors import InvalidRequest
 
 
-def class_scores(output: torch.Tensor) -> torch.Tensor:
-    """(N, C) unchanged; (N, C, *spatial) -> (N * prod(spatial), C): one row per position."""
+class Detections(NamedTuple):
+    """A detector's outputs before non-maximum suppression, one row per anchor."""
+
+    scores: torch.Tensor  # (N, anchors, classes): probabilities; column 0 is the background (torchvision)
+    boxes: torch.Tensor  # (N, anchors, 4): decoded x1, y1, x2, y2 in input pixels
+
+
+Output = torch.Tensor | Detections
+
+
+def class_scores(output: Output) -> torch.Tensor:
+    """Rows of class scores: (N, C) unchanged; (N, C, *spatial) -> one row per position;
+    Detections -> one row per anchor."""
+    if isinstance(output, Detections):
+        return output.scores.reshape(-1, output.scores.shape[-1])
     if output.dim() <= 2:
         return output
     return output.movedim(1, -1).reshape(-1, output.shape[1])
 
 
-def is_dense(output: torch.Tensor) -> bool:
-    """Scores per position (segmentation), not per example."""
-    return output.dim() > 2
+def is_dense(output: Output) -> bool:
+    """Scores per position (segmentation) or per anchor (detection), not per example."""
+    return isinstance(output, Detections) or output.dim() > 2
+
+
+def scored_per(output: Output) -> str:
+    """What one row of the quality figures is: 'example', 'position' or 'anchor'."""
+    return "anchor" if isinstance(output, Detections) else "position" if is_dense(output) else "example"
+
+
+def output_tensors(output: Output) -> tuple[torch.Tensor, ...]:
+    """The tensors of an output, in the order of `output_names`."""
+    return tuple(output) if isinstance(output, Detections) else (output,)
+
+
+def detach(output: Output) -> Output:
+    return Detections(*(t.detach().float() for t in output)) if isinstance(output, Detections) \
+        else output.detach().float()
+
+
+def numel(output: Output) -> int:
+    return sum(t.numel() for t in output_tensors(output))
+
+
+def predictions(output: Output) -> torch.Tensor:
+    """The predicted class of every row (what labels are checked against)."""
+    return class_scores(output).argmax(-1)
+
+
+_EPS = 1e-6
+
+
+def _binary_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of independent per-class probabilities, summed over classes: (rows,)."""
+    s, t = student.clamp(_EPS, 1 - _EPS), teacher.clamp(_EPS, 1 - _EPS)
+    return (t * (t / s).log() + (1 - t) * ((1 - t) / (1 - s)).log()).sum(-1)
+
+
+def _foreground_weight(scores: torch.Tensor) -> torch.Tensor:
+    """How much an anchor counts: the original's highest score of a class other than the background."""
+    return scores[..., 1:].amax(-1) if scores.shape[-1] > 1 else scores[..., 0]
+
+
+def _area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[..., 2:] - boxes[..., :2]).clamp_min(0).prod(-1)
+
+
+def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of a[i] with b[i] (boxes x1, y1, x2, y2), not all pairs as torchvision.ops.box_iou."""
+    lt, rb = torch.maximum(a[..., :2], b[..., :2]), torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    return inter / (_area(a) + _area(b) - inter).clamp_min(_EPS)
+
+
+@dataclass
+class Agreement:
+    """Sums over rows of a model's outputs against the original's; `add` them batch by batch."""
+
+    rows: float = 0.0  # examples, positions or anchors
+    kl: float = 0.0  # summed divergence per row
+    weight: float = 0.0  # what agreement is divided by: rows, or the anchors' foreground scores
+    agree: float = 0.0
+    box_iou: float | None = None  # detection: score-weighted IoU of the boxes
+
+    def add(self, other: "Agreement") -> "Agreement":
+        box = None if other.box_iou is None else (self.box_iou or 0.0) + other.box_iou
+        return Agreement(self.rows + other.rows, self.kl + other.kl, self.weight + other.weight,
+                         self.agree + other.agree, box)
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agree / self.weight if self.weight else None
+
+    @property
+    def divergence(self) -> float | None:
+        return self.kl / self.rows if self.rows else None
+
+    @property
+    def box_agreement(self) -> float | None:
+        return self.box_iou / self.weight if self.box_iou is not None and self.weight else None
+
+    @property
+    def fidelity_loss(self) -> float:
+        """What the search minimises without labels: divergence, plus 1 - box agreement for a detector."""
+        box = self.box_agreement
+        return (self.divergence or 0.0) + (1.0 - box if box is not None else 0.0)
+
+    def figures(self) -> dict[str, float | None]:
+        shown = {"agreement": self.agreement, "kl": self.divergence}
+        return {**shown, "box_agreement": self.box_agreement} if self.box_iou is not None else shown
+
+
+def compare(output: Output, reference: Output) -> Agreement:
+    """Agreement and divergence of one batch of outputs with the original's (no gradients kept)."""
+    with torch.no_grad():
+        if isinstance(output, Detections):
+            s, t = output.scores.float(), reference.scores.float()
+            w = _foreground_weight(t)
+            same = (s.argmax(-1) == t.argmax(-1)).float()
+            iou = _paired_iou(output.boxes.float(), reference.boxes.float())
+            return Agreement(rows=float(w.numel()), kl=float(_binary_kl(s, t).sum()), weight=float(w.sum()),
+                             agree=float((w * same).sum()), box_iou=float((w * iou).sum()))
+        out, ref = class_scores(output.float()), class_scores(reference.float())
+        kl = F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True, reduction="sum")
+        return Agreement(rows=float(out.shape[0]), kl=float(kl), weight=float(out.shape[0]),
+                         agree=float((out.argmax(-1) == ref.argmax(-1)).sum()))
+
+
+def distillation_loss(student: Output, teacher: Output, temperature: float) -> torch.Tensor:
+    """Differentiable distance to the teacher's outputs. Class scores: KL of the softened
+    distributions times T^2 (Hinton 2015), per row. Detections: the per-class binary KL per anchor
+    plus the generalised IoU loss of the boxes weighted by the teacher's foreground score
+    (probabilities are not softened, so the temperature does not apply)."""
+    if isinstance(student, Detections):
+        from torchvision.ops import generalized_box_iou_loss
+
+        w = _foreground_weight(teacher.scores.float())
+        boxes = generalized_box_iou_loss(student.boxes.float().reshape(-1, 4), teacher.boxes.float().reshape(-1, 4),
+                                         reduction="none").reshape(w.shape)
+        return _binary_kl(student.scores.float(), teacher.scores.float()).mean() + \
+            (w * boxes).sum() / w.sum().clamp_min(_EPS)
+    t = temperature
+    s, r = class_scores(student), class_scores(teacher)  # dense: per position
+    return F.kl_div(F.log_softmax(s.float() / t, -1), F.log_softmax(r.float() / t, -1),
+                    log_target=True, reduction="batchmean") * (t * t)
 
 
 def _tensors(output: Any) -> dict[str, Any]:
@@ -54,15 +195,20 @@ _NAME_ATTRIBUTE = "_secateurs_output_name"
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
-def output_name(model: nn.Module) -> str:
-    """The ONNX name of the model's output: its key in the dict it came in ('out', 'logits'), else 'output'."""
-    return getattr(model, _NAME_ATTRIBUTE, OUTPUT_NAME)
+def output_names(model: nn.Module) -> tuple[str, ...]:
+    """The ONNX names of the model's outputs: a detector's fields ('scores', 'boxes'); else the one
+    output's key in the dict it came in ('out', 'logits'), else 'output'."""
+    fields = getattr(model, "output_fields", None)  # a detector declares its outputs (engine/intake/detection.py)
+    if fields is not None:
+        return tuple(fields)
+    return (getattr(model, _NAME_ATTRIBUTE, OUTPUT_NAME),)
 
 
-def unwrap_single_output(model: nn.Module, output: Any) -> torch.Tensor:
+def unwrap_single_output(model: nn.Module, output: Any) -> Output:
     """Make `model` return its only output tensor (a hook, so layer names do not change); return it.
-    Raises InvalidRequest naming the outputs when there is not exactly one tensor."""
-    if isinstance(output, torch.Tensor):
+    Detections pass as they are. Raises InvalidRequest naming the outputs when there is not exactly
+    one tensor."""
+    if isinstance(output, (torch.Tensor, Detections)):
         return output
     parts = _tensors(output)
     tensors = {k: v for k, v in parts.items() if isinstance(v, torch.Tensor)}
@@ -76,4 +222,5 @@ def unwrap_single_output(model: nn.Module, output: Any) -> torch.Tensor:
     described = ", ".join(f"{k or '(value)'}: {type(v).__name__}" for k, v in parts.items())
     raise InvalidRequest(
         f"the model returns {type(output).__name__} of {len(parts)} outputs ({described}); one output tensor is "
-        f"supported (for torchvision segmentation: aux_loss=False)", field="model.arch")
+        f"supported (torchvision segmentation: aux_loss=False; a torchvision detector is taken by its "
+        f"name, e.g. torchvision:ssdlite320_mobilenet_v3_large)", field="model.arch")

@@ -33,7 +33,7 @@ from secateurs.engine.latency.protocol import measurements_taken
 from secateurs.engine.latency.target import TargetOpener, open_target
 from secateurs.engine.intake.hf import family_of, save_pruned_archive
 from secateurs.engine.intake.models import check_runs, load_model, refuse_labels_for_dense
-from secateurs.engine.outputs import is_dense, output_name
+from secateurs.engine.outputs import output_names, scored_per
 from secateurs.engine.prune.apply import prune, write_plan
 from secateurs.engine.search.run import search
 from secateurs.engine.inputs import Batch, batch_size, generate, shape_key
@@ -79,6 +79,9 @@ class _Stage:
                                 data={"seconds": self.timings[self.name]}))
 
 
+TASKS = {"example": "classification", "position": "segmentation", "anchor": "detection"}  # by scored_per
+
+
 @dataclass(kw_only=True)
 class _Run:
     """What one compress() call carries from stage to stage."""
@@ -90,7 +93,7 @@ class _Run:
     shape: tuple[int, ...]  # the first input's, at the batch measured
     inputs: tuple[InputSpec, ...]  # every input at the batch measured
     timings: dict[str, float] = field(default_factory=dict)
-    dense: bool = False  # the output scores every position (segmentation): quality is per position
+    scored: str = "example"  # what a row of the quality figures is: example, position (segmentation), anchor
 
     def stage(self, name: str) -> _Stage:
         return _Stage(name, self.on_event, self.cancel, self.timings)
@@ -135,7 +138,7 @@ def compress(
         model = load_model(spec.model)
         output = check_runs(model, inputs)
         refuse_labels_for_dense(output, spec.data, spec.train_data)
-        run.dense = is_dense(output)
+        run.scored = scored_per(output)
         example = generate(inputs, generator=torch.Generator().manual_seed(spec.seed))
         roles = build_roles(spec.data, spec.train_data, inputs, calibration_samples=spec.calibration_samples,
                             evaluation_samples=spec.evaluation_samples, seed=spec.seed)
@@ -244,7 +247,7 @@ def _pruned_within_floor(run: _Run, model: torch.nn.Module, example: torch.Tenso
         attempts.append({"candidate": candidate, "quality": after, **({"met": floor["met"], "drop": floor["drop"]}
                                                                      if floor else {})})
         outcome = replace(outcome, quality={"before": before, "after": after, "measured_on": roles.summary["evaluation"],
-                                            "scored": "per position" if run.dense else "per example"}, floor=floor)
+                                            "scored": f"per {run.scored}"}, floor=floor)
         if floor is None or floor["met"]:
             break
         run.on_event(Event(stage="recover" if run.spec.recovery else "prune", kind="log",
@@ -349,7 +352,8 @@ def _report(run: _Run, *, started_at: datetime, started: float, outcome: _Outcom
                 "finished_at": datetime.now(timezone.utc).isoformat(), "seconds": round(time.perf_counter() - started, 3)},
         "model": {"arch": spec.model.arch, "kwargs": dict(spec.model.arch_kwargs), "input_shape": list(shape),
                   "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in run.inputs],
-                  "output": output_name(pruned),
+                  "output": output_names(pruned)[0], "outputs": list(output_names(pruned)),
+                  "task": TASKS[run.scored], **({"graph": pruned.graph_note} if hasattr(pruned, "graph_note") else {}),
                   "weights_sha256": _sha256(spec.model.weights)},
         "pruning": {"ratio": spec.ratio, "importance": spec.importance, "round_to": spec.round_to,
                     "min_channels": spec.min_channels, "groups": result.plan.groups, "heads": result.plan.heads,

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from secateurs.engine.outputs import class_scores
+from secateurs.engine.outputs import Agreement, Output, compare, numel, predictions
 from secateurs.engine.inputs import batch_size, call, generate, shapes, split, stack
 from secateurs.engine.intake.data import generated_dataset, load_dataset
 from secateurs.engine.spec import DataSpec, InputSpec, parse_inputs
@@ -194,14 +193,14 @@ class Evaluator:
 
     def __init__(self, evaluation: Evaluation, original: nn.Module) -> None:
         self.evaluation, self.original = evaluation, original
-        self._reference: list[torch.Tensor] | None = None
+        self._reference: list[Output] | None = None
 
     def quality(self, model: nn.Module) -> dict[str, Any]:
         """Accuracy (None without labels) with its Wilson interval, agreement, KL, and the sample count."""
         keep = self._reference is None and model is self.original
-        kept: list[torch.Tensor] = []
-        correct = agree = n = rows = 0
-        kl = 0.0
+        kept: list[Output] = []
+        correct = n = 0
+        totals = Agreement()
         with torch.no_grad():
             for i, (x, y) in enumerate(self.evaluation.batches()):
                 with computing():
@@ -211,15 +210,11 @@ class Evaluator:
                 if keep:
                     kept.append(out)
                 n += batch_size(x)
-                out, ref = class_scores(out), class_scores(ref)  # a dense output: every position counts
-                rows += out.shape[0]
-                agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
-                kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
-                                     reduction="sum"))
+                totals = totals.add(compare(out, ref))  # a dense output: every position counts
                 if self.evaluation.labelled:
-                    correct += int((out.argmax(-1) == y).sum())
-        if keep and sum(t.numel() for t in kept) <= _REFERENCE_CACHE_LIMIT:
+                    correct += int((predictions(out) == y).sum())
+        if keep and sum(numel(t) for t in kept) <= _REFERENCE_CACHE_LIMIT:
             self._reference = kept
         accuracy = correct / n if self.evaluation.labelled and n else None
         return {"accuracy": accuracy, "interval": list(wilson(correct, n)) if accuracy is not None else None,
-                "agreement": agree / rows if rows else None, "kl": kl / rows if rows else None, "samples": n}
+                **totals.figures(), "samples": n}

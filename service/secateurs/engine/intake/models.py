@@ -21,7 +21,7 @@ from torch import nn
 
 from secateurs.engine.spec import InputSpec, ModelSpec, parse_inputs
 from secateurs.engine.intake.zoo import ZOO
-from secateurs.engine.outputs import is_dense, unwrap_single_output
+from secateurs.engine.outputs import Detections, Output, is_dense, scored_per, unwrap_single_output
 from secateurs.engine.inputs import call, describe, generate
 from secateurs.errors import (InvalidModel, InvalidRequest, PermissionDenied, ResourceExhausted, UnsafeModel,
                               machine_limit)
@@ -113,10 +113,13 @@ def _build_torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
         if key in kwargs:
             raise InvalidRequest(f"model.arch_kwargs: {key!r} is not accepted: it would download weights; "
                                  f"a job's weights come with the job (model.weights)", field="model.arch_kwargs")
+    from secateurs.engine.intake.detection import DETECTORS, build_detector
+
     builder = torchvision.models.get_model_builder(name)
     if "weights_backbone" in inspect.signature(builder).parameters:
         kwargs = {**kwargs, "weights_backbone": None}
-    return builder(weights=None, **kwargs)
+    model = builder(weights=None, **kwargs)
+    return build_detector(name, model) if name in DETECTORS else model  # a detector: its heads, decoded
 
 
 def module_admitted(module_name: str, attr: str, allowed: Sequence[str]) -> tuple[bool, bool]:
@@ -266,6 +269,10 @@ def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
     expected = model.state_dict()
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
+    # BatchNorm's step counter (absent from FrozenBatchNorm checkpoints: torchvision's pretrained
+    # detectors) changes nothing in eval mode or at a fixed momentum: the model's own is kept.
+    counters = {k: v for k, v in expected.items() if k.endswith("num_batches_tracked") and k not in state}
+    state = {**counters, **state}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mis_shaped = [
@@ -314,7 +321,7 @@ def _program_model(spec: ModelSpec) -> nn.Module:
     return model
 
 
-def check_runs(model: nn.Module, inputs: Sequence[InputSpec] | Sequence[int]) -> torch.Tensor:
+def check_runs(model: nn.Module, inputs: Sequence[InputSpec] | Sequence[int]) -> Output:
     """Run one forward pass; inputs the model cannot take are the request's fault. A model whose
     one output tensor comes in a dict or tuple is made to return the tensor (engine/outputs.py)."""
     inputs = parse_inputs(inputs)
@@ -332,11 +339,13 @@ def check_runs(model: nn.Module, inputs: Sequence[InputSpec] | Sequence[int]) ->
     return unwrap_single_output(model, out)  # {"out": t} -> t, by a hook on the model
 
 
-def refuse_labels_for_dense(output: torch.Tensor, *data: Any) -> None:
-    """A model with scores per position (N, C, H, W: segmentation) is scored by fidelity to the
-    original, position by position; per-image class labels cannot score it."""
+def refuse_labels_for_dense(output: Output, *data: Any) -> None:
+    """A model with scores per position (N, C, H, W: segmentation) or per anchor (a detector) is
+    scored by fidelity to the original, row by row; per-image class labels cannot score it."""
     if is_dense(output) and any(d is not None and d.source != "synthetic" for d in data):
+        what = "per anchor (a detector)" if isinstance(output, Detections) else \
+            f"per position (segmentation, {tuple(output.shape)})"
         raise InvalidRequest(
-            f"the model's output {tuple(output.shape)} has scores per position (segmentation); an image-folder "
-            f"dataset labels whole images, which cannot score it: give no data (generated inputs, scored by "
-            f"per-position agreement with the original)", field="data")
+            f"the model's output has scores {what}; an image-folder dataset labels whole images, which cannot "
+            f"score it: give no data (generated inputs, scored by per-{scored_per(output)} agreement with the "
+            f"original)", field="data")

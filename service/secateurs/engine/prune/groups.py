@@ -19,6 +19,7 @@ from torch import nn
 
 from secateurs.engine.prune.attention import convert_attention
 from secateurs.engine.prune.importance import head_norm, importance_of
+from secateurs.engine.intake.detection import holds as detection_holds
 from secateurs.engine.intake.hf import constraints as transformer_constraints
 from secateurs.engine.prune.support import describe_tracer_failure, refuse_untraceable, window_attention_holds
 from secateurs.engine.size import forward_with_hooks, layer_macs
@@ -122,6 +123,7 @@ def prepare(model: nn.Module, example: torch.Tensor, *, criterion: str = "l1",
     held = window_attention_holds(model, classifier)  # before the tracer: grouping them would never end
     config_held, ties = transformer_constraints(model, classifier)
     held.update(config_held)
+    held.update(detection_holds(model))
     try:
         with warnings.catch_warnings():  # its recursion-depth notice is the windows above, already handled
             warnings.filterwarnings("ignore", message="Maximum recursive depth reached")

@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
 from secateurs.engine.inputs import Batch, call
-from secateurs.engine.outputs import class_scores
+from secateurs.engine.outputs import distillation_loss
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.spec import IMPORTANCES
 from secateurs.errors import InvalidRequest
@@ -59,6 +58,6 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], reference: 
     for x in batches:
         with computing():
             with torch.no_grad():
-                target = F.softmax(class_scores(call(reference, x)), dim=-1)
-            loss = F.kl_div(F.log_softmax(class_scores(call(model, x)), dim=-1), target, reduction="batchmean")
+                target = call(reference, x)
+            loss = distillation_loss(call(model, x), target, 1.0)
             loss.backward()

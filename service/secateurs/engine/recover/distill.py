@@ -19,17 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secateurs.engine.outputs import class_scores
+from secateurs.engine.outputs import Agreement, Output, compare, distillation_loss, predictions
 from secateurs.engine.inputs import Batch, batch_size, call, to_device
 from secateurs.engine.latency.devicelock import computing
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) of the softened outputs, times T^2 so gradients keep their scale (Hinton 2015)."""
-    t = temperature
-    student_logits, teacher_logits = class_scores(student_logits), class_scores(teacher_logits)  # dense: per position
-    return F.kl_div(F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
-                    log_target=True, reduction="batchmean") * (t * t)
+def kd_loss(student_logits: Output, teacher_logits: Output, temperature: float) -> torch.Tensor:
+    """The distance recovery distils by (engine/outputs.py: softened KL, or a detector's scores and boxes)."""
+    return distillation_loss(student_logits, teacher_logits, temperature)
 
 
 def attention_map(feature: torch.Tensor) -> torch.Tensor:
@@ -215,8 +212,8 @@ def evaluate(model: nn.Module, loader: Iterable[Any], teacher: nn.Module | None 
     model.eval()
     if teacher is not None:
         teacher.eval()
-    correct = labelled = agree = n = rows = 0
-    kl = 0.0
+    correct = labelled = n = 0
+    totals = Agreement()
     try:
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
@@ -224,26 +221,21 @@ def evaluate(model: nn.Module, loader: Iterable[Any], teacher: nn.Module | None 
             x, y = split_batch(batch)
             x = to_device(x, device)
             with computing():
-                out = class_scores(call(model, x).float())
-                ref = class_scores(call(teacher, x).float()) if teacher is not None else None
+                out = call(model, x)
+                ref = call(teacher, x) if teacher is not None else None
             n += batch_size(x)
             if y is not None:
                 y = y.to(device)
                 mask = y >= 0
                 labelled += int(mask.sum())
-                correct += int((out.argmax(-1)[mask] == y[mask]).sum())
+                correct += int((predictions(out)[mask] == y[mask]).sum())
             if ref is not None:
-                rows += out.shape[0]  # examples, or positions of a dense output
-                agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
-                kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
-                                     reduction="sum"))
+                totals = totals.add(compare(out, ref))  # examples, or positions of a dense output
     finally:
         for m, mode in modes:
             m.train(mode)
-    has_teacher = teacher is not None and n > 0
-    return {"accuracy": correct / labelled if labelled else None,
-            "agreement": agree / rows if has_teacher and rows else None,
-            "kl": kl / rows if has_teacher and rows else None, "samples": float(n)}
+    fidelity = totals.figures() if teacher is not None and n > 0 else {"agreement": None, "kl": None}
+    return {"accuracy": correct / labelled if labelled else None, **fidelity, "samples": float(n)}
 
 
 @dataclass(frozen=True, kw_only=True)

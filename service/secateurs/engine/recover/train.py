@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from secateurs.engine.inputs import batch_size, call, split, to_device
-from secateurs.engine.outputs import class_scores
+from secateurs.engine.outputs import Agreement, compare, detach, predictions
 from secateurs.engine.recover.distill import (Distiller, FeatureTaps, LossWeights, evaluate, find_feature_points,
                                               loss_parts, split_batch)
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
@@ -181,7 +181,8 @@ class _Run:
         warmup = round(spec.warmup_epochs * self.steps_per_epoch)
         points = self.distiller.points if self.distiller is not None else []
         sums: dict[str, float] = dict.fromkeys(("loss", "ce", "kd", "feature", "attention"), 0.0)
-        correct = labelled = agree = seen = steps = rows = 0
+        correct = labelled = seen = steps = 0
+        agreement = Agreement()
         lr = spec.learning_rate
         student.train()
         t_points = points if teacher is not None else []
@@ -215,16 +216,15 @@ class _Run:
                 sums["loss"] += float(loss.detach()) * size
                 for k, v in parts.items():
                     sums[k] += float(v.detach()) * size
-                pred = class_scores(logits.detach()).argmax(-1)
                 if y is not None:
+                    pred = predictions(detach(logits))
                     labelled += int((y >= 0).sum())
                     correct += int((pred[y >= 0] == y[y >= 0]).sum())
                 if ref is not None:
-                    agree += int((pred == class_scores(ref).argmax(-1)).sum())
-                    rows += pred.shape[0]  # examples, or positions of a dense output
+                    agreement = agreement.add(compare(detach(logits), ref))  # examples, positions or anchors
         return {**{k: v / max(seen, 1) for k, v in sums.items()}, "lr": lr, "steps": steps,
                 "train_accuracy": correct / labelled if labelled else None,
-                "train_agreement": agree / rows if teacher is not None and rows and self.weights.needs_teacher
+                "train_agreement": agreement.agreement if teacher is not None and self.weights.needs_teacher
                 else None}
 
 

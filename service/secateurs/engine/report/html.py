@@ -115,6 +115,8 @@ def _summary(r: Mapping[str, Any]) -> str:
         rows.append(("top-1 agreement with the original", "100%", f"{qa['agreement']:.2%}", ""))
     if "kl" in qa:
         rows.append(("KL divergence to the original", "0", f"{qa['kl']:.4g}", ""))
+    if qa.get("box_agreement") is not None:
+        rows.append(("box IoU with the original (score-weighted)", "100%", f"{qa['box_agreement']:.2%}", ""))
     table = _table(("", "before", "after", "change"), rows)
     notes = []
     stable = base.get("stable", True) and comp.get("stable", True)

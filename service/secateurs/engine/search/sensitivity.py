@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secateurs.engine.outputs import class_scores
+from secateurs.engine.outputs import Agreement, Output, class_scores, compare
 from secateurs.engine.inputs import Batch, call, tensors
 from secateurs.engine.events import EventSink, counted, ignore_events
 from secateurs.engine.prune.blocks import BlockInfo, bypassed
@@ -83,30 +83,27 @@ def channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def reference_outputs(model: nn.Module, calib: Calibration) -> list[torch.Tensor]:
+def reference_outputs(model: nn.Module, calib: Calibration) -> list[Output]:
     with torch.no_grad(), computing():
         return [call(model, laid_out(x)) for x in calib.inputs]
 
 
-def measure_quality(model: nn.Module, calib: Calibration, reference: Sequence[torch.Tensor]) -> Quality:
-    kl = agree = ce = ce_ref = correct = n = 0.0
+def measure_quality(model: nn.Module, calib: Calibration, reference: Sequence[Output]) -> Quality:
+    totals, ce, ce_ref, correct = Agreement(), 0.0, 0.0, 0.0
     with torch.no_grad():
         for i, (x, ref) in enumerate(zip(calib.inputs, reference)):
             with computing():
-                out = class_scores(call(model, laid_out(x)))
-            ref = class_scores(ref)  # a dense output is compared position by position
-            kl += float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), log_target=True,
-                                 reduction="sum"))
-            agree += float((out.argmax(-1) == ref.argmax(-1)).sum())
+                out = call(model, laid_out(x))
+            totals = totals.add(compare(out, ref))  # a dense output is compared position by position
             if calib.labels is not None:
-                y = calib.labels[i]
-                ce += float(F.cross_entropy(out, y, reduction="sum"))
-                ce_ref += float(F.cross_entropy(ref, y, reduction="sum"))
-                correct += float((out.argmax(-1) == y).sum())
-            n += out.shape[0]  # rows of scores: examples, or positions of a dense output
+                y, scores, ref_scores = calib.labels[i], class_scores(out), class_scores(ref)
+                ce += float(F.cross_entropy(scores, y, reduction="sum"))
+                ce_ref += float(F.cross_entropy(ref_scores, y, reduction="sum"))
+                correct += float((scores.argmax(-1) == y).sum())
+    n = totals.rows  # rows of scores: examples, or positions of a dense output
     if calib.labels is not None:
-        return Quality(loss=(ce - ce_ref) / n, agreement=agree / n, kl=kl / n, accuracy=correct / n)
-    return Quality(loss=kl / n, agreement=agree / n, kl=kl / n)
+        return Quality(loss=(ce - ce_ref) / n, agreement=totals.agreement, kl=totals.divergence, accuracy=correct / n)
+    return Quality(loss=totals.fidelity_loss, agreement=totals.agreement, kl=totals.divergence)
 
 
 @contextmanager
