@@ -81,3 +81,25 @@ def test_unreadable_weights_fail_the_job_naming_the_field(client: Client) -> Non
     assert job.error.reason == "invalid_model"
     assert job.error.field == "model.weights_blob_id"
     assert job.error.code == 3  # INVALID_ARGUMENT
+
+
+def test_an_hf_text_model_with_named_inputs_runs_through_the_client_command(server: Server, tmp_path: Path,
+                                                                            capsys) -> None:  # type: ignore[no-untyped-def]
+    """hf: over gRPC: the config travels as arch_kwargs, the inputs by name and dtype, and the returned
+    ONNX model and the pruned Hugging Face checkpoint come back."""
+    from text_data import distilbert_config
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**distilbert_config(), "id2label": {"0": "no", "1": "yes"}}))
+    out = tmp_path / "out"
+    rc = client_main(["--server", server.address, "compress", "--arch", "hf:AutoModelForSequenceClassification",
+                      "--hf-config", str(config), "--input-shape", "input_ids:1x16:int64,attention_mask:1x16:int64",
+                      "--ratio", "0.5", "--export", "onnx", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [
+        ("input_ids", onnx.TensorProto.INT64), ("attention_mask", onnx.TensorProto.INT64)]
+    report = json.loads((out / "report.json").read_text())
+    assert report["parity"]["passed"] and report["exports"]["hf_checkpoint"]["ok"]
+    (ffn,) = [g for g in report["pruning"]["groups"] if g["name"].endswith("ffn.lin1")]
+    assert (ffn["before"], ffn["after"]) == (64, 32) and len(ffn["tied"]) == 1  # both layers' FFNs: one width

@@ -31,7 +31,7 @@ from secateurs.errors import InvalidRequest, PermissionDenied, ResourceExhausted
 from secateurs.jobs.blobs import BlobStore
 from secateurs_client.v1 import compression_pb2 as pb
 
-ARCH_PREFIXES = ("zoo", "torchvision", "timm", "module")
+ARCH_PREFIXES = ("zoo", "torchvision", "timm", "hf", "module")
 MAX_INPUT_ELEMENTS = 1 << 26
 DEFAULT_MAX_MODEL_PARAMS = 500_000_000  # 2 GB of fp32 weights; the pipeline holds several copies
 _LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9_.\-/]{0,61}[a-z0-9])?$")
