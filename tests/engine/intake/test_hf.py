@@ -36,6 +36,8 @@ def _distilbert(**overrides: object) -> torch.nn.Module:
     ({**distilbert_config(), "trust_remote_code": True}, "model.arch_kwargs.trust_remote_code", "never code"),
     ({**distilbert_config(), "quantization_config": "bnb"}, "model.arch_kwargs.quantization_config", "never code"),
     ({**distilbert_config(), "not_a_field": 1}, "model.arch_kwargs.not_a_field", "only its own"),
+    # A field asking for code is named even beside an unknown one that comes first.
+    ({**distilbert_config(), "aaa_unknown": 1, "auto_map": ["x.Y"]}, "model.arch_kwargs.auto_map", "never code"),
 ])
 def test_configs_that_would_run_code_or_are_not_the_models_own_are_refused(fields, field, message):
     with pytest.raises(InvalidRequest, match=message) as err:

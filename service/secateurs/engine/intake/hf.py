@@ -81,7 +81,8 @@ def hf_config(name: str, config: Mapping[str, Any]) -> Any:
         raise InvalidRequest(f"hf:{name} builds model_type {', '.join(allowed)}; the config gives "
                              f"{model_type!r}", field="model.arch_kwargs.model_type")
     known = set(CONFIG_MAPPING[model_type]().to_dict()) | {"num_labels"}  # the label maps' count
-    for key in fields:
+    # Refused fields first, so a config that asks for code is named for that whatever else it holds.
+    for key in sorted(fields, key=lambda k: (not _REFUSED.match(k), k)):
         if _REFUSED.match(key) or key not in known:
             raise InvalidRequest(f"config field {key!r} is not accepted for {model_type} (only its own size and "
                                  f"behaviour fields; never code, weights or dtypes)", field=f"model.arch_kwargs.{key}")

@@ -1,0 +1,186 @@
+"""Model families beyond the CIFAR zoo, each as one whole job under a 1.5x speedup budget at a small
+input: groups found, removable blocks, MACs cut, the measured speedup, whether the budget was met,
+parity of the delivered ONNX model on every output, and the job's time.
+
+    .venv/bin/python benchmarks/reach.py [--section hf,dense] [--only NAME,...] [--speedup 1.5]
+    .venv/bin/python benchmarks/reach.py --accuracy text [--seeds 0,1,2]
+
+Sections: `hf` (transformers from configs: BERT, DistilBERT, RoBERTa sequence classifiers on
+token ids, ViT on images), `dense` (torchvision segmentation: FCN, DeepLabV3, LR-ASPP; detection:
+RetinaNet, FCOS, SSDlite), `timm` (twelve timm families; benchmarks/timm_reach.py's set).
+Random-initialised weights (nothing is downloaded), generated inputs, fidelity to the original as
+the quality signal (KL; per pixel for segmentation; per anchor, with box IoU, for detection), a
+short protocol (at most 2 s a measurement), no recovery: the table is about reach, not accuracy.
+
+`--accuracy text` is the accuracy case of the text modality: a DistilBERT-shaped classifier
+trained here on a synthetic task (tests/support/text_data.py: more 'good' than 'bad' words, a
+WordLevel tokenizer trained on its train split), then a 2x speedup job with two epochs of
+recovery (distillation and labels) on the train split; accuracy before and after on the test
+split, which neither the search nor recovery sees, with its sample count and 95% interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from secateurs.engine.intake.data import load_dataset
+from secateurs.engine.intake.models import build_architecture
+from secateurs.engine.pipeline import compress
+from secateurs.engine.spec import DataSpec, ModelSpec, ProtocolSpec, RecoverySpec
+from secateurs.engine.validate import build_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+
+PROTOCOL = ProtocolSpec(warmup_runs=5, warmup_seconds=0.2, window=30, min_samples=90, max_seconds=2.0)
+TEXT = "input_ids:1x64:int64,attention_mask:1x64:int64"
+_ENCODER = {"vocab_size": 1000, "num_hidden_layers": 4, "num_attention_heads": 4, "hidden_size": 128,
+            "intermediate_size": 512, "max_position_embeddings": 128, "num_labels": 2}
+SECTIONS: dict[str, list[tuple[str, str, dict, str]]] = {  # (row, arch, kwargs, inputs)
+    "hf": [
+        ("BERT (4 layers, 128 wide)", "hf:AutoModelForSequenceClassification",
+         {"model_type": "bert", **_ENCODER}, TEXT),
+        ("RoBERTa (4 layers, 128 wide)", "hf:AutoModelForSequenceClassification",
+         {"model_type": "roberta", **_ENCODER, "max_position_embeddings": 130, "pad_token_id": 1}, TEXT),
+        ("DistilBERT (4 layers, 128 wide)", "hf:AutoModelForSequenceClassification",
+         {"model_type": "distilbert", "vocab_size": 1000, "n_layers": 4, "n_heads": 4, "dim": 128,
+          "hidden_dim": 512, "max_position_embeddings": 128, "num_labels": 2}, TEXT),
+        ("ViT (4 layers, 128 wide, 64x64)", "hf:AutoModelForImageClassification",
+         {"model_type": "vit", "image_size": 64, "patch_size": 8, "hidden_size": 128, "num_hidden_layers": 4,
+          "num_attention_heads": 4, "intermediate_size": 512, "num_labels": 10}, "1x3x64x64"),
+    ],
+    "dense": [
+        ("FCN-ResNet50", "torchvision:fcn_resnet50", {"num_classes": 4, "aux_loss": False}, "1x3x64x64"),
+        ("DeepLabV3-MobileNetV3", "torchvision:deeplabv3_mobilenet_v3_large",
+         {"num_classes": 4, "aux_loss": False}, "1x3x64x64"),
+        ("LR-ASPP-MobileNetV3", "torchvision:lraspp_mobilenet_v3_large", {"num_classes": 4}, "1x3x64x64"),
+        ("RetinaNet-ResNet50-FPN", "torchvision:retinanet_resnet50_fpn", {"num_classes": 4}, "1x3x128x128"),
+        ("FCOS-ResNet50-FPN", "torchvision:fcos_resnet50_fpn", {"num_classes": 4}, "1x3x128x128"),
+        ("SSDlite-MobileNetV3", "torchvision:ssdlite320_mobilenet_v3_large", {"num_classes": 4}, "1x3x128x128"),
+    ],
+    "timm": [(name, f"timm:{name}", {"num_classes": 10, **({"img_size": 64} if sized else {})}, "1x3x64x64")
+             for name, sized in (("resnet18", False), ("resnext26ts", False), ("efficientnet_b0", False),
+                                 ("mobilenetv3_small_100", False), ("regnetx_002", False), ("convnext_atto", False),
+                                 ("ghostnet_100", False), ("densenet121", False), ("vit_tiny_patch16_224", True),
+                                 ("deit_tiny_patch16_224", True), ("swin_tiny_patch4_window7_224", True),
+                                 ("mixer_s16_224", True))],
+}
+HEADER = ("| family | spec | groups (prunable) | blocks (dropped) | MACs cut | measured speedup | met | "
+          "parity (worst output) | job | note |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def row(label: str, arch: str, kwargs: dict, inputs: str, speedup: float, tmp: Path) -> str:
+    spec = build_spec(model=ModelSpec(arch=arch, arch_kwargs=kwargs), input_shape=inputs, out_dir=tmp / "out",
+                      limits={"speedup": speedup}, protocol=PROTOCOL, calibration_samples=32,
+                      evaluation_samples=64, cache_dir=tmp / "cache")
+    start = time.perf_counter()
+    report = compress(spec).report
+    seconds = time.perf_counter() - start
+    groups = report["search"].get("groups") or report["pruning"]["groups"]
+    prunable = sum(1 for g in groups if g.get("prunable", True))
+    blocks = report["search"].get("blocks") or []
+    dropped = len(report["pruning"]["dropped_blocks"])
+    size, parity = report["size"], report["parity"]
+    outputs = ", ".join(parity.get("outputs") or {}) or report["model"]["output"]
+    quality = report["quality"]["after"]
+    fidelity = f"agreement {quality['agreement']:.2f}" + (
+        f", box IoU {quality['box_agreement']:.2f}" if quality.get("box_agreement") is not None else "")
+    return (f"| {label} | `{arch}` | {len(groups)} ({prunable}) | {len(blocks)} ({dropped}) | "
+            f"{size['reduction']['macs_reduction']:.2f}x | {report['latency']['speedup']:.2f}x | "
+            f"{'yes' if report['budget_met'] else 'no'} | {'yes' if parity['passed'] else 'NO'} "
+            f"({parity['relative_diff']:.0e}; {outputs}) | {seconds:.0f} s | {fidelity} |")
+
+
+TEXT_MODEL = {"model_type": "distilbert", "n_layers": 4, "n_heads": 4, "dim": 128, "hidden_dim": 512,
+              "max_position_embeddings": 64, "num_labels": 2}
+TEXT_INPUTS = "input_ids:1x32:int64,attention_mask:1x32:int64"
+
+
+def _train_text_base(root: Path, kwargs: dict, seed: int, epochs: int = 3) -> Path:
+    """The original model: trained here with AdamW on the train split; its weights file."""
+    torch.manual_seed(seed)
+    model = build_architecture("hf:AutoModelForSequenceClassification", kwargs)
+    spec = build_spec(model=ModelSpec(arch="hf:AutoModelForSequenceClassification", arch_kwargs=kwargs),
+                      input_shape=TEXT_INPUTS, out_dir=root / "unused", ratio=0.1)
+    train = load_dataset(DataSpec(source="jsonl", path=root / "texts", split="train"), spec.inputs)
+    loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(epochs):
+        for (ids, mask), y in loader:
+            loss = torch.nn.functional.cross_entropy(model(ids, mask)[0], y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    path = root / f"base-{seed}.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def accuracy_text(seed: int, tmp: Path) -> str:
+    from text_data import write_text_dataset
+
+    texts = write_text_dataset(tmp / "texts", train=4000, test=2000, seed=seed)
+    vocab = json.loads((texts / "tokenizer.json").read_text())["model"]["vocab"]
+    kwargs = {**TEXT_MODEL, "vocab_size": len(vocab)}
+    start = time.perf_counter()
+    weights = _train_text_base(tmp, kwargs, seed)
+    trained = time.perf_counter() - start
+    spec = build_spec(model=ModelSpec(arch="hf:AutoModelForSequenceClassification", arch_kwargs=kwargs,
+                                      weights=weights), input_shape=TEXT_INPUTS, out_dir=tmp / "out",
+                      limits={"speedup": 2.0}, protocol=PROTOCOL, seed=seed,
+                      data=DataSpec(source="jsonl", path=texts, split="test"),
+                      train_data=DataSpec(source="jsonl", path=texts, split="train"),
+                      recovery=RecoverySpec(epochs=2, optimizer="adamw", lr=5e-4, batch_size=64),
+                      cache_dir=tmp / "cache")
+    start = time.perf_counter()
+    report = compress(spec).report
+    q = report["quality"]
+    before, after = q["before"], q["after"]
+    return (f"| {seed} | {before['accuracy']:.1%} ({before['interval'][0]:.1%}–{before['interval'][1]:.1%}) | "
+            f"{after['accuracy']:.1%} ({after['interval'][0]:.1%}–{after['interval'][1]:.1%}) | {after['samples']} | "
+            f"{report['latency']['speedup']:.2f}x | {'yes' if report['budget_met'] else 'no'} | "
+            f"{len(report['pruning']['dropped_blocks'])} | {trained:.0f} s + {time.perf_counter() - start:.0f} s |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--section", default="hf,dense", help=f"comma-separated: {', '.join(SECTIONS)}")
+    parser.add_argument("--only", default="", help="comma-separated row names or specs")
+    parser.add_argument("--speedup", type=float, default=1.5)
+    parser.add_argument("--accuracy", choices=["text"], help="the accuracy case of a modality instead of the table")
+    parser.add_argument("--seeds", default="0")
+    args = parser.parse_args(argv)
+    if args.accuracy:
+        print("| seed | accuracy before (95%) | after 2 epochs | test samples | measured speedup | met | "
+              "layers dropped | train + job |\n|---|---|---|---|---|---|---|---|", flush=True)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            with tempfile.TemporaryDirectory() as tmp:
+                print(accuracy_text(seed, Path(tmp)), flush=True)
+        return 0
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    print(HEADER, flush=True)
+    for section in args.section.split(","):
+        for label, arch, kwargs, inputs in SECTIONS[section]:
+            if only and label not in only and arch not in only:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    line = row(label, arch, kwargs, inputs, args.speedup, Path(tmp))
+                except Exception as exc:  # one family failing is a row of the table, not the end of it
+                    traceback.print_exc(file=sys.stderr)
+                    line = f"| {label} | `{arch}` | failed: {type(exc).__name__}: {str(exc)[:160]} | | | | | | | |"
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
