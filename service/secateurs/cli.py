@@ -76,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ImageFolder directory or .zip whose --data-split the accuracy is measured on; "
                                "calibration comes from its train split (or --train-data's), never from that one")
     compress.add_argument("--data-split", default="test", help="split of --data to evaluate on (default test)")
-    compress.add_argument("--data-format", choices=("imagefolder", "jsonl"), default="imagefolder",
-                          help="of --data and --train-data: imagefolder (default), or jsonl: <split>.jsonl lines of "
-                               "{\"text\", \"label\"} beside a tokenizer.json (tokenizers), for hf: text models")
+    compress.add_argument("--data-format", choices=("imagefolder", "jsonl", "voc"), default="imagefolder",
+                          help="of --data and --train-data: imagefolder (default); jsonl: <split>.jsonl lines of "
+                               "{\"text\", \"label\"} beside a tokenizer.json (tokenizers), for hf: text models; "
+                               "voc: Pascal VOC segmentation masks, scored as mIoU")
     compress.add_argument("--calibration-samples", type=int, default=_JOB.calibration_samples,
                           help="images that score plans, as many again recalibrate BatchNorm "
                                f"(default {_JOB.calibration_samples})")
@@ -250,7 +251,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     data = None
     if args.data is not None:
         data = DataSpec(source=args.data_format, path=args.data, split=args.data_split,
-                        transform=TransformSpec.preset(args.data_preset) if args.data_preset else None, seed=args.seed)
+                        transform=TransformSpec.preset(args.data_preset, source=args.data_format) if args.data_preset
+                        else None, seed=args.seed)
     recovery = train_data = None
     if args.epochs is not None:
         recovery = RecoverySpec(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
@@ -258,13 +260,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
                                 attention_weight=args.attention_weight, progressive_steps=args.progressive_steps,
                                 seed=args.seed)
         if args.train_data is not None:
-            preset = TransformSpec.preset(args.data_preset, train=True) if args.data_preset else None
+            preset = TransformSpec.preset(args.data_preset, train=True, source=args.data_format) \
+                if args.data_preset else None
             train_data = DataSpec(source=args.data_format, path=args.train_data, split="train", transform=preset,
                                   seed=args.seed)
             if data is None:  # only a train split: evaluate on a seeded part of it, never trained on
                 from secateurs.engine.intake.calibration import held_out
 
-                data, train_data = held_out(train_data, TransformSpec.preset(args.data_preset)
+                data, train_data = held_out(train_data, TransformSpec.preset(args.data_preset, source=args.data_format)
                                             if args.data_preset else None)
     spec = build_spec(  # the function the API builds its jobs with (engine/validate.py)
         model=_model_spec(args), input_shape=args.input, out_dir=args.out, limits=limits,

@@ -80,6 +80,18 @@ def test_client_budget_flags(fake_server: Server, tmp_path: Path, capsys) -> Non
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
 
 
+def test_client_protocol_flags_set_fields_by_name_and_type(fake_server: Server, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert client_main(["--server", fake_server.address, "compress", "--arch", "zoo:resnet20", "--input-shape",
+                        "1x3x32x32", "--ratio", "0.5", "--protocol", "window=12", "--protocol", "max_seconds=1.5",
+                        "--out", str(tmp_path)]) == 0
+    with Client(fake_server.address) as client:
+        protocol = client.get_job(capsys.readouterr().out.strip()).request.target.protocol
+    assert (protocol.window, protocol.max_seconds, protocol.min_samples) == (12, 1.5, 0)  # 0: the server's default
+    assert client_main(["--server", fake_server.address, "compress", "--arch", "zoo:resnet20", "--input-shape",
+                        "1x3x32x32", "--ratio", "0.5", "--protocol", "speed=3", "--out", str(tmp_path)]) == 2
+    assert "expected one of warmup_runs" in capsys.readouterr().err
+
+
 def test_summary_shows_the_budget_and_the_reason() -> None:
     report = {"budget": {"speedup": 50.0, "percentile": 50.0}, "budget_met": False, "budget_shortfall": 12.5,
               "target": {"percentile": 50.0}, "search": {"budget_met": False, "reason": "every group is at its floor"}}

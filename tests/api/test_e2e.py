@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 from google.protobuf import json_format
 
-from service_helpers import resnet20_request, wait_for, wait_for_stage
+from service_helpers import QUICK_PROTOCOL_FLAGS, resnet20_request, wait_for, wait_for_stage
 from secateurs.api.server import Server
 from secateurs_client import Client, pb
 from secateurs_client.cli import main as client_main
@@ -58,10 +58,11 @@ def test_client_cli_compress(server: Server, resnet20_weights: Path, tmp_path: P
     out = tmp_path / "out"
     rc = client_main(["--server", server.address, "compress", "--arch", "zoo:resnet20", "--weights",
                       str(resnet20_weights), "--input-shape", "1x3x32x32", "--ratio", "0.5", "--export", "onnx",
-                      "--out", str(out)])
+                      "--out", str(out), *QUICK_PROTOCOL_FLAGS])
     assert rc == 0
     job_id = capsys.readouterr().out.strip()
     assert (out / "model.onnx").stat().st_size > 1000 and (out / "report.json").exists()
+    assert json.loads((out / "report.json").read_text())["protocol"]["max_seconds"] == 0.5  # --protocol reached it
     assert client_main(["--server", server.address, "get", job_id]) == 0
     assert json.loads(capsys.readouterr().out)["state"] == "SUCCEEDED"
     assert client_main(["--server", server.address, "list", "--state", "succeeded"]) == 0
@@ -94,7 +95,7 @@ def test_an_hf_text_model_with_named_inputs_runs_through_the_client_command(serv
     out = tmp_path / "out"
     rc = client_main(["--server", server.address, "compress", "--arch", "hf:AutoModelForSequenceClassification",
                       "--hf-config", str(config), "--input-shape", "input_ids:1x16:int64,attention_mask:1x16:int64",
-                      "--ratio", "0.5", "--export", "onnx", "--out", str(out)])
+                      "--ratio", "0.5", "--export", "onnx", "--out", str(out), *QUICK_PROTOCOL_FLAGS])
     assert rc == 0, capsys.readouterr().err
     graph = onnx.load(str(out / "model.onnx")).graph
     assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [

@@ -16,7 +16,7 @@ from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.intake.program import save_program
 from secateurs_client import Client, build_request, pb
 from secateurs_client.cli import main as client_main
-from service_helpers import QUICK_PROTOCOL
+from service_helpers import QUICK_PROTOCOL, QUICK_PROTOCOL_FLAGS
 
 
 def _program(tmp_path: Path) -> Path:
@@ -29,7 +29,7 @@ def test_a_program_uploaded_by_the_client_command_is_pruned_and_exported(server:
                                                                          capsys) -> None:  # type: ignore[no-untyped-def]
     program, out = _program(tmp_path), tmp_path / "out"
     rc = client_main(["--server", server.address, "compress", "--arch", f"pt2:{program}", "--input-shape",
-                      "1x3x32x32", "--ratio", "0.4", "--export", "onnx", "--out", str(out)])
+                      "1x3x32x32", "--ratio", "0.4", "--export", "onnx", "--out", str(out), *QUICK_PROTOCOL_FLAGS])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     report = json.loads((out / "report.json").read_text())

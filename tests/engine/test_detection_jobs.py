@@ -33,7 +33,8 @@ def test_a_detection_speedup_job_keeps_its_heads_and_scores_its_boxes(tmp_path):
     arch, kwargs = "torchvision:ssdlite320_mobilenet_v3_large", {"num_classes": 3}
     original = _detector_weights(tmp_path / "ssdlite.pt", arch, kwargs, 64)
     spec = CompressSpec(model=ModelSpec(arch=arch, arch_kwargs=kwargs, weights=tmp_path / "ssdlite.pt"),
-                        input_shape=(1, 3, 64, 64), out_dir=tmp_path, protocol=QUICK, calibration_samples=16,
+                        input_shape=(1, 3, 64, 64), out_dir=tmp_path, protocol=QUICK, calibration_samples=8,
+                        evaluation_samples=32,
                         cache_dir=tmp_path / "cache", budget=Budget(speedup=1.2), depth="off", round_to=16)
     result = compress(spec)
     report = result.report

@@ -8,7 +8,7 @@ from secateurs.engine.budget import Budget
 from secateurs.engine.spec import CompressSpec, DataSpec, ModelSpec, ProtocolSpec, RecoverySpec, TransformSpec
 from secateurs.engine.pipeline import compress
 
-QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=40, max_seconds=2.0)
+QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=10, min_samples=20, max_seconds=0.5)  # no latency asserted
 DIGITS = TransformSpec(resize=32)
 
 

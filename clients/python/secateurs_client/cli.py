@@ -61,6 +61,7 @@ def cmd_compress(client: Client, args: argparse.Namespace) -> int:
         train_blob_id=train, val_blob_id=val, train_uri=args.train_uri, val_uri=args.val_uri,
         data_preset=args.data_preset, val_split=args.val_split,
         calibration_samples=args.calibration_samples, evaluation_samples=args.evaluation_samples,
+        protocol=dict(_protocol_setting(p) for p in args.protocol) or None,
     )
     job = client.create_job(req)
     print(f"job {job.id} queued", file=sys.stderr)
@@ -161,6 +162,10 @@ def _recovery_lines(report: Mapping[str, Any]) -> list[str]:
         lo, hi = after.get("interval") or (0.0, 1.0)
         lines.append(f"  accuracy     {was}{after['accuracy']:.2%} on {n:,} evaluation samples "
                      f"(95% interval {lo:.1%}-{hi:.1%}){how}")
+    elif after.get("miou") is not None:
+        was = f"{before['miou']:.2%} -> " if before.get("miou") is not None else ""
+        lines.append(f"  mean IoU     {was}{after['miou']:.2%} over {after.get('miou_classes', 0)} classes on {n:,} "
+                     f"labelled evaluation images{how}")
     elif after.get("agreement") is not None:
         what = "per-pixel" if quality.get("scored") == "per position" else "top-1"
         lines.append(f"  fidelity     {what} agreement {after['agreement']:.2%} on {n:,} held-out inputs{how}")
@@ -308,6 +313,15 @@ def _pair(text: str, cast: type) -> tuple[str, object]:
     return key, cast(value)
 
 
+def _protocol_setting(text: str) -> tuple[str, object]:
+    """One latency protocol field as NAME=VALUE, cast to the field's type (the server checks the bounds)."""
+    fields = pb.LatencyProtocol.DESCRIPTOR.fields_by_name
+    key, value = _pair(text, str)
+    if key not in fields:
+        raise ValueError(f"--protocol {key!r}: expected one of {', '.join(fields)}")
+    return key, (float(value) if fields[key].type == fields[key].TYPE_DOUBLE else int(value))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="secateurs-client", description=__doc__.splitlines()[0])
     p.add_argument("--server", default=os.environ.get("SECATEURS_SERVER", DEFAULT_TARGET),
@@ -360,8 +374,9 @@ def _parser() -> argparse.ArgumentParser:
     dg.add_argument("--val-uri", default="", help="server-side path instead of --val-data")
     dg.add_argument("--val-split", default="", help="split folder of the val data (default test)")
     dg.add_argument("--data-preset", default="", help="normalisation and augmentation: cifar10 or imagenet")
-    dg.add_argument("--data-format", default="", choices=("", "imagefolder", "jsonl"),
-                    help="jsonl: text, <split>.jsonl lines of {\"text\", \"label\"} beside tokenizer.json")
+    dg.add_argument("--data-format", default="", choices=("", "imagefolder", "jsonl", "voc"),
+                    help="jsonl: text, <split>.jsonl lines of {\"text\", \"label\"} beside tokenizer.json; "
+                         "voc: Pascal VOC segmentation masks (scored as mIoU)")
     dg.add_argument("--calibration-samples", type=int, default=0,
                     help="images the search decides on (as many again recalibrate BatchNorm); default 128")
     dg.add_argument("--evaluation-samples", type=int, default=0,
@@ -374,6 +389,10 @@ def _parser() -> argparse.ArgumentParser:
                                                   "torch-cuda, torch-compile-cpu, torch-compile-cuda")
     c.add_argument("--precision", default="", help="fp32 (default) or fp16 (GPU runtimes)")
     c.add_argument("--threads", type=int, default=0, help="CPU threads of the runtime (default 2)")
+    c.add_argument("--protocol", action="append", default=[], metavar="NAME=VALUE",
+                   help="a latency protocol field (warmup_runs, warmup_seconds, window, min_samples, max_seconds, "
+                        "tolerance) over the server's default; e.g. --protocol max_seconds=2 for a shorter "
+                        "measurement")
     c.add_argument("--batch", type=int, default=0, help="measure (and export) at this batch (default: the input's)")
     c.add_argument("--probe", default="", metavar="NAME",
                    help="measure every latency on the latency probe of this name, one the server lists "

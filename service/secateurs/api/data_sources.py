@@ -25,6 +25,7 @@ from secateurs.jobs.blobs import BlobStore
 from secateurs_client.v1 import compression_pb2 as pb
 
 DEFAULT_VAL_SPLIT = "test"
+FORMATS = ("imagefolder", "jsonl", "voc")  # the data sources a request may name (engine/spec.py SOURCES less generated ones)
 _FILE_SCHEME = "file://"
 
 
@@ -36,7 +37,9 @@ def data_specs(
     data_root: the resolved --data-root, or None (then every *_uri is refused).
     recovery: whether the request sets recovery; train data is only used by it.
     """
-    val_transform, train_transform = _preset(src.preset, train=False), _preset(src.preset, train=True)
+    source = src.format or "imagefolder"
+    val_transform = _preset(src.preset, train=False, source=source)
+    train_transform = _preset(src.preset, train=True, source=source)
     val_path, val_field = _location(src, "val", blobs, data_root)
     train_path, train_field = _location(src, "train", blobs, data_root)
     if train_path is not None and not recovery:
@@ -45,9 +48,6 @@ def data_specs(
         raise _bad("data.preset", "a preset applies to data; give data.val_* or data.train_* too")
     if src.val_split and val_path is None:
         raise _bad("data.val_split", "applies to val data; give data.val_blob_id or data.val_uri too")
-    if src.format not in ("", "imagefolder", "jsonl"):
-        raise _bad("data.format", f"must be 'imagefolder' or 'jsonl', got {src.format[:32]!r}")
-    source = src.format or "imagefolder"
     if source == "jsonl" and src.preset:
         raise _bad("data.preset", "a preset transforms images; text data has none")
     val = train = None
@@ -126,12 +126,14 @@ def _bounded(path: Path, field: str) -> None:
         raise _bad(field, str(exc)) from None
 
 
-def _preset(name: str, *, train: bool) -> TransformSpec | None:
+def _preset(name: str, *, train: bool, source: str) -> TransformSpec | None:
     """The engine's preset (its message for an unknown name, under data.preset)."""
+    if source not in FORMATS:
+        raise _bad("data.format", f"must be one of {', '.join(FORMATS)}, got {source[:32]!r}")
     if not name:
         return None
     try:
-        return TransformSpec.preset(name, train=train)
+        return TransformSpec.preset(name, train=train, source=source)
     except InvalidRequest as exc:
         raise _bad("data.preset", str(exc)) from None
 

@@ -9,7 +9,8 @@ engine compares a model's outputs with the original's, and they are all computed
   or anchors, where agreement is weighted by the original's foreground score and the boxes are
   compared by IoU under the same weight (score-weighted box agreement);
 - `distillation_loss` is the differentiable form recovery and Taylor importance use;
-- `predictions` are the classes labels are checked against.
+- `predictions` are the classes labels are checked against; with per-pixel labels, `confusion`
+  and `iou_figures` give the mean IoU.
 
 A dict or tuple holding exactly one tensor is unwrapped by a forward hook on the model
 (`unwrap_single_output`), so the exported ONNX model has the one output a deployment reads.
@@ -78,6 +79,38 @@ def numel(output: Output) -> int:
 def predictions(output: Output) -> torch.Tensor:
     """The predicted class of every row (what labels are checked against)."""
     return class_scores(output).argmax(-1)
+
+
+def label_rows(labels: torch.Tensor) -> torch.Tensor:
+    """Labels in the order of `class_scores`' rows: one per example, or one per pixel of masks (N, H, W)."""
+    return labels.reshape(-1)
+
+
+def confusion(output: Output, labels: torch.Tensor) -> torch.Tensor:
+    """(classes, classes) counts of (label, prediction) over the labelled rows (label -1 is ignored).
+    Raises InvalidData when a label names a class the model does not have."""
+    from secateurs.errors import InvalidData
+
+    classes = class_scores(output).shape[-1]
+    y, p = label_rows(labels), predictions(output)
+    keep = y >= 0
+    y, p = y[keep], p[keep]
+    if y.numel() and int(y.max()) >= classes:
+        raise InvalidData(f"the labels name class {int(y.max())}; the model scores {classes} classes (0-{classes - 1}; "
+                          f"255 in a mask means ignore)")
+    return torch.bincount(y * classes + p, minlength=classes * classes).reshape(classes, classes)
+
+
+def iou_figures(counts: torch.Tensor) -> dict[str, Any]:
+    """Mean IoU over the classes present in the labels or the predictions, pixel accuracy, and how many
+    classes the mean is over (Pascal VOC's convention: a class absent from both is not scored)."""
+    counts = counts.double()
+    hits, labelled, predicted = counts.diagonal(), counts.sum(1), counts.sum(0)
+    union = labelled + predicted - hits
+    present = union > 0
+    total = float(counts.sum())
+    return {"miou": float((hits[present] / union[present]).mean()) if bool(present.any()) else None,
+            "pixel_accuracy": float(hits.sum()) / total if total else None, "miou_classes": int(present.sum())}
 
 
 _EPS = 1e-6

@@ -36,7 +36,7 @@ from secateurs.engine.intake.models import check_runs, load_model, refuse_labels
 from secateurs.engine.outputs import output_names, scored_per
 from secateurs.engine.prune.apply import prune, write_plan
 from secateurs.engine.search.run import search
-from secateurs.engine.inputs import Batch, batch_size, generate, shape_key
+from secateurs.engine.inputs import Batch, generate, shape_key
 from secateurs.engine.intake.data import generated_dataset
 from secateurs.engine.spec import CompressSpec, InputSpec, PruneSpec, SearchSpec
 from secateurs.engine.validate import validate_spec
@@ -458,8 +458,8 @@ def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor,
         train_set = generated_dataset(spec.inputs, max(512, recipe.batch_size * 8), spec.seed)
     loader = make_loader(train_set, recipe.batch_size, shuffle=True, seed=spec.seed,
                          drop_last=len(train_set) > recipe.batch_size)
-    labels = calib.labels or [torch.full((batch_size(x),), -1, dtype=torch.long) for x in calib.inputs]
-    val = list(zip(calib.inputs, labels))
+    # No labels (generated inputs, or masks the search does not read): figures of fidelity alone
+    val = list(zip(calib.inputs, calib.labels or [None] * len(calib.inputs)))
     plan_path = out / "plan.json"
     if recipe.progressive_steps > 1:
         target = spec.ratio if group_ratios is None else dict(group_ratios)
@@ -482,11 +482,13 @@ def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor,
 
 
 def _accuracy_floor(spec: CompressSpec, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
-    """max_accuracy_drop against the evaluation set: accuracy with labels, else top-1 agreement."""
+    """max_accuracy_drop against the evaluation set: accuracy with labels, mIoU with masks, else top-1 agreement."""
     if spec.budget is None or spec.budget.max_accuracy_drop is None:
         return None
     if after.get("accuracy") is not None:
         drop, measure = before["accuracy"] - after["accuracy"], "accuracy"
+    elif after.get("miou") is not None:
+        drop, measure = before["miou"] - after["miou"], "mean IoU (per-pixel labels)"
     else:
         drop, measure = 1.0 - after["agreement"], "top-1 agreement with the original (no labels)"
     limit = spec.budget.max_accuracy_drop

@@ -21,7 +21,7 @@ from secateurs.engine.pipeline import REPORT_VERSION, compress
 from secateurs.engine.report.html import render_report_html
 from secateurs.engine.report.schema import load_report_schema, validate_report
 
-QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=20, min_samples=40, max_seconds=2.0)
+QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=10, min_samples=20, max_seconds=0.5)  # no latency asserted
 DIGITS = TransformSpec(resize=32)
 DATA_URI = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

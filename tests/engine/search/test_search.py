@@ -20,6 +20,9 @@ from secateurs.errors import InvalidRequest
 
 FAST = ProtocolSpec(warmup_runs=5, warmup_seconds=0.05, window=30, min_samples=90, max_seconds=3.0)
 BRIEF = ProtocolSpec(warmup_runs=2, warmup_seconds=0.0, window=10, min_samples=10, max_seconds=0.2)  # counts decide
+# What the tests that assert structure, not latency, measure with: on two busy cores a session that never
+# settles runs to its cap, and FAST's 3 s cap made the cache and depth tests a minute each.
+QUICK = ProtocolSpec(warmup_runs=3, warmup_seconds=0.0, window=10, min_samples=20, max_seconds=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def resnet20_batch8(resnet20, tmp_path_factory):
 def _search(resnet20, budget, cache_dir, **kw):
     model, x, path, calib = resnet20
     return search(model, x, path, SearchSpec(budget=budget, cache_dir=cache_dir, arch="zoo:resnet20",
-                                             **({"protocol": FAST} | kw)), calib)
+                                             **({"protocol": QUICK} | kw)), calib)
 
 
 def test_params_budget_lands_within_ten_percent(resnet20, tmp_path):
@@ -63,7 +66,7 @@ def test_speedup_budget_is_verified_by_measurement(resnet20_batch8, tmp_path):
     # aimed 15% inside, at batch 8: at batch 1 a session of this 0.3 ms model settles fast or slow (README,
     # Limits; a fresh clone's run of 2026-12-02 missed 1.3x by 8.3% there), and what is tested is
     # verification by measurement; how close a search lands is benchmarks/search.py's
-    result = _search(resnet20_batch8, Budget(speedup=1.3), tmp_path, aim=0.85)
+    result = _search(resnet20_batch8, Budget(speedup=1.3), tmp_path, aim=0.85, protocol=FAST)
     assert result.budget_met, result.reason
     assert result.final.speedup >= 1.3
     chosen = [c for c in result.trace if c.plan == result.plan and c.stage != "uniform"]
@@ -120,7 +123,7 @@ def test_depth_search_drops_blocks_and_keeps_channels_whole_when_asked(resnet20,
 
 @pytest.mark.measures
 def test_joint_search_weighs_blocks_against_channels(resnet20_batch8, tmp_path):
-    result = _search(resnet20_batch8, Budget(speedup=1.5), tmp_path)  # depth "auto" is the default
+    result = _search(resnet20_batch8, Budget(speedup=1.5), tmp_path, protocol=FAST)  # depth "auto" is the default
     assert len(result.blocks) == 7 and [c.stage for c in result.trace].count("calibration") == 1 + 2
     assert result.budget_met, result.reason
     # steering figures take one session; a decisive figure near the budget was measured again in fresh
@@ -187,7 +190,7 @@ def test_ratio_and_budget_together_are_refused(tmp_path):
 
 def test_budget_job_end_to_end(tmp_path):
     spec = CompressSpec(model=ModelSpec(arch="zoo:resnet20"), input_shape=(1, 3, 32, 32), out_dir=tmp_path,
-                        budget=Budget(size_bytes=700_000), protocol=FAST, cache_dir=tmp_path / "cache",
+                        budget=Budget(size_bytes=700_000), protocol=QUICK, cache_dir=tmp_path / "cache",
                         calibration_samples=8)
     report = compress(spec).report
     assert report["budget_met"] is True and report["size"]["compressed"]["onnx_bytes"] <= 700_000

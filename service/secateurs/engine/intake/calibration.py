@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from secateurs.engine.outputs import Agreement, Output, compare, numel, predictions
+from secateurs.engine.outputs import Agreement, Output, compare, confusion, iou_figures, numel, predictions
 from secateurs.engine.inputs import batch_size, call, generate, shapes, split, stack
 from secateurs.engine.intake.data import generated_dataset, load_dataset
 from secateurs.engine.spec import DataSpec, InputSpec, parse_inputs
@@ -46,6 +46,7 @@ class Evaluation:
     dataset: Dataset
     indices: list[int]
     labelled: bool
+    dense_labels: bool = False  # labels per pixel (masks): scored as mIoU, not accuracy
     batch_size: int = 64
 
     def __len__(self) -> int:
@@ -84,7 +85,8 @@ def build_roles(data: DataSpec | None, train: DataSpec | None, inputs: Sequence[
         chosen = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed + 1))[:evaluation_samples]
         rest = [rest[i] for i in sorted(chosen.tolist())]
     calibration = _materialise(source, picked, n, inputs)
-    evaluation = Evaluation(dataset=evaluated, indices=sorted(rest), labelled=bool(evaluated.labelled))
+    evaluation = Evaluation(dataset=evaluated, indices=sorted(rest), labelled=bool(evaluated.labelled),
+                            dense_labels=bool(getattr(evaluated, "dense_labels", False)))
     calibration_ids = [_sample_id(source, i) for i in picked]
     evaluation_ids = [_sample_id(evaluated, i) for i in evaluation.indices]
     if set(calibration_ids) & set(evaluation_ids):  # never expected: stop rather than report a selected figure
@@ -158,11 +160,12 @@ def _materialise(dataset: Any, picked: list[int], n: int, specs: Sequence[InputS
         raise InvalidRequest(f"data samples have shape {', '.join(map(str, got))}, the model's inputs are "
                              f"{', '.join(map(str, wanted))}; set the data transform (resize/crop) or the "
                              f"sequence length", field="data")
-    x, y = stack(xs), torch.tensor(ys)
-    batch = min(16, n)
+    x, batch = stack(xs), min(16, n)
     parts = split(x, n)
     scoring, recal = parts[0], parts[1] if len(parts) > 1 else None
-    labels = list(y[:n].split(batch)) if dataset.labelled else None
+    # Per-pixel labels stay out of the search, which scores plans by fidelity; the evaluation scores mIoU.
+    per_image = dataset.labelled and not getattr(dataset, "dense_labels", False)
+    labels = list(torch.tensor(ys)[:n].split(batch)) if per_image else None
     return Calibration(inputs=split(scoring, batch), labels=labels, real=True,
                        recalibration=split(recal, batch) if recal is not None else None)
 
@@ -187,8 +190,8 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 class Evaluator:
-    """Quality on the evaluation set: accuracy (with labels), top-1 agreement and KL with the
-    original model, each with its sample count. The original's outputs are kept from its own
+    """Quality on the evaluation set: accuracy (with labels; mIoU with per-pixel labels), top-1
+    agreement and KL with the original model, each with its sample count. The original's outputs are kept from its own
     pass when they are small enough, else computed again beside each model."""
 
     def __init__(self, evaluation: Evaluation, original: nn.Module) -> None:
@@ -201,6 +204,7 @@ class Evaluator:
         kept: list[Output] = []
         correct = n = 0
         totals = Agreement()
+        counts: torch.Tensor | None = None  # per-pixel labels: the confusion matrix
         with torch.no_grad():
             for i, (x, y) in enumerate(self.evaluation.batches()):
                 with computing():
@@ -211,10 +215,14 @@ class Evaluator:
                     kept.append(out)
                 n += batch_size(x)
                 totals = totals.add(compare(out, ref))  # a dense output: every position counts
-                if self.evaluation.labelled:
+                if self.evaluation.dense_labels:
+                    part = confusion(out, y)
+                    counts = part if counts is None else counts + part
+                elif self.evaluation.labelled:
                     correct += int((predictions(out) == y).sum())
         if keep and sum(numel(t) for t in kept) <= _REFERENCE_CACHE_LIMIT:
             self._reference = kept
-        accuracy = correct / n if self.evaluation.labelled and n else None
+        per_image = self.evaluation.labelled and not self.evaluation.dense_labels
+        accuracy = correct / n if per_image and n else None
         return {"accuracy": accuracy, "interval": list(wilson(correct, n)) if accuracy is not None else None,
-                **totals.figures(), "samples": n}
+                **totals.figures(), "samples": n, **(iou_figures(counts) if counts is not None else {})}

@@ -1,4 +1,5 @@
-"""Datasets for the pipeline: an ImageFolder directory or .zip, scikit-learn digits, synthetic.
+"""Datasets for the pipeline: an ImageFolder directory or .zip, scikit-learn digits, synthetic,
+VOC-style segmentation (per-pixel labels), JSONL text (engine/intake/text.py).
 
 Used for BatchNorm recalibration, sensitivity, fine-tuning and accuracy. Every
 dataset yields `(tensor, label)`: labelled sources give the class index as an
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -315,6 +317,8 @@ def load_dataset(spec: DataSpec, inputs: Sequence[InputSpec] | None = None) -> D
             raise InvalidData(f"text data {path} is neither a directory nor a file")
         reader = _DirReader(path) if path.is_dir() else _ZipReader(path)
         return load_text(spec, reader, inputs, held_out=_held_out, subset=_subset)
+    if spec.source == "voc":
+        return _load_voc(spec, transform, inputs)
     return _load_imagefolder(spec, transform)
 
 
@@ -377,6 +381,97 @@ def _load_imagefolder(spec: DataSpec, transform: Callable[[torch.Tensor], torch.
     keep = _subset([label for _, label in samples], spec.limit, spec.limit_per_class, spec.seed)
     mode = "L" if spec.channels == 1 else "RGB"
     return ImageFolderDataset(reader, [samples[i] for i in keep], ordered, mode=mode, transform=transform, where=where)
+
+
+class SegmentationDataset(Dataset):
+    """Pascal VOC-style segmentation: each image with its class-index mask, both resized to `size`
+    (bilinear for the image, nearest for the mask). Mask value 255 (VOC's border and "difficult")
+    becomes UNLABELLED (-1), which every loss and figure ignores. Labels are per pixel (`dense_labels`)."""
+
+    labelled = True
+    dense_labels = True
+    num_classes: int | None = None  # the model's output says how many
+
+    def __init__(self, reader: _DirReader | _ZipReader, ids: list[str], root: str, *, size: tuple[int, int] | None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None, where: str) -> None:
+        self.reader, self.root, self.size, self.transform, self.where = reader, root, size, transform, where
+        self.images = [f"{root}JPEGImages/{i}.jpg" for i in ids]
+        self.masks = [f"{root}SegmentationClass/{i}.png" for i in ids]
+        self.ids = self.images  # names the image wherever it appears: a split shared with another is caught
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _decode(self, name: str, mode: str | None) -> np.ndarray:
+        try:
+            with Image.open(io.BytesIO(self.reader.read(name))) as img:
+                if img.width * img.height > LIMITS.image_pixels:
+                    raise ResourceExhausted(f"image {name!r} in {self.where} is {img.width}x{img.height}, over the "
+                                            f"limit of {LIMITS.image_pixels:,} pixels", field="data")
+                if mode is None and img.mode not in ("P", "L"):
+                    raise InvalidData(f"mask {name!r} in {self.where} is {img.mode}: masks are class-index PNGs "
+                                      f"(palette or greyscale, 255 for ignore)")
+                return np.array(img.convert(mode) if mode else img, dtype=np.uint8)
+        except (OSError, ValueError, EOFError, SyntaxError, NotImplementedError, zipfile.BadZipFile,
+                Image.DecompressionBombError) as exc:
+            raise InvalidData(f"cannot read {name!r} in {self.where} ({type(exc).__name__})") from exc
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self._decode(self.images[index], "RGB"), self._decode(self.masks[index], None)
+        if image.shape[:2] != mask.shape[:2]:
+            raise InvalidData(f"mask {self.masks[index]!r} is {mask.shape[1]}x{mask.shape[0]}, its image "
+                              f"{image.shape[1]}x{image.shape[0]}")
+        x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+        y = torch.from_numpy(mask.astype(np.int64))[None]
+        if self.size is not None and tuple(x.shape[1:]) != self.size:
+            x = v2.functional.resize(x, list(self.size), antialias=True)
+            y = v2.functional.resize(y, list(self.size), interpolation=v2.InterpolationMode.NEAREST)
+        y = y[0].masked_fill(y[0] == 255, UNLABELLED)
+        return (self.transform(x) if self.transform else x), y
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+_VOC_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a file stem: no folders, no way out of the tree
+
+
+def _load_voc(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tensor] | None,
+              inputs: Sequence[InputSpec] | None) -> SegmentationDataset:
+    path = Path(spec.path or "")
+    if not path.exists():
+        raise InvalidData(f"data path does not exist: {path}")
+    listing = f"ImageSets/Segmentation/{spec.split}.txt"
+    if path.is_dir():
+        reader: _DirReader | _ZipReader = _DirReader(path)
+        tops = [""] + sorted(f"{e.name}/" for e in os.scandir(path) if e.is_dir())
+        roots = [r for r in tops if (path / r / listing).is_file()]
+        present = None
+    else:
+        reader = _ZipReader(path)
+        names = reader.names(spec.split)
+        roots = [n[: -len(listing)] for n in names if n.endswith(listing) and n[: -len(listing)].count("/") <= 1]
+        present = set(names)
+    if not roots:
+        raise InvalidData(f"{path} has no {listing} (Pascal VOC segmentation layout: JPEGImages/, "
+                          f"SegmentationClass/, ImageSets/Segmentation/<split>.txt)")
+    root = roots[0]
+    ids = [line.split()[0] for line in reader.read(root + listing).decode("utf-8", "replace").splitlines()
+           if line.strip()]
+    bad = next((i for i in ids if not _VOC_ID.match(i)), None)
+    if bad is not None:
+        raise InvalidData(f"{listing} in {path} names {bad[:80]!r}, not an image id")
+    if not ids:
+        raise InvalidData(f"{listing} in {path} lists no images")
+    for i in ids:
+        for name in (f"{root}JPEGImages/{i}.jpg", f"{root}SegmentationClass/{i}.png"):
+            if not (name in present if present is not None else (path / name).is_file()):
+                raise InvalidData(f"{path} lists {i!r} in {listing} but has no {name}")
+    ids = [ids[n] for n in _held_out([f"{root}JPEGImages/{i}.jpg" for i in ids], spec)]
+    ids = [ids[n] for n in _subset([0] * len(ids), spec.limit, None, spec.seed)]
+    size = tuple(inputs[0].shape[2:]) if inputs else None
+    return SegmentationDataset(reader, ids, root, size=size if size and len(size) == 2 else None,
+                               transform=transform, where=str(path))
 
 
 def _split_prefix(names: Sequence[str], split: str, where: str) -> str:

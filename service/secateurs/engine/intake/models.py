@@ -340,12 +340,21 @@ def check_runs(model: nn.Module, inputs: Sequence[InputSpec] | Sequence[int]) ->
 
 
 def refuse_labels_for_dense(output: Output, *data: Any) -> None:
-    """A model with scores per position (N, C, H, W: segmentation) or per anchor (a detector) is
-    scored by fidelity to the original, row by row; per-image class labels cannot score it."""
-    if is_dense(output) and any(d is not None and d.source != "synthetic" for d in data):
+    """Labels must fit the output: per-image classes a classifier, per-pixel masks (source "voc") a
+    segmentation network (scored as mIoU). A detector, or other labels on a dense output, is scored by
+    fidelity to the original, row by row, on generated inputs."""
+    given = [d for d in data if d is not None and d.source != "synthetic"]
+    masks = [d for d in given if d.source == "voc"]
+    segmentation = is_dense(output) and not isinstance(output, Detections)
+    if masks and not segmentation:
+        what = "per anchor (a detector)" if isinstance(output, Detections) else f"per example {tuple(output.shape)}"
+        raise InvalidRequest(f"per-pixel masks (source 'voc') score a segmentation model; this model's output "
+                             f"has scores {what}", field="data.source")
+    if is_dense(output) and len(masks) < len(given):
         what = "per anchor (a detector)" if isinstance(output, Detections) else \
             f"per position (segmentation, {tuple(output.shape)})"
         raise InvalidRequest(
             f"the model's output has scores {what}; an image-folder dataset labels whole images, which cannot "
             f"score it: give no data (generated inputs, scored by per-{scored_per(output)} agreement with the "
-            f"original)", field="data")
+            f"original)" + ("" if isinstance(output, Detections) else ", or masks in VOC layout (source 'voc')"),
+            field="data")

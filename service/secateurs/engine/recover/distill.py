@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secateurs.engine.outputs import Agreement, Output, compare, distillation_loss, predictions
+from secateurs.engine.outputs import Agreement, Output, compare, distillation_loss, label_rows, predictions
 from secateurs.engine.inputs import Batch, batch_size, call, to_device
 from secateurs.engine.latency.devicelock import computing
 
@@ -225,7 +225,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any], teacher: nn.Module | None 
                 ref = call(teacher, x) if teacher is not None else None
             n += batch_size(x)
             if y is not None:
-                y = y.to(device)
+                y = label_rows(y.to(device))  # per example, or per pixel of a mask
                 mask = y >= 0
                 labelled += int(mask.sum())
                 correct += int((predictions(out)[mask] == y[mask]).sum())

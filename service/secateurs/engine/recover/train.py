@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from secateurs.engine.inputs import batch_size, call, split, to_device
-from secateurs.engine.outputs import Agreement, compare, detach, predictions
+from secateurs.engine.outputs import Agreement, compare, detach, label_rows, predictions
 from secateurs.engine.recover.distill import (Distiller, FeatureTaps, LossWeights, evaluate, find_feature_points,
                                               loss_parts, split_batch)
 from secateurs.engine.events import CancelCheck, Event, EventSink, check_cancel, ignore_events
@@ -217,9 +217,9 @@ class _Run:
                 for k, v in parts.items():
                     sums[k] += float(v.detach()) * size
                 if y is not None:
-                    pred = predictions(detach(logits))
-                    labelled += int((y >= 0).sum())
-                    correct += int((pred[y >= 0] == y[y >= 0]).sum())
+                    pred, rows = predictions(detach(logits)), label_rows(y)  # per example or per pixel
+                    labelled += int((rows >= 0).sum())
+                    correct += int((pred[rows >= 0] == rows[rows >= 0]).sum())
                 if ref is not None:
                     agreement = agreement.add(compare(detach(logits), ref))  # examples, positions or anchors
         return {**{k: v / max(seen, 1) for k, v in sums.items()}, "lr": lr, "steps": steps,

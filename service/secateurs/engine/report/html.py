@@ -111,6 +111,9 @@ def _summary(r: Mapping[str, Any]) -> str:
     if qb.get("accuracy") is not None and qa.get("accuracy") is not None:
         rows.append(("accuracy", f"{qb['accuracy']:.2%}", f"{qa['accuracy']:.2%}",
                      f"{(qa['accuracy'] - qb['accuracy']) * 100:+.2f} points"))
+    if qb.get("miou") is not None and qa.get("miou") is not None:
+        rows.append((f"mean IoU ({qa.get('miou_classes', 0)} classes)", f"{qb['miou']:.2%}", f"{qa['miou']:.2%}",
+                     f"{(qa['miou'] - qb['miou']) * 100:+.2f} points"))
     if "agreement" in qa:
         rows.append(("top-1 agreement with the original", "100%", f"{qa['agreement']:.2%}", ""))
     if "kl" in qa:
