@@ -22,7 +22,7 @@ run: $(STAMP)
 # latency they measure (marked `measures`) run afterwards, alone: a measurement lock keeps other jobs'
 # compute away, not everything a second worker does (tests/conftest.py).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m "not measures"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m "not measures" --durations=30
 	$(BIN)/python -m pytest -m measures
 
 clean:

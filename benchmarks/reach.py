@@ -50,14 +50,14 @@ _ENCODER = {"vocab_size": 1000, "num_hidden_layers": 4, "num_attention_heads": 4
             "intermediate_size": 512, "max_position_embeddings": 128, "num_labels": 2}
 SECTIONS: dict[str, list[tuple[str, str, dict, str]]] = {  # (row, arch, kwargs, inputs)
     "hf": [
-        ("BERT (4 layers, 128 wide)", "hf:AutoModelForSequenceClassification",
+        ("BERT (4 layers x 128)", "hf:AutoModelForSequenceClassification",
          {"model_type": "bert", **_ENCODER}, TEXT),
-        ("RoBERTa (4 layers, 128 wide)", "hf:AutoModelForSequenceClassification",
+        ("RoBERTa (4 layers x 128)", "hf:AutoModelForSequenceClassification",
          {"model_type": "roberta", **_ENCODER, "max_position_embeddings": 130, "pad_token_id": 1}, TEXT),
-        ("DistilBERT (4 layers, 128 wide)", "hf:AutoModelForSequenceClassification",
+        ("DistilBERT (4 layers x 128)", "hf:AutoModelForSequenceClassification",
          {"model_type": "distilbert", "vocab_size": 1000, "n_layers": 4, "n_heads": 4, "dim": 128,
           "hidden_dim": 512, "max_position_embeddings": 128, "num_labels": 2}, TEXT),
-        ("ViT (4 layers, 128 wide, 64x64)", "hf:AutoModelForImageClassification",
+        ("ViT (4 layers x 128; 64x64)", "hf:AutoModelForImageClassification",
          {"model_type": "vit", "image_size": 64, "patch_size": 8, "hidden_size": 128, "num_hidden_layers": 4,
           "num_attention_heads": 4, "intermediate_size": 512, "num_labels": 10}, "1x3x64x64"),
     ],
@@ -113,7 +113,7 @@ def row(label: str, arch: str, kwargs: dict, inputs: str, speedup: float, tmp: P
     fidelity = f"agreement {quality['agreement']:.2f}" + (
         f", box IoU {quality['box_agreement']:.2f}" if quality.get("box_agreement") is not None else "")
     return (f"| {label} | `{arch}` | {len(groups)} ({prunable}) | {len(blocks)} ({dropped}) | "
-            f"{size['reduction']['macs_reduction']:.2f}x | {report['latency']['speedup']:.2f}x | "
+            f"{size['macs_reduction']:.2f}x | {report['latency']['speedup']:.2f}x | "
             f"{'yes' if report['budget_met'] else 'no'} | {'yes' if parity['passed'] else 'NO'} "
             f"({parity['relative_diff']:.0e}; {outputs}) | {seconds:.0f} s | {fidelity} |")
 

@@ -67,17 +67,27 @@ def shape_key(x: Batch) -> tuple:
 
 
 def generate(inputs: Sequence[InputSpec], batch: int | None = None, *,
-             generator: torch.Generator | None = None) -> Batch:
-    """Seeded random inputs of these specs (at `batch`, else each spec's own), one tensor when one input."""
+             generator: torch.Generator | None = None, distribution: str = "normal") -> Batch:
+    """Seeded random inputs of these specs (at `batch`, else each spec's own), one tensor when one input.
+    Floats are standard normal, or uniform in [0, 1) for a model that takes images as they are
+    (`input_distribution`)."""
     made = []
     for spec in inputs:
         shape = (batch if batch is not None else spec.shape[0], *spec.shape[1:])
         dtype = TORCH_DTYPES[spec.dtype]
         if dtype.is_floating_point:
-            made.append(torch.randn(shape, generator=generator).to(dtype))
+            draw = torch.rand if distribution == "uniform" else torch.randn
+            made.append(draw(shape, generator=generator).to(dtype))
         else:
             made.append(torch.randint(0, INTEGER_HIGH, shape, generator=generator).to(dtype))
     return made[0] if len(made) == 1 else tuple(made)
+
+
+def input_distribution(model: torch.nn.Module) -> str:
+    """What generated float inputs a model is fed: "normal" (already normalised inputs, the default), or
+    "uniform" in [0, 1) for a model that normalises its images itself (a detector): standard normal
+    pixels drive its box regression far out of range, and every fidelity figure with it."""
+    return getattr(model, "generated_inputs", "normal")
 
 
 def describe(inputs: Sequence[InputSpec]) -> str:

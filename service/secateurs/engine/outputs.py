@@ -135,7 +135,9 @@ def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of a[i] with b[i] (boxes x1, y1, x2, y2), not all pairs as torchvision.ops.box_iou."""
     lt, rb = torch.maximum(a[..., :2], b[..., :2]), torch.minimum(a[..., 2:], b[..., 2:])
     inter = (rb - lt).clamp_min(0).prod(-1)
-    return inter / (_area(a) + _area(b) - inter).clamp_min(_EPS)
+    union = _area(a) + _area(b) - inter
+    # two boxes of no area agree only when they are the same box (inter / union is 0 / 0 there)
+    return torch.where(union > _EPS, inter / union.clamp_min(_EPS), (a == b).all(-1).to(inter.dtype))
 
 
 @dataclass

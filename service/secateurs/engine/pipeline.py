@@ -36,7 +36,7 @@ from secateurs.engine.intake.models import check_runs, load_model, refuse_labels
 from secateurs.engine.outputs import output_names, scored_per
 from secateurs.engine.prune.apply import prune, write_plan
 from secateurs.engine.search.run import search
-from secateurs.engine.inputs import Batch, generate, shape_key
+from secateurs.engine.inputs import Batch, generate, input_distribution, shape_key
 from secateurs.engine.intake.data import generated_dataset
 from secateurs.engine.spec import CompressSpec, InputSpec, PruneSpec, SearchSpec
 from secateurs.engine.validate import validate_spec
@@ -139,9 +139,10 @@ def compress(
         output = check_runs(model, inputs)
         refuse_labels_for_dense(output, spec.data, spec.train_data)
         run.scored = scored_per(output)
-        example = generate(inputs, generator=torch.Generator().manual_seed(spec.seed))
+        drawn = input_distribution(model)
+        example = generate(inputs, generator=torch.Generator().manual_seed(spec.seed), distribution=drawn)
         roles = build_roles(spec.data, spec.train_data, inputs, calibration_samples=spec.calibration_samples,
-                            evaluation_samples=spec.evaluation_samples, seed=spec.seed)
+                            evaluation_samples=spec.evaluation_samples, seed=spec.seed, distribution=drawn)
     with run.stage("profile") as st:
         # first: a runtime or probe that is not there fails the job before any work, saying why
         latency = target_opener(spec.target, seed=spec.seed)
@@ -455,7 +456,8 @@ def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor,
     if spec.train_data is not None:
         train_set = load_dataset(spec.train_data, spec.inputs)
     else:  # label-free: distillation alone, on generated inputs
-        train_set = generated_dataset(spec.inputs, max(512, recipe.batch_size * 8), spec.seed)
+        train_set = generated_dataset(spec.inputs, max(512, recipe.batch_size * 8), spec.seed,
+                                      input_distribution(model))
     loader = make_loader(train_set, recipe.batch_size, shuffle=True, seed=spec.seed,
                          drop_last=len(train_set) > recipe.batch_size)
     # No labels (generated inputs, or masks the search does not read): figures of fidelity alone

@@ -72,3 +72,30 @@ def test_fidelity_weighs_anchors_by_the_originals_foreground_score():
     assert float(distillation_loss(reference, reference, 4.0)) == pytest.approx(0.0, abs=1e-4)
     assert float(distillation_loss(object_moved, reference, 4.0)) > float(distillation_loss(background_moved,
                                                                                                reference, 4.0))
+
+
+def test_a_detector_is_fed_generated_images_in_the_unit_range():
+    # standard normal pixels drive the box regression out of range (widths 0 to 18,000 pixels on a
+    # 128x128 RetinaNet), and a pruned model's boxes would never overlap the original's
+    from secateurs.engine.inputs import generate, input_distribution
+    from secateurs.engine.intake.calibration import build_roles
+    from secateurs.engine.spec import InputSpec
+
+    heads = build_architecture("torchvision:ssdlite320_mobilenet_v3_large", {"num_classes": 3})
+    assert input_distribution(heads) == "uniform" and input_distribution(torch.nn.Linear(2, 2)) == "normal"
+    x = generate([InputSpec("input", (2, 3, 8, 8))], distribution="uniform")
+    assert 0.0 <= float(x.min()) and float(x.max()) < 1.0
+    roles = build_roles(None, None, [InputSpec("input", (1, 3, 8, 8))], calibration_samples=4,
+                        evaluation_samples=4, seed=0, distribution="uniform")
+    (evaluated, _), = list(roles.evaluation.batches())
+    assert float(roles.calibration.inputs[0].min()) >= 0.0 and float(evaluated.min()) >= 0.0
+    assert "uniform in [0, 1]" in roles.summary["calibration"]["note"]
+
+
+def test_boxes_of_no_area_agree_only_with_themselves():
+    point = torch.tensor([[[5.0, 5.0, 5.0, 5.0], [1.0, 1.0, 1.0, 9.0]]])
+    scores = torch.tensor([[[0.1, 0.9], [0.1, 0.9]]])
+    same = compare(Detections(scores, point), Detections(scores, point))
+    assert same.box_agreement == pytest.approx(1.0)
+    moved = compare(Detections(scores, point + 1), Detections(scores, point))
+    assert moved.box_agreement == pytest.approx(0.0)

@@ -68,11 +68,13 @@ class DataRoles:
 
 
 def build_roles(data: DataSpec | None, train: DataSpec | None, inputs: Sequence[InputSpec] | Sequence[int], *,
-                calibration_samples: int, evaluation_samples: int | None, seed: int) -> DataRoles:
-    """The calibration and evaluation sets of a job (see the module docstring)."""
+                calibration_samples: int, evaluation_samples: int | None, seed: int,
+                distribution: str = "normal") -> DataRoles:
+    """The calibration and evaluation sets of a job (see the module docstring); without data, generated
+    inputs of `distribution` (engine/inputs.py `input_distribution`)."""
     n, inputs = calibration_samples, parse_inputs(inputs)
     if data is None:
-        return _generated(inputs, n, evaluation_samples or max(GENERATED_EVALUATION, n), seed)
+        return _generated(inputs, n, evaluation_samples or max(GENERATED_EVALUATION, n), seed, distribution)
     evaluated = load_dataset(data, inputs)
     source, note, carve = _calibration_source(data, train, evaluated, inputs)
     if len(evaluated) < (2 * n + 1 if carve else 1):
@@ -135,14 +137,16 @@ def _same_images(a: DataSpec, b: DataSpec) -> bool:
         Path(a.path).resolve() == Path(b.path).resolve() and sides != {"held", "kept"}
 
 
-def _generated(specs: Sequence[InputSpec], n: int, evaluated: int, seed: int) -> DataRoles:
+def _generated(specs: Sequence[InputSpec], n: int, evaluated: int, seed: int, distribution: str) -> DataRoles:
     generator = torch.Generator().manual_seed(seed + 1)
     batch = min(16, n)
-    inputs = [generate(specs, min(batch, n - i), generator=generator) for i in range(0, n, batch)]
-    dataset = generated_dataset(specs, evaluated, seed + _EVALUATION_SEED)
+    inputs = [generate(specs, min(batch, n - i), generator=generator, distribution=distribution)
+              for i in range(0, n, batch)]
+    dataset = generated_dataset(specs, evaluated, seed + _EVALUATION_SEED, distribution)
+    drawn = "uniform in [0, 1]: the model normalises its images itself" if distribution == "uniform" else "normal"
     evaluation = Evaluation(dataset=dataset, indices=list(range(evaluated)), labelled=False)
     summary = {"calibration": {"split": None, "samples": n, "recalibration_samples": 0,
-                               "note": "generated inputs (no data)"},
+                               "note": f"generated inputs (no data; {drawn})"},
                "evaluation": {"split": None, "samples": evaluated, "of": evaluated,
                               "note": "generated inputs of another seed: quality is fidelity to the original "
                                       "model, not accuracy"}}

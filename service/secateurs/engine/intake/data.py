@@ -274,8 +274,8 @@ class GeneratedInputsDataset(Dataset):
     labelled = False
     num_classes: int | None = None
 
-    def __init__(self, inputs: Sequence[InputSpec], size: int, seed: int) -> None:
-        self.inputs, self.size, self.seed = tuple(inputs), size, seed
+    def __init__(self, inputs: Sequence[InputSpec], size: int, seed: int, distribution: str = "normal") -> None:
+        self.inputs, self.size, self.seed, self.distribution = tuple(inputs), size, seed, distribution
 
     def __len__(self) -> int:
         return self.size
@@ -283,15 +283,17 @@ class GeneratedInputsDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...], int]:
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} samples")
-        made = generate(self.inputs, 1, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + index))
+        made = generate(self.inputs, 1, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + index),
+                        distribution=self.distribution)
         return tuple(t[0] for t in tensors(made)), UNLABELLED
 
 
-def generated_dataset(inputs: Sequence[InputSpec], size: int, seed: int) -> Dataset:
-    """Generated unlabelled samples for these inputs: normal images for one float input, else per input."""
+def generated_dataset(inputs: Sequence[InputSpec], size: int, seed: int, distribution: str = "normal") -> Dataset:
+    """Generated unlabelled samples for these inputs: images of `distribution` for one float input, else
+    per input (engine/inputs.py `generate`)."""
     if len(inputs) == 1 and inputs[0].dtype == "float32":
-        return SyntheticDataset(tuple(inputs[0].shape[1:]), size, seed, "normal")
-    return GeneratedInputsDataset(inputs, size, seed)
+        return SyntheticDataset(tuple(inputs[0].shape[1:]), size, seed, distribution)
+    return GeneratedInputsDataset(inputs, size, seed, distribution)
 
 
 def load_dataset(spec: DataSpec, inputs: Sequence[InputSpec] | None = None) -> Dataset:

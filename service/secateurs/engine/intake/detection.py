@@ -42,6 +42,7 @@ class DetectionHeads(nn.Module):
 
     output_fields = Detections._fields  # the ONNX output names (engine/outputs.py)
     graph_note = GRAPH_NOTE
+    generated_inputs = "uniform"  # RGB in [0, 1], normalised in the graph (engine/inputs.py input_distribution)
 
     def __init__(self, detector: nn.Module, kind: str) -> None:
         super().__init__()
