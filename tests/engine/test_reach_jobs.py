@@ -38,8 +38,8 @@ def test_a_timm_speedup_job_prunes_exports_with_parity_and_reports(tmp_path, arc
 def test_a_swin_speedup_job_prunes_mlp_widths_or_blocks_and_reports(tmp_path):
     pytest.importorskip("timm", reason="timm is the optional 'timm' extra (make test installs it)")
     spec = CompressSpec(model=ModelSpec(arch="timm:swin_tiny_patch4_window7_224", arch_kwargs=SMALL_SWIN),
-                        input_shape=(1, 3, 32, 32), out_dir=tmp_path, protocol=QUICK, calibration_samples=16,
-                        evaluation_samples=32, cache_dir=tmp_path / "cache", budget=Budget(speedup=1.2))
+                        input_shape=(1, 3, 32, 32), out_dir=tmp_path, protocol=QUICK, calibration_samples=32,
+                        cache_dir=tmp_path / "cache", budget=Budget(speedup=1.2))
     report = compress(spec).report
     validate_report(report)
     assert report["parity"]["passed"]

@@ -137,3 +137,25 @@ def test_model_that_cannot_be_pruned_gets_a_clear_error():
     with pytest.raises(UnsupportedModel) as err:
         prune(HardCodedWidth().eval(), torch.randn(1, 3, 8, 8), PruneSpec(ratio=0.5))
     assert str(err.value).startswith("the pruned model no longer runs (RuntimeError: shape '[-1, 2048]' is invalid")
+
+
+def test_a_group_norm_keeps_two_channels_a_group_so_a_one_by_one_map_still_normalises():
+    # FCOS's head: GroupNorm(32, C) on every FPN level, the last at 1x1 for a small input. One channel
+    # a group leaves a single value to normalise there, and the pruned model no longer runs.
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 128, 3, stride=8, padding=1)
+            self.conv = torch.nn.Conv2d(128, 128, 1)
+            self.norm = torch.nn.GroupNorm(32, 128)
+            self.out = torch.nn.Conv2d(128, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.norm(self.conv(torch.relu(self.stem(x))))))
+
+    torch.manual_seed(0)
+    model, x = Head().eval(), torch.randn(1, 3, 8, 8)  # a 1x1 map after the stem
+    groups = {g.name: g for g in describe_groups(prepare(copy.deepcopy(model), x), x)}
+    assert groups["conv"].step == 32 and groups["conv"].floor == 64
+    result = prune(model, x, PruneSpec(ratio=0.9))
+    assert result.model.norm.num_channels == 64 and result.model(x).shape == (1, 4, 1, 1)

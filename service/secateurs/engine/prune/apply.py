@@ -130,7 +130,8 @@ def _prune(model: nn.Module, example: torch.Tensor, spec: PruneSpec,
             if keep < g.channels:
                 head_keep[g.name] = keep
         else:
-            keep = kept_count(g.channels, r, round_to=spec.round_to, min_channels=spec.min_channels, step=g.step)
+            keep = kept_count(g.channels, r, round_to=spec.round_to, min_channels=max(spec.min_channels, g.floor),
+                              step=g.step)
             if keep < g.channels:
                 for root in g.roots:  # a tied group's roots all take its width
                     module_ratio[root] = 1 - (keep + 0.5) / g.channels  # +0.5: the pruner truncates

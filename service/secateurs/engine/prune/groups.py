@@ -39,6 +39,9 @@ class GroupInfo:
     reason: str = ""
     step: int = 1  # the channels come in this many equal groups (a grouped convolution's): widths are multiples
     tied: tuple[str, ...] = ()  # other groups' roots that always take this group's width (one config field)
+    # The fewest channels it may keep, above the job's floor: a GroupNorm of G groups keeps 2G, as one
+    # channel a group would leave a single value to normalise on a 1x1 map (FCOS's last FPN level)
+    floor: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -174,15 +177,18 @@ def describe_groups(ctx: GraphContext, example: torch.Tensor, *, min_channels: i
             continue
         channels = ctx.graph.get_out_channels(group[0].dep.target.module)
         step = int(ctx.pruner._get_channel_groups(group))  # the pruner's own count of equal channel groups
+        floor = max((2 * dep.target.module.num_groups for dep, _ in group
+                     if isinstance(dep.target.module, nn.GroupNorm)), default=0)
         prunable, reason = True, ""
         if channels is None:
             prunable, reason = False, "channel count unknown to the dependency graph"
-        elif channels <= min_channels:
-            prunable, reason = False, f"{channels} channels, at or below the floor of {min_channels}"
+        elif channels <= max(min_channels, floor):
+            prunable, reason = False, f"{channels} channels, at or below the floor of {max(min_channels, floor)}"
         elif channels % step:
             prunable, reason = False, f"{channels} channels do not split into {step} equal groups"
         infos.append(GroupInfo(name=name, channels=int(channels or 0), unit="channels", layers=tuple(layers),
-                               macs_share=share, prunable=prunable, reason=reason, step=step if prunable else 1))
+                               macs_share=share, prunable=prunable, reason=reason, step=step if prunable else 1,
+                               floor=floor))
     for name, reason in ctx.held.items():
         module = ctx.model.get_submodule(name)
         width = getattr(module, "out_channels", None) or getattr(module, "out_features", 0)  # some run functionally

@@ -64,12 +64,12 @@ def progressive(model: nn.Module, example: torch.Tensor, target_ratios: Mapping[
     histories: list[tuple[str, bool, list[int]]] = []
     widths: list[dict[str, int]] = []
     results: list[RecoveryResult] = []
-    originals: dict[str, tuple[int, str]] = {}
+    originals: dict[str, tuple[int, str, int, int]] = {}
     for i in range(1, k + 1):
         check_cancel(cancel)
         if i == 1:
             pruned = prune(model, example, step_spec(1))
-            originals = {g.name: (g.channels, g.unit, g.step) for g in pruned.groups}
+            originals = {g.name: (g.channels, g.unit, g.step, g.floor) for g in pruned.groups}
         else:
             # width the one-shot ratio r*i/k gives on the original, reached from the current width
             one_shot = step_spec(i)
@@ -77,11 +77,12 @@ def progressive(model: nn.Module, example: torch.Tensor, target_ratios: Mapping[
             now = widths[-1]
             exact: dict[str, float] = {}
             for name, r in ratios.items():
-                channels, unit, step = originals.get(name, (0, "channels", 1))
+                channels, unit, step, floor = originals.get(name, (0, "channels", 1, 0))
                 if name not in now:
                     continue
                 want = (kept_heads(channels, r) if unit == "heads" else
-                        kept_count(channels, r, round_to=base.round_to, min_channels=base.min_channels, step=step))
+                        kept_count(channels, r, round_to=base.round_to, min_channels=max(base.min_channels, floor),
+                                   step=step))
                 if want < now[name]:
                     exact[name] = 1 - want / now[name]
             # round_to=1, min_channels=1: the widths above are already rounded; keep them exact

@@ -221,7 +221,8 @@ def group_widths(info: GroupInfo, ratios: Sequence[float], *, round_to: int, min
     if info.unit == "heads":
         widths = {kept_heads(info.channels, r) for r in ratios}
     else:
-        widths = {kept_count(info.channels, r, round_to=round_to, min_channels=min_channels, step=info.step)
+        widths = {kept_count(info.channels, r, round_to=round_to, min_channels=max(min_channels, info.floor),
+                             step=info.step)
                   for r in ratios}
     return sorted(widths, reverse=True)
 

@@ -21,7 +21,7 @@ SAME_SPEEDUP = 0.03
 
 def uniform_plan(groups: list[GroupInfo], ratio: float, spec: SearchSpec) -> dict[str, int]:
     """Every group of `groups` pruned by `ratio`, rounded as the pruning rounds it."""
-    return {g.name: (kept_count(g.channels, ratio, round_to=spec.round_to, min_channels=spec.min_channels,
+    return {g.name: (kept_count(g.channels, ratio, round_to=spec.round_to, min_channels=max(spec.min_channels, g.floor),
                                 step=g.step)
                      if g.unit == "channels" else max(1, round(g.channels * (1 - ratio)))) for g in groups}
 
