@@ -186,6 +186,24 @@ class _ZipReader:
         return {"path": self.path, "_zip": None, "_pid": -1}
 
 
+def _decode(reader: _DirReader | _ZipReader, name: str, where: str, mode: str | None) -> np.ndarray:
+    """One image as uint8 pixels, converted to `mode` ("RGB", "L"); mode None: a class-index mask (a
+    palette or greyscale PNG) as it is. Raises InvalidData(field="data") naming the file when it cannot
+    be read or decoded, ResourceExhausted when it is over the pixel limit."""
+    try:
+        with Image.open(io.BytesIO(reader.read(name))) as img:
+            if img.width * img.height > LIMITS.image_pixels:  # known from the header, before decoding
+                raise ResourceExhausted(f"image {name!r} in {where} is {img.width}x{img.height}, over the "
+                                        f"limit of {LIMITS.image_pixels:,} pixels", field="data")
+            if mode is None and img.mode not in ("P", "L"):
+                raise InvalidData(f"mask {name!r} in {where} is {img.mode}: masks are class-index PNGs "
+                                  f"(palette or greyscale, 255 for ignore)")
+            return np.array(img.convert(mode) if mode else img, dtype=np.uint8)
+    except (OSError, ValueError, EOFError, SyntaxError, NotImplementedError, zipfile.BadZipFile,
+            Image.DecompressionBombError) as exc:  # NotImplementedError: a compression method zipfile lacks
+        raise InvalidData(f"cannot read image {name!r} in {where} ({type(exc).__name__})") from exc
+
+
 class ImageFolderDataset(Dataset):
     """Images under <split>/<class>/... of a directory or zip, decoded with PIL.
 
@@ -209,15 +227,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """Raises InvalidRequest(field="data") naming the file when it cannot be read or decoded."""
         name, label = self.samples[index]
-        try:
-            with Image.open(io.BytesIO(self.reader.read(name))) as img:
-                if img.width * img.height > LIMITS.image_pixels:  # known from the header, before decoding
-                    raise ResourceExhausted(f"image {name!r} in {self.where} is {img.width}x{img.height}, over the "
-                                            f"limit of {LIMITS.image_pixels:,} pixels", field="data")
-                array = np.array(img.convert(self.mode), dtype=np.uint8)
-        except (OSError, ValueError, EOFError, SyntaxError, NotImplementedError, zipfile.BadZipFile,
-                Image.DecompressionBombError) as exc:  # NotImplementedError: a compression method zipfile lacks
-            raise InvalidData(f"cannot read image {name!r} in {self.where} ({type(exc).__name__})") from exc
+        array = _decode(self.reader, name, self.where, self.mode)
         x = torch.from_numpy(array).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
         x = x.float().div_(255)
         return (self.transform(x) if self.transform else x), label
@@ -404,22 +414,9 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def _decode(self, name: str, mode: str | None) -> np.ndarray:
-        try:
-            with Image.open(io.BytesIO(self.reader.read(name))) as img:
-                if img.width * img.height > LIMITS.image_pixels:
-                    raise ResourceExhausted(f"image {name!r} in {self.where} is {img.width}x{img.height}, over the "
-                                            f"limit of {LIMITS.image_pixels:,} pixels", field="data")
-                if mode is None and img.mode not in ("P", "L"):
-                    raise InvalidData(f"mask {name!r} in {self.where} is {img.mode}: masks are class-index PNGs "
-                                      f"(palette or greyscale, 255 for ignore)")
-                return np.array(img.convert(mode) if mode else img, dtype=np.uint8)
-        except (OSError, ValueError, EOFError, SyntaxError, NotImplementedError, zipfile.BadZipFile,
-                Image.DecompressionBombError) as exc:
-            raise InvalidData(f"cannot read {name!r} in {self.where} ({type(exc).__name__})") from exc
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self._decode(self.images[index], "RGB"), self._decode(self.masks[index], None)
+        image = _decode(self.reader, self.images[index], self.where, "RGB")
+        mask = _decode(self.reader, self.masks[index], self.where, None)
         if image.shape[:2] != mask.shape[:2]:
             raise InvalidData(f"mask {self.masks[index]!r} is {mask.shape[1]}x{mask.shape[0]}, its image "
                               f"{image.shape[1]}x{image.shape[0]}")
