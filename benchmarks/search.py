@@ -48,6 +48,18 @@ def _prepare(arch: str, shape: tuple[int, ...], tmp: Path):
     return model, x, path, calib
 
 
+def _trace_line(r) -> str:
+    """The plans a search measured, in order: stage, steering speedup (decisive figure and its sessions),
+    blocks dropped: why it landed where it did."""
+    parts = []
+    for c in r.trace:
+        m = c.measured
+        figure = (f"{m['steering_speedup']:.2f}x->{m['speedup']:.2f}x/{m['sessions']:.0f}s" if m.get("decisive")
+                  else f"{m['speedup']:.2f}x")
+        parts.append(f"{c.stage[:5]} {figure}" + (f" -{len(c.plan.dropped_blocks)}b" if c.plan.dropped_blocks else ""))
+    return "  trace: " + ", ".join(parts)
+
+
 def precision(only: str, batch: int | None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,6 +81,7 @@ def precision(only: str, batch: int | None) -> None:
                             f"{'yes' if within else 'no'} | {len([c for c in r.trace if c.stage != 'uniform'])} | "
                             f"{100 * (r.latency_model['mean_abs_error'] or 0):.1f}% | {seconds:.0f} s | {r.reason} |")
                 print(rows[-1], flush=True)
+                print(_trace_line(r), flush=True)
     print("\n| model | batch | budget | measured speedup | met | within 10% | rounds | latency model error | time | note |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
@@ -95,6 +108,7 @@ def cost(only: str) -> None:
                 results.append(r)
                 print(f"{arch} {label}: {times[-1]:.0f} s, measured speedup {r.final.speedup:.2f}x "
                       f"({'met' if r.budget_met else 'NOT met'}), cache {r.cache}", flush=True)
+                print(_trace_line(r), flush=True)
         rows.append(f"| {arch} | {shape[0]} | {times[0]:.0f} s | {times[1]:.0f} s | {times[0] / times[1]:.1f}x | "
                     f"{results[0].final.speedup:.2f}x / {results[1].final.speedup:.2f}x |")
     print("\n| model | batch | cold cache | warm cache | warm is faster by | measured speedup (cold / warm) |")

@@ -13,9 +13,10 @@ from secateurs.engine.intake.models import build_architecture
 from secateurs.engine.pipeline import compress
 from secateurs.engine.search.run import search
 from secateurs.engine.spec import CompressSpec, ModelSpec, ProtocolSpec, SearchSpec
-from secateurs.engine.search.sensitivity import Calibration
+from secateurs.engine.search.sensitivity import Calibration, reference_outputs
+from secateurs.engine.search.types import Candidate, SearchPlan
 from secateurs.engine.size import count_params
-from secateurs.engine.search.verify import measurement, sessions_agree
+from secateurs.engine.search.verify import Verifier, measurement, sessions_agree
 from secateurs.errors import InvalidRequest
 
 FAST = ProtocolSpec(warmup_runs=5, warmup_seconds=0.05, window=30, min_samples=90, max_seconds=3.0)
@@ -263,3 +264,62 @@ def test_a_decisive_session_keeps_the_jobs_protocol_but_its_length():
     assert capped.max_seconds == DECISIVE_SESSION_SECONDS < job.max_seconds
     assert (capped.min_samples, capped.window, capped.tolerance) == (job.min_samples, job.window, job.tolerance)
     assert decisive_protocol(FAST) == FAST  # a job asking for less keeps it
+
+
+class _TableVerifier(Verifier):
+    """The decision of `Verifier.decide` on a table of decisive figures (steering speedup -> decisive
+    speedup) instead of a runtime; its pruned model is the original perturbed, so the decided plan's
+    own quality is worse than the masked estimate every other candidate carries."""
+
+    def __init__(self, figures: dict[float, float]) -> None:  # none of Verifier's runtime is needed
+        torch.manual_seed(0)
+        self.figures, self.spec = figures, SearchSpec(budget=Budget(speedup=2.0))
+        self.model = torch.nn.Linear(4, 3)
+        self.calib = Calibration(inputs=[torch.randn(16, 4)])
+        self.reference = reference_outputs(self.model, self.calib)
+        self.models, self.decisive = {}, []
+
+    def pruned(self, plan, *, importance=None):
+        worse = torch.nn.Linear(4, 3)
+        worse.load_state_dict({k: -v for k, v in self.model.state_dict().items()})
+        return worse
+
+    def _measure(self, pruned, *, decisive, steering=None):
+        self.decisive.append(steering["speedup"])
+        speedup = self.figures[steering["speedup"]]
+        return {"latency_ms": 10.0 / speedup, "speedup": speedup, "size_bytes": 1.0, "params": 1.0,
+                "macs": 1.0, "sessions": 2.0}
+
+
+def _candidate(index: int, speedup: float, loss: float):
+    measured = {"latency_ms": 10.0 / speedup, "speedup": speedup, "size_bytes": 1.0, "params": 1.0, "macs": 1.0}
+    m, budget = measurement(measured), Budget(speedup=2.0)
+    return Candidate(id=index, parent=None, stage="search", plan=SearchPlan({"g": 8 - index}), predicted={},
+                     measured=measured, quality={"loss": loss, "agreement": 1.0}, shortfall=budget_shortfall(m, budget),
+                     slack=budget_slack(m, budget), start=0.0, end=0.0)
+
+
+def _choose(trace):
+    met = [c for c in trace if c.shortfall == 0]
+    in_band = [c for c in met if c.slack <= 0.1]
+    return min(in_band or met or trace, key=lambda c: c.quality["loss"]) if (in_band or met) else \
+        min(trace, key=lambda c: c.shortfall)
+
+
+def test_a_decisive_figure_that_leaves_the_choice_where_it_stood_ends_the_decision():
+    """The first choice's decisive figure keeps it met and within 10%: it is returned after one decisive
+    measurement, though its own (pruned) quality reads worse than the runner-up's masked estimate."""
+    verifier = _TableVerifier({2.07: 2.03, 2.06: 2.05})
+    first, runner_up = _candidate(0, 2.07, 0.0), _candidate(1, 2.06, 1e-6)
+    best = verifier.decide([first, runner_up], _choose)
+    assert best is first and verifier.decisive == [2.07] and first.quality["loss"] > runner_up.quality["loss"]
+    assert first.measured["decisive"] == 1.0 and first.measured["speedup"] == 2.03
+
+
+def test_a_decisive_figure_that_misses_the_budget_makes_the_choice_again():
+    verifier = _TableVerifier({2.07: 1.90, 2.06: 2.05})
+    first, runner_up = _candidate(0, 2.07, 0.0), _candidate(1, 2.06, 1e-6)
+    assert verifier.decide([first, runner_up], _choose) is runner_up and verifier.decisive == [2.07, 2.06]
+    verifier = _TableVerifier({2.07: 2.5, 2.06: 2.05})  # out of the 10% band: a nearer plan may be there
+    first, runner_up = _candidate(0, 2.07, 0.0), _candidate(1, 2.06, 1e-6)
+    assert verifier.decide([first, runner_up], _choose) is runner_up and verifier.decisive == [2.07, 2.06]

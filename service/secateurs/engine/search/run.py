@@ -163,7 +163,7 @@ def _search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: 
         searcher.tell(candidate)
 
     trace = searcher.trace
-    best = verifier.decide(trace, searcher.choose)
+    best = verifier.decide(trace, searcher.choose, searcher.within_floor)
     met, reason = searcher.outcome(best)
     uniform = uniform_comparison(verifier, best, a.channel_groups, a.full, baseline, predictor, len(trace))
     if uniform is not None:

@@ -8,7 +8,8 @@ exported. The plan the search returns is then measured again, decisively: pruned
 the job delivers it, measured in fresh sessions with the job's own protocol (each session at
 most DECISIVE_SESSION_SECONDS), and near a latency budget in RECHECK_SESSIONS sessions with the median counting
 (two suffice when they agree on which side of the budget the plan falls). Should the decisive
-figure miss the budget, the next best candidate is measured so, each at most once.
+figure move the plan across the budget or its precision band, the next best candidate is measured
+so, each at most once.
 
     verifier = Verifier(model, example, spec, target, calib, reference, joint, cancel)
     candidate = verifier.candidate(plan, predicted, parent=None, index=0, stage="search")
@@ -188,16 +189,22 @@ class Verifier:
                          measured=measured, quality=quality, shortfall=budget_shortfall(final, self.spec.budget),
                          slack=budget_slack(final, self.spec.budget), start=start, end=time.time())
 
-    def decide(self, trace: list[Candidate], choose: Callable[[list[Candidate]], Candidate]) -> Candidate:
-        """The candidate `choose` prefers, after its figure was measured decisively in this job; when that
-        figure changes the choice, the new choice is measured so too, DECISIONS candidates at most (then
-        the best decisively measured one is returned, whatever it missed by)."""
+    def decide(self, trace: list[Candidate], choose: Callable[[list[Candidate]], Candidate],
+               within_floor: Callable[[Candidate], bool] = lambda c: True) -> Candidate:
+        """The candidate `choose` prefers, after its figure was measured decisively in this job. When that
+        figure puts it on another side of the budget, of the precision band under it, or of the accuracy
+        limit (`within_floor`) than its steering figure did, the choice is made again and the new choice
+        measured so too, DECISIONS candidates at most (then the best decisively measured one is returned,
+        whatever it missed by). A choice its own figure leaves where it stood is returned: the others'
+        qualities are masked estimates, the decided one's is the pruned model's, and comparing the two
+        kinds would re-choose on the difference between them, not on what was measured."""
         decided: list[Candidate] = []
         while True:
             best = choose(trace)
             if best in decided or len(decided) == DECISIONS:
                 return best if best in decided else choose(decided)
             decided.append(best)
+            stood = self._standing(best, within_floor)
             pruned = self.models.get(best.id) or self.pruned(best.plan)
             self.models[best.id] = pruned
             start = time.time()
@@ -207,6 +214,12 @@ class Verifier:
             best.shortfall, best.slack = budget_shortfall(final, self.spec.budget), budget_slack(final, self.spec.budget)
             best.quality = measure_quality(pruned, self.calib, self.reference).to_dict()  # the model itself
             best.end += time.time() - start
+            if self._standing(best, within_floor) == stood:
+                return best
+
+    def _standing(self, c: Candidate, within_floor: Callable[[Candidate], bool]) -> tuple[bool, bool, bool]:
+        """Which sides a candidate is on: of the budget, of the precision band under it, of the accuracy limit."""
+        return c.shortfall == 0, c.slack <= self.spec.precision, within_floor(c)
 
     def _doubtful(self, first: dict[str, float], counts: dict[str, float],
                   steering: dict[str, float] | None) -> bool:
