@@ -76,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ImageFolder directory or .zip whose --data-split the accuracy is measured on; "
                                "calibration comes from its train split (or --train-data's), never from that one")
     compress.add_argument("--data-split", default="test", help="split of --data to evaluate on (default test)")
-    compress.add_argument("--data-format", choices=("imagefolder", "jsonl", "voc"), default="imagefolder",
+    compress.add_argument("--data-format", choices=("imagefolder", "jsonl", "voc", "coco"), default="imagefolder",
                           help="of --data and --train-data: imagefolder (default); jsonl: <split>.jsonl lines of "
                                "{\"text\", \"label\"} beside a tokenizer.json (tokenizers), for hf: text models; "
-                               "voc: Pascal VOC segmentation masks, scored as mIoU")
+                               "voc: Pascal VOC segmentation masks, scored as mIoU; coco: COCO boxes "
+                               "(annotations/instances_<split>.json), a detector scored as mAP")
     compress.add_argument("--calibration-samples", type=int, default=_JOB.calibration_samples,
                           help="images that score plans, as many again recalibrate BatchNorm "
                                f"(default {_JOB.calibration_samples})")

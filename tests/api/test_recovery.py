@@ -152,6 +152,10 @@ def test_summary_shows_accuracy_or_fidelity_after_recovery() -> None:
     assert summary(free) == ["  fidelity     top-1 agreement 97.34% on 256 held-out inputs after 2 epoch(s) of "
                              "label-free distillation", "  note         the data has no labels"]
     assert summary({"recovery": None}) == []
+    boxes = {"recovery": None, "quality": {"before": {"map": 0.412}, "after": {
+        "map": 0.387, "map50": 0.61, "map_images": 500, "map_boxes": 3610, "samples": 500}}}
+    assert summary(boxes) == ["  box mAP      41.2% -> 38.7% (COCO, IoU .50:.95; at .50 61.0%) over 3,610 boxes in "
+                              "500 evaluation images"]
 
 
 # -- one real job: prune ResNet-20 (width 8), recover one epoch on the tiny zip ------------------

@@ -166,6 +166,11 @@ def _recovery_lines(report: Mapping[str, Any]) -> list[str]:
         was = f"{before['miou']:.2%} -> " if before.get("miou") is not None else ""
         lines.append(f"  mean IoU     {was}{after['miou']:.2%} over {after.get('miou_classes', 0)} classes on {n:,} "
                      f"labelled evaluation images{how}")
+    elif after.get("map") is not None:
+        was = f"{before['map']:.1%} -> " if before.get("map") is not None else ""
+        at_half = after.get("map50") or 0.0
+        lines.append(f"  box mAP      {was}{after['map']:.1%} (COCO, IoU .50:.95; at .50 {at_half:.1%}) over "
+                     f"{after.get('map_boxes', 0):,} boxes in {after.get('map_images', 0):,} evaluation images{how}")
     elif after.get("agreement") is not None:
         what = "per-pixel" if quality.get("scored") == "per position" else "top-1"
         lines.append(f"  fidelity     {what} agreement {after['agreement']:.2%} on {n:,} held-out inputs{how}")
@@ -374,9 +379,10 @@ def _parser() -> argparse.ArgumentParser:
     dg.add_argument("--val-uri", default="", help="server-side path instead of --val-data")
     dg.add_argument("--val-split", default="", help="split folder of the val data (default test)")
     dg.add_argument("--data-preset", default="", help="normalisation and augmentation: cifar10 or imagenet")
-    dg.add_argument("--data-format", default="", choices=("", "imagefolder", "jsonl", "voc"),
+    dg.add_argument("--data-format", default="", choices=("", "imagefolder", "jsonl", "voc", "coco"),
                     help="jsonl: text, <split>.jsonl lines of {\"text\", \"label\"} beside tokenizer.json; "
-                         "voc: Pascal VOC segmentation masks (scored as mIoU)")
+                         "voc: Pascal VOC segmentation masks (scored as mIoU); coco: COCO boxes, "
+                         "annotations/instances_<split>.json (a detector scored as mAP)")
     dg.add_argument("--calibration-samples", type=int, default=0,
                     help="images the search decides on (as many again recalibrate BatchNorm); default 128")
     dg.add_argument("--evaluation-samples", type=int, default=0,

@@ -25,7 +25,7 @@ from secateurs.jobs.blobs import BlobStore
 from secateurs_client.v1 import compression_pb2 as pb
 
 DEFAULT_VAL_SPLIT = "test"
-FORMATS = ("imagefolder", "jsonl", "voc")  # the data sources a request may name (engine/spec.py SOURCES less generated ones)
+FORMATS = ("imagefolder", "jsonl", "voc", "coco")  # the data sources a request may name (engine/spec.py SOURCES less generated ones)
 _FILE_SCHEME = "file://"
 
 

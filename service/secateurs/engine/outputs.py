@@ -10,7 +10,8 @@ engine compares a model's outputs with the original's, and they are all computed
   compared by IoU under the same weight (score-weighted box agreement);
 - `distillation_loss` is the differentiable form recovery and Taylor importance use;
 - `predictions` are the classes labels are checked against; with per-pixel labels, `confusion`
-  and `iou_figures` give the mean IoU.
+  and `iou_figures` give the mean IoU; with boxes (COCO layout), `coco_detections` applies the
+  post-processing a deployment runs after the graph (`POSTPROCESS`) and `coco_map` scores them.
 
 A dict or tuple holding exactly one tensor is unwrapped by a forward hook on the model
 (`unwrap_single_output`), so the exported ONNX model has the one output a deployment reads.
@@ -111,6 +112,62 @@ def iou_figures(counts: torch.Tensor) -> dict[str, Any]:
     total = float(counts.sum())
     return {"miou": float((hits[present] / union[present]).mean()) if bool(present.any()) else None,
             "pixel_accuracy": float(hits.sum()) / total if total else None, "miou_classes": int(present.sum())}
+
+
+# What a deployment runs after a detector's graph before COCO scores it: torchvision RetinaNet's
+# defaults (score threshold, candidates kept, per-class NMS IoU), and COCO's own 100 boxes an image.
+POSTPROCESS = {"score_threshold": 0.05, "top_k": 1000, "nms_iou": 0.5, "per_image": 100}
+
+
+def coco_detections(output: Detections, input_size: tuple[int, int], image_ids: list[int],
+                    sizes: list[tuple[int, int]],
+                    postprocess: Mapping[str, float] = POSTPROCESS) -> list[dict[str, Any]]:
+    """COCO result rows ({image_id, category_id, bbox [x, y, w, h], score}) of a batch of raw
+    detector outputs: score threshold, top-k, per-class NMS, the best `per_image` kept, boxes clipped
+    to the input (`input_size`: height, width) and scaled from its pixels to each image's (`sizes`:
+    width, height). Score column c is category c (torchvision's convention); column 0, the
+    background, is never a detection."""
+    from torchvision.ops import batched_nms
+
+    rows: list[dict[str, Any]] = []
+    height, width = input_size
+    for scores, boxes, image_id, (w, h) in zip(output.scores.float(), output.boxes.float(), image_ids, sizes):
+        flat = scores[:, 1:].reshape(-1)
+        keep = torch.nonzero(flat >= postprocess["score_threshold"]).squeeze(1)
+        keep = keep[flat[keep].topk(min(int(postprocess["top_k"]), keep.numel())).indices]
+        anchor, category = keep // (scores.shape[1] - 1), keep % (scores.shape[1] - 1) + 1
+        picked = boxes[anchor].clone()
+        picked[:, 0::2] = picked[:, 0::2].clamp(0, width) * (w / width)
+        picked[:, 1::2] = picked[:, 1::2].clamp(0, height) * (h / height)
+        kept = batched_nms(picked, flat[keep], category, postprocess["nms_iou"])[: int(postprocess["per_image"])]
+        for box, score, cat in zip(picked[kept].tolist(), flat[keep][kept].tolist(), category[kept].tolist()):
+            rows.append({"image_id": int(image_id), "category_id": int(cat), "score": float(score),
+                         "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+    return rows
+
+
+def coco_map(ground_truth: dict[str, Any], detections: list[dict[str, Any]]) -> dict[str, Any]:
+    """COCO's box mAP (pycocotools): mAP over IoU 0.50:0.95, at 0.50, with the image and box counts."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    boxes = sum(1 for a in ground_truth["annotations"] if not a["iscrowd"])
+    counts = {"map_images": len(ground_truth["images"]), "map_boxes": boxes}
+    if not detections or not boxes:  # pycocotools cannot load an empty result; nothing found scores 0
+        return {"map": 0.0 if boxes else None, "map50": 0.0 if boxes else None, **counts}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and its table
+        truth = COCO()
+        truth.dataset = {"info": {}, **ground_truth}
+        truth.createIndex()
+        scored = COCOeval(truth, truth.loadRes(detections), "bbox")
+        scored.params.imgIds = [im["id"] for im in ground_truth["images"]]
+        scored.evaluate()
+        scored.accumulate()
+        scored.summarize()
+    return {"map": max(0.0, float(scored.stats[0])), "map50": max(0.0, float(scored.stats[1])), **counts}
 
 
 _EPS = 1e-6

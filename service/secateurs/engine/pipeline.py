@@ -33,7 +33,7 @@ from secateurs.engine.latency.protocol import measurements_taken
 from secateurs.engine.latency.target import TargetOpener, open_target
 from secateurs.engine.intake.hf import family_of, save_pruned_archive
 from secateurs.engine.intake.models import check_runs, load_model, refuse_labels_for_dense
-from secateurs.engine.outputs import output_names, scored_per
+from secateurs.engine.outputs import POSTPROCESS, output_names, scored_per
 from secateurs.engine.prune.apply import prune, write_plan
 from secateurs.engine.search.run import search
 from secateurs.engine.inputs import Batch, generate, input_distribution, shape_key
@@ -143,6 +143,7 @@ def compress(
         example = generate(inputs, generator=torch.Generator().manual_seed(spec.seed), distribution=drawn)
         roles = build_roles(spec.data, spec.train_data, inputs, calibration_samples=spec.calibration_samples,
                             evaluation_samples=spec.evaluation_samples, seed=spec.seed, distribution=drawn)
+        roles.evaluation.check_fits(output)
     with run.stage("profile") as st:
         # first: a runtime or probe that is not there fails the job before any work, saying why
         latency = target_opener(spec.target, seed=spec.seed)
@@ -247,8 +248,9 @@ def _pruned_within_floor(run: _Run, model: torch.nn.Module, example: torch.Tenso
         floor = _accuracy_floor(run.spec, before, after)
         attempts.append({"candidate": candidate, "quality": after, **({"met": floor["met"], "drop": floor["drop"]}
                                                                      if floor else {})})
+        boxes = {"postprocess": dict(POSTPROCESS)} if roles.evaluation.box_labels else {}
         outcome = replace(outcome, quality={"before": before, "after": after, "measured_on": roles.summary["evaluation"],
-                                            "scored": f"per {run.scored}"}, floor=floor)
+                                            "scored": f"per {run.scored}", **boxes}, floor=floor)
         if floor is None or floor["met"]:
             break
         run.on_event(Event(stage="recover" if run.spec.recovery else "prune", kind="log",
@@ -455,6 +457,8 @@ def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor,
     recipe = spec.recovery
     if spec.train_data is not None:
         train_set = load_dataset(spec.train_data, spec.inputs)
+        if getattr(train_set, "box_labels", False):  # boxes score the evaluation; recovery distils on the images
+            train_set = train_set.without_labels()
     else:  # label-free: distillation alone, on generated inputs
         train_set = generated_dataset(spec.inputs, max(512, recipe.batch_size * 8), spec.seed,
                                       input_distribution(model))
@@ -484,13 +488,16 @@ def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor,
 
 
 def _accuracy_floor(spec: CompressSpec, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
-    """max_accuracy_drop against the evaluation set: accuracy with labels, mIoU with masks, else top-1 agreement."""
+    """max_accuracy_drop against the evaluation set: accuracy with labels, mIoU with masks, mAP with boxes,
+    else top-1 agreement."""
     if spec.budget is None or spec.budget.max_accuracy_drop is None:
         return None
     if after.get("accuracy") is not None:
         drop, measure = before["accuracy"] - after["accuracy"], "accuracy"
     elif after.get("miou") is not None:
         drop, measure = before["miou"] - after["miou"], "mean IoU (per-pixel labels)"
+    elif after.get("map") is not None:
+        drop, measure = before["map"] - after["map"], "COCO box mAP@[.50:.95]"
     else:
         drop, measure = 1.0 - after["agreement"], "top-1 agreement with the original (no labels)"
     limit = spec.budget.max_accuracy_drop

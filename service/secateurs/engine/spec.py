@@ -264,7 +264,7 @@ class CompressSpec:
 
 
 # Data: what a job reads (engine/intake/data.py loads it).
-SOURCES = ("imagefolder", "digits", "synthetic", "jsonl", "voc")
+SOURCES = ("imagefolder", "digits", "synthetic", "jsonl", "voc", "coco")
 SPLITS = ("train", "test", "val")
 DISTRIBUTIONS = ("normal", "uniform")
 _PRESETS = {
@@ -299,11 +299,11 @@ class TransformSpec:
     @classmethod
     def preset(cls, name: str, *, train: bool = False, source: str = "imagefolder") -> TransformSpec:
         """The named preset ("cifar10" or "imagenet"); training augmentation when train is True.
-        For masks (source "voc") only its normalisation: images and masks are resized together.
+        For masks and boxes (source "voc", "coco") only its normalisation: images are resized to the input.
 
         Raises InvalidRequest(field="data.transform") for an unknown name.
         """
-        if name in _PRESETS and source == "voc":
+        if name in _PRESETS and source in ("voc", "coco"):
             return cls(mean=_PRESETS[name][0], std=_PRESETS[name][1])
         if name not in _PRESETS:
             raise InvalidRequest(
@@ -328,7 +328,9 @@ class DataSpec:
         tokenizer.json, a `tokenizers` tokenizer; engine/intake/text.py), or "voc" (path: a
         directory or .zip in Pascal VOC's segmentation layout: JPEGImages/<id>.jpg,
         SegmentationClass/<id>.png class-index masks with 255 for "ignore",
-        ImageSets/Segmentation/<split>.txt; per-pixel labels, scored as mIoU).
+        ImageSets/Segmentation/<split>.txt; per-pixel labels, scored as mIoU), or "coco" (path: a
+        directory or .zip in COCO's layout: annotations/instances_<split>[year].json and the images
+        in <split>[year]/; boxes, scoring a detector as COCO mAP: engine/intake/coco.py).
     split: "train", "test" or "val" (ignored for synthetic).
     limit: keep at most this many samples, balanced over classes (synthetic: how
         many samples to generate, default SYNTHETIC_DEFAULT_SIZE).
@@ -387,19 +389,21 @@ def validate_data_spec(spec: DataSpec) -> None:
         raise bad("holdout", f"holdout must be 'held' or 'kept', got {spec.holdout!r}")
     if not 0 < spec.holdout_fraction < 1:
         raise bad("holdout_fraction", f"holdout_fraction must be in (0, 1), got {spec.holdout_fraction}")
-    if spec.source in ("imagefolder", "jsonl", "voc") and spec.path is None:
+    if spec.source in ("imagefolder", "jsonl", "voc", "coco") and spec.path is None:
         raise bad("path", f"source {spec.source!r} needs a path (a directory or a .zip)")
     if spec.source == "jsonl":
         for name in ("transform", "channels"):
             if getattr(spec, name) is not None:
                 raise bad(name, f"{name} does not apply to text data")
-    if spec.source == "voc":
+    if spec.source in ("voc", "coco"):
+        what = "per-pixel labels" if spec.source == "voc" else "boxes"
         if spec.limit_per_class is not None:
-            raise bad("limit_per_class", "limit_per_class does not apply to per-pixel labels (give limit)")
+            raise bad("limit_per_class", f"limit_per_class does not apply to {what} (give limit)")
         t = spec.transform
         if t is not None and (t.resize, t.center_crop, t.random_crop, t.hflip) != (None, None, None, False):
-            raise bad("transform", "VOC images and masks are resized together to the model's input; only "
-                                   "mean and std apply")
+            raise bad("transform", ("VOC images and masks are resized together" if spec.source == "voc" else
+                                    "COCO images are resized, their boxes scaled with them,") +
+                      " to the model's input; only mean and std apply")
     if spec.source == "synthetic":
         if spec.shape is None or not spec.shape or any(d <= 0 for d in spec.shape):
             raise bad("shape", f"synthetic data needs a shape of positive sizes, got {spec.shape}")
@@ -410,7 +414,8 @@ def validate_data_spec(spec: DataSpec) -> None:
             if getattr(spec, name) is not None:
                 raise bad(name, f"{name} does not apply to synthetic data")
     if spec.transform is not None:
-        _validate_transform(spec.transform, spec.channels or (3 if spec.source in ("imagefolder", "voc") else 1))
+        images = spec.source in ("imagefolder", "voc", "coco")
+        _validate_transform(spec.transform, spec.channels or (3 if images else 1))
 
 
 def _validate_transform(t: TransformSpec, channels: int) -> None:

@@ -241,7 +241,7 @@ def test_a_compression_method_zipfile_lacks_is_named(tree: Path, tmp_path: Path)
 
 
 BAD_SPECS = [
-    (dict(source="csv"), "data.source", "unknown data source 'csv'; expected one of: imagefolder, digits, synthetic, jsonl, voc"),
+    (dict(source="csv"), "data.source", "unknown data source 'csv'; expected one of: imagefolder, digits, synthetic, jsonl, voc, coco"),
     (dict(source="digits", split="dev"), "data.split", "unknown split 'dev'; expected one of: train, test, val"),
     (dict(source="digits", limit=0), "data.limit", "limit must be positive, got 0"),
     (dict(source="digits", limit_per_class=-1), "data.limit_per_class", "limit_per_class must be positive, got -1"),

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from secateurs.engine.outputs import Agreement, Output, compare, confusion, iou_figures, numel, predictions
+from secateurs.engine.outputs import (Agreement, Detections, Output, coco_detections, coco_map, compare, confusion,
+                                      iou_figures, numel, predictions)
 from secateurs.engine.inputs import batch_size, call, generate, shapes, split, stack
 from secateurs.engine.intake.data import generated_dataset, load_dataset
 from secateurs.engine.spec import DataSpec, InputSpec, parse_inputs
@@ -47,6 +48,7 @@ class Evaluation:
     indices: list[int]
     labelled: bool
     dense_labels: bool = False  # labels per pixel (masks): scored as mIoU, not accuracy
+    box_labels: bool = False  # labels are boxes (COCO layout): a detector scored as COCO mAP
     batch_size: int = 64
 
     def __len__(self) -> int:
@@ -54,6 +56,18 @@ class Evaluation:
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from DataLoader(Subset(self.dataset, self.indices), batch_size=self.batch_size, shuffle=False)
+
+    def check_fits(self, output: Output) -> None:
+        """Before any work: boxes need a detector with a score column for each of their categories."""
+        if not self.box_labels:
+            return
+        if not isinstance(output, Detections):
+            raise InvalidData("boxes (source 'coco') score a detector; this model's output is not detections")
+        classes = output.scores.shape[-1]
+        wanted = max((c["id"] for c in self.dataset.categories), default=0)
+        if wanted >= classes:
+            raise InvalidData(f"the boxes name category {wanted}; the detector scores {classes} columns (column c "
+                              f"is category c, 0 the background)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +102,8 @@ def build_roles(data: DataSpec | None, train: DataSpec | None, inputs: Sequence[
         rest = [rest[i] for i in sorted(chosen.tolist())]
     calibration = _materialise(source, picked, n, inputs)
     evaluation = Evaluation(dataset=evaluated, indices=sorted(rest), labelled=bool(evaluated.labelled),
-                            dense_labels=bool(getattr(evaluated, "dense_labels", False)))
+                            dense_labels=bool(getattr(evaluated, "dense_labels", False)),
+                            box_labels=bool(getattr(evaluated, "box_labels", False)))
     calibration_ids = [_sample_id(source, i) for i in picked]
     evaluation_ids = [_sample_id(evaluated, i) for i in evaluation.indices]
     if set(calibration_ids) & set(evaluation_ids):  # never expected: stop rather than report a selected figure
@@ -167,11 +182,17 @@ def _materialise(dataset: Any, picked: list[int], n: int, specs: Sequence[InputS
     x, batch = stack(xs), min(16, n)
     parts = split(x, n)
     scoring, recal = parts[0], parts[1] if len(parts) > 1 else None
-    # Per-pixel labels stay out of the search, which scores plans by fidelity; the evaluation scores mIoU.
-    per_image = dataset.labelled and not getattr(dataset, "dense_labels", False)
+    # Masks and boxes stay out of the search, which scores plans by fidelity; the evaluation scores mIoU, mAP.
+    per_image = per_image_labels(dataset)
     labels = list(torch.tensor(ys)[:n].split(batch)) if per_image else None
     return Calibration(inputs=split(scoring, batch), labels=labels, real=True,
                        recalibration=split(recal, batch) if recal is not None else None)
+
+
+def per_image_labels(dataset: Any) -> bool:
+    """Whether a dataset's labels are one class an image (not masks, not boxes)."""
+    return bool(dataset.labelled) and not getattr(dataset, "dense_labels", False) and \
+        not getattr(dataset, "box_labels", False)
 
 
 def _sample_id(dataset: Any, index: int) -> str:
@@ -194,9 +215,9 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 class Evaluator:
-    """Quality on the evaluation set: accuracy (with labels; mIoU with per-pixel labels), top-1
-    agreement and KL with the original model, each with its sample count. The original's outputs are kept from its own
-    pass when they are small enough, else computed again beside each model."""
+    """Quality on the evaluation set: accuracy (with labels; mIoU with per-pixel labels; COCO mAP with
+    boxes), top-1 agreement and KL with the original model, each with its sample count. The original's
+    outputs are kept from its own pass when they are small enough, else computed again beside each model."""
 
     def __init__(self, evaluation: Evaluation, original: nn.Module) -> None:
         self.evaluation, self.original = evaluation, original
@@ -209,6 +230,7 @@ class Evaluator:
         correct = n = 0
         totals = Agreement()
         counts: torch.Tensor | None = None  # per-pixel labels: the confusion matrix
+        found: list[dict[str, Any]] | None = [] if self.evaluation.box_labels else None  # boxes: COCO results
         with torch.no_grad():
             for i, (x, y) in enumerate(self.evaluation.batches()):
                 with computing():
@@ -222,11 +244,19 @@ class Evaluator:
                 if self.evaluation.dense_labels:
                     part = confusion(out, y)
                     counts = part if counts is None else counts + part
+                elif found is not None:
+                    found.extend(self._detections(out, x, y))
                 elif self.evaluation.labelled:
                     correct += int((predictions(out) == y).sum())
         if keep and sum(numel(t) for t in kept) <= _REFERENCE_CACHE_LIMIT:
             self._reference = kept
-        per_image = self.evaluation.labelled and not self.evaluation.dense_labels
-        accuracy = correct / n if per_image and n else None
+        accuracy = correct / n if per_image_labels(self.evaluation) and n else None
+        boxes = coco_map(self.evaluation.dataset.ground_truth(self.evaluation.indices), found) \
+            if found is not None else {}
         return {"accuracy": accuracy, "interval": list(wilson(correct, n)) if accuracy is not None else None,
-                **totals.figures(), "samples": n, **(iou_figures(counts) if counts is not None else {})}
+                **totals.figures(), "samples": n, **(iou_figures(counts) if counts is not None else {}), **boxes}
+
+    def _detections(self, out: Output, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
+        """A batch's detections as COCO results (the categories were checked: Evaluation.check_fits)."""
+        dataset, indices = self.evaluation.dataset, [int(i) for i in y]
+        return coco_detections(out, tuple(x.shape[-2:]), dataset.image_ids(indices), dataset.image_sizes(indices))

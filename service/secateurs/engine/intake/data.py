@@ -1,5 +1,6 @@
 """Datasets for the pipeline: an ImageFolder directory or .zip, scikit-learn digits, synthetic,
-VOC-style segmentation (per-pixel labels), JSONL text (engine/intake/text.py).
+VOC-style segmentation (per-pixel labels), COCO-style boxes (engine/intake/coco.py), JSONL text
+(engine/intake/text.py).
 
 Used for BatchNorm recalibration, sensitivity, fine-tuning and accuracy. Every
 dataset yields `(tensor, label)`: labelled sources give the class index as an
@@ -331,6 +332,8 @@ def load_dataset(spec: DataSpec, inputs: Sequence[InputSpec] | None = None) -> D
         return load_text(spec, reader, inputs, held_out=_held_out, subset=_subset)
     if spec.source == "voc":
         return _load_voc(spec, transform, inputs)
+    if spec.source == "coco":
+        return _load_coco(spec, transform, inputs)
     return _load_imagefolder(spec, transform)
 
 
@@ -471,6 +474,26 @@ def _load_voc(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tensor] 
     size = tuple(inputs[0].shape[2:]) if inputs else None
     return SegmentationDataset(reader, ids, root, size=size if size and len(size) == 2 else None,
                                transform=transform, where=str(path))
+
+
+def _load_coco(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tensor] | None,
+               inputs: Sequence[InputSpec] | None) -> Dataset:
+    from secateurs.engine.intake.coco import load_coco
+
+    path = Path(spec.path or "")
+    if not path.exists():
+        raise InvalidData(f"data path does not exist: {path}")
+    if path.is_dir():
+        reader: _DirReader | _ZipReader = _DirReader(path)
+        names = None
+        exists: Callable[[str], bool] = lambda name: (path / name).is_file() and reader._inside(path / name)
+    else:
+        reader = _ZipReader(path)
+        names = reader.names(spec.split)
+        present = set(names)
+        exists = present.__contains__
+    return load_coco(spec, reader, names, exists, transform=transform, inputs=inputs, where=str(path),
+                     decode=_decode, held_out=_held_out, subset=_subset)
 
 
 def _split_prefix(names: Sequence[str], split: str, where: str) -> str:

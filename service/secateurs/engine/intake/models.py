@@ -341,20 +341,21 @@ def check_runs(model: nn.Module, inputs: Sequence[InputSpec] | Sequence[int]) ->
 
 def refuse_labels_for_dense(output: Output, *data: Any) -> None:
     """Labels must fit the output: per-image classes a classifier, per-pixel masks (source "voc") a
-    segmentation network (scored as mIoU). A detector, or other labels on a dense output, is scored by
-    fidelity to the original, row by row, on generated inputs."""
+    segmentation network (scored as mIoU), boxes (source "coco") a detector (scored as COCO mAP). A
+    dense output without its labels is scored by fidelity to the original, row by row, on generated inputs."""
     given = [d for d in data if d is not None and d.source != "synthetic"]
-    masks = [d for d in given if d.source == "voc"]
-    segmentation = is_dense(output) and not isinstance(output, Detections)
-    if masks and not segmentation:
-        what = "per anchor (a detector)" if isinstance(output, Detections) else f"per example {tuple(output.shape)}"
-        raise InvalidRequest(f"per-pixel masks (source 'voc') score a segmentation model; this model's output "
-                             f"has scores {what}", field="data.source")
-    if is_dense(output) and len(masks) < len(given):
-        what = "per anchor (a detector)" if isinstance(output, Detections) else \
-            f"per position (segmentation, {tuple(output.shape)})"
+    detector = isinstance(output, Detections)
+    segmentation = is_dense(output) and not detector
+    what = "per anchor (a detector)" if detector else f"per position (segmentation, {tuple(output.shape)})" \
+        if segmentation else f"per example {tuple(output.shape)}"
+    for source, fits, scores in (("voc", segmentation, "per-pixel masks (source 'voc') score a segmentation model"),
+                                 ("coco", detector, "boxes (source 'coco') score a detector")):
+        if any(d.source == source for d in given) and not fits:
+            raise InvalidRequest(f"{scores}; this model's output has scores {what}", field="data.source")
+    fitting = "coco" if detector else "voc"
+    if is_dense(output) and any(d.source != fitting for d in given):
         raise InvalidRequest(
             f"the model's output has scores {what}; an image-folder dataset labels whole images, which cannot "
             f"score it: give no data (generated inputs, scored by per-{scored_per(output)} agreement with the "
-            f"original)" + ("" if isinstance(output, Detections) else ", or masks in VOC layout (source 'voc')"),
-            field="data")
+            f"original), or " + ("boxes in COCO layout (source 'coco')" if detector else
+                                 "masks in VOC layout (source 'voc')"), field="data")

@@ -192,6 +192,8 @@ class _Run:
                     break
                 check_cancel(cancel)
                 x, y = split_batch(batch)
+                if y is not None and not bool((y >= 0).any()):
+                    y = None  # unlabelled (a dense model's generated or box-scored images): nothing to count
                 x, y = to_device(x, self.device, non_blocking=True), None if y is None else y.to(self.device)
                 lr = lr_at(self.step, total, warmup, spec.learning_rate)
                 for g in self.optimizer.param_groups:

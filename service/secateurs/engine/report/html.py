@@ -114,6 +114,10 @@ def _summary(r: Mapping[str, Any]) -> str:
     if qb.get("miou") is not None and qa.get("miou") is not None:
         rows.append((f"mean IoU ({qa.get('miou_classes', 0)} classes)", f"{qb['miou']:.2%}", f"{qa['miou']:.2%}",
                      f"{(qa['miou'] - qb['miou']) * 100:+.2f} points"))
+    if qb.get("map") is not None and qa.get("map") is not None:
+        for key, label in (("map", "box mAP, IoU .50:.95"), ("map50", "box AP, IoU .50")):
+            rows.append((f"{label} ({qa.get('map_boxes', 0):,} boxes)", f"{qb[key]:.2%}", f"{qa[key]:.2%}",
+                         f"{(qa[key] - qb[key]) * 100:+.2f} points"))
     if "agreement" in qa:
         rows.append(("top-1 agreement with the original", "100%", f"{qa['agreement']:.2%}", ""))
     if "kl" in qa:
