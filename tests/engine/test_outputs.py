@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from secateurs.engine.intake.models import build_architecture, check_runs, refuse_labels_for_dense
+from secateurs.engine.intake.models import build_architecture, check_runs, labels_for_output
 from secateurs.engine.outputs import class_scores
 from secateurs.engine.spec import DataSpec
 from secateurs.errors import InvalidRequest
@@ -38,14 +38,22 @@ def test_a_model_with_two_outputs_is_refused_naming_them():
     assert "2 outputs (out: Tensor, aux: Tensor)" in str(err.value) and err.value.field == "model.arch"
 
 
-def test_labelled_images_cannot_score_a_dense_output():
+def test_an_image_folder_gives_a_dense_output_real_images_without_their_labels(tmp_path):
+    from secateurs.engine.intake.calibration import build_roles
+    from service_helpers import image_folder_zip
+
     dense, logits = torch.zeros(1, 4, 8, 8), torch.zeros(1, 4)
-    folder = DataSpec(source="imagefolder", path="/nowhere")
-    with pytest.raises(InvalidRequest, match="scores per position") as err:
-        refuse_labels_for_dense(dense, folder, None)
-    assert err.value.field == "data"
-    refuse_labels_for_dense(dense, None, DataSpec(source="synthetic"))  # generated inputs: fidelity
-    refuse_labels_for_dense(logits, folder, folder)  # a classifier: labels score it
+    folder = DataSpec(source="imagefolder", path=image_folder_zip(tmp_path / "f.zip", per_class=12, size=16),
+                      split="test")
+    data, train = labels_for_output(dense, folder, None)
+    assert data.ignore_labels and train is None  # per-image classes cannot score per-pixel scores
+    assert labels_for_output(logits, folder, folder) == (folder, folder)  # a classifier: labels score it
+    synthetic = DataSpec(source="synthetic", shape=(3, 8, 8))
+    assert labels_for_output(dense, None, synthetic) == (None, synthetic)  # generated inputs: fidelity
+    roles = build_roles(data, None, (1, 3, 16, 16), calibration_samples=4, evaluation_samples=None, seed=0)
+    assert not roles.evaluation.labelled and roles.calibration.labels is None  # calibrated on its train split
+    assert all(y == -1 for _, y in roles.evaluation.dataset) and roles.evaluation_ids[0].endswith(".jpg")
+    assert "labels are not read" in roles.summary["evaluation"]["note"]
 
 
 @pytest.mark.parametrize("kwargs", [{"weights_backbone": "DEFAULT"}, {"weights": "DEFAULT"}, {"progress": True}])

@@ -32,7 +32,7 @@ from secateurs.engine.export import check_parity, export_onnx, export_pt2
 from secateurs.engine.latency.protocol import measurements_taken
 from secateurs.engine.latency.target import TargetOpener, open_target
 from secateurs.engine.intake.hf import family_of, save_pruned_archive
-from secateurs.engine.intake.models import check_runs, load_model, refuse_labels_for_dense
+from secateurs.engine.intake.models import check_runs, labels_for_output, load_model
 from secateurs.engine.outputs import POSTPROCESS, output_names, scored_per
 from secateurs.engine.prune.apply import prune, write_plan
 from secateurs.engine.search.run import search
@@ -137,7 +137,8 @@ def compress(
     with run.stage("load"):
         model = load_model(spec.model)
         output = check_runs(model, inputs)
-        refuse_labels_for_dense(output, spec.data, spec.train_data)
+        data, train_data = labels_for_output(output, spec.data, spec.train_data)
+        run.spec = spec = replace(spec, data=data, train_data=train_data)  # an image folder's labels dropped
         run.scored = scored_per(output)
         drawn = input_distribution(model)
         example = generate(inputs, generator=torch.Generator().manual_seed(spec.seed), distribution=drawn)

@@ -346,6 +346,8 @@ class DataSpec:
         the others: a split carved in two that never share an image (evaluation and training
         from one train split). None: the whole split.
     holdout_fraction: the part held out (default 0.1).
+    ignore_labels: read the images without their labels (an image folder given to a segmentation
+        network or a detector, whose outputs per-image classes cannot score: real images, fidelity).
     """
 
     source: str
@@ -360,6 +362,7 @@ class DataSpec:
     distribution: str = "normal"
     holdout: str | None = None
     holdout_fraction: float = 0.1
+    ignore_labels: bool = False
 
 
 def validate_data_spec(spec: DataSpec) -> None:

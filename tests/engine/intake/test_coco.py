@@ -14,7 +14,7 @@ import torch
 
 from secateurs.engine.intake.calibration import Evaluation, Evaluator
 from secateurs.engine.intake.data import UNLABELLED, load_dataset
-from secateurs.engine.intake.models import refuse_labels_for_dense
+from secateurs.engine.intake.models import labels_for_output
 from secateurs.engine.outputs import POSTPROCESS, Detections, coco_detections, coco_map
 from secateurs.engine.spec import DataSpec, InputSpec, TransformSpec, validate_data_spec
 from secateurs.errors import InvalidData, InvalidRequest
@@ -96,12 +96,10 @@ def test_a_resize_is_refused_and_boxes_fit_only_a_detector(coco):
     assert caught.value.field == "data.transform"
     boxes = DataSpec(source="coco", path=coco, split="val")
     detections = Detections(torch.zeros(1, 5, 4), torch.zeros(1, 5, 4))
-    refuse_labels_for_dense(detections, boxes, boxes)  # a detector: accepted
+    labels_for_output(detections, boxes, boxes)  # a detector: accepted
     for output in (torch.zeros(1, 10), torch.zeros(1, 4, 8, 8)):
         with pytest.raises(InvalidRequest, match="score a detector"):
-            refuse_labels_for_dense(output, boxes)
-    with pytest.raises(InvalidRequest, match="boxes in COCO layout"):
-        refuse_labels_for_dense(detections, DataSpec(source="imagefolder", path="x"))
+            labels_for_output(output, boxes)
 
 
 def _truth(boxes_by_image: dict[int, list[tuple[int, list[float]]]], size=(100, 100)) -> dict:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from secateurs.engine.intake.data import UNLABELLED, load_dataset
-from secateurs.engine.intake.models import refuse_labels_for_dense
+from secateurs.engine.intake.models import labels_for_output
 from secateurs.engine.outputs import Detections, confusion, iou_figures
 from secateurs.engine.spec import DataSpec, InputSpec, TransformSpec, validate_data_spec
 from secateurs.errors import InvalidData, InvalidRequest
@@ -78,13 +78,11 @@ def test_a_missing_layout_and_geometric_transforms_are_refused(tmp_path):
 
 def test_masks_score_only_a_segmentation_output():
     masks = DataSpec(source="voc", path="x")
-    refuse_labels_for_dense(torch.zeros(1, 4, 8, 8), masks)  # segmentation: accepted
+    labels_for_output(torch.zeros(1, 4, 8, 8), masks)  # segmentation: accepted
     with pytest.raises(InvalidRequest, match="score a segmentation model"):
-        refuse_labels_for_dense(torch.zeros(1, 10), masks)
+        labels_for_output(torch.zeros(1, 10), masks)
     with pytest.raises(InvalidRequest, match="score a segmentation model"):
-        refuse_labels_for_dense(Detections(torch.zeros(1, 5, 3), torch.zeros(1, 5, 4)), masks)
-    with pytest.raises(InvalidRequest, match="masks in VOC layout"):
-        refuse_labels_for_dense(torch.zeros(1, 4, 8, 8), DataSpec(source="imagefolder", path="x"))
+        labels_for_output(Detections(torch.zeros(1, 5, 3), torch.zeros(1, 5, 4)), masks)
 
 
 def test_mean_iou_counts_the_classes_present_and_ignores_unlabelled_pixels():

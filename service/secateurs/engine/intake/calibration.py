@@ -115,7 +115,10 @@ def build_roles(data: DataSpec | None, train: DataSpec | None, inputs: Sequence[
                               "of": len(evaluated) - (len(picked) if carve else 0),
                               "note": "never seen by the search or recovery" + (
                                   f"; a seeded {data.holdout_fraction:.0%} of the {data.split} split held out, "
-                                  f"which recovery does not train on" if data.holdout == "held" else "")}}
+                                  f"which recovery does not train on" if data.holdout == "held" else "") + (
+                                  "; the image folder's labels are not read: per-image classes cannot score "
+                                  "this model's dense output, which is scored by fidelity to the original"
+                                  if data.ignore_labels else "")}}
     return DataRoles(calibration=calibration, evaluation=evaluation, calibration_ids=calibration_ids,
                      evaluation_ids=evaluation_ids, summary=summary)
 

@@ -238,6 +238,27 @@ class ImageFolderDataset(Dataset):
         self.reader.close()
 
 
+class WithoutLabels(Dataset):
+    """A labelled dataset's samples without their labels (each UNLABELLED): the same images and ids."""
+
+    labelled = False
+    num_classes: int | None = None
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.samples = getattr(dataset, "samples", None)  # names the images, as the dataset's own do
+        self.ids = getattr(dataset, "ids", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.dataset[index][0], UNLABELLED
+
+    def close(self) -> None:
+        getattr(self.dataset, "close", lambda: None)()
+
+
 class DigitsDataset(Dataset):
     """scikit-learn's 8x8 digits (10 classes), values scaled to [0, 1]."""
 
@@ -334,7 +355,8 @@ def load_dataset(spec: DataSpec, inputs: Sequence[InputSpec] | None = None) -> D
         return _load_voc(spec, transform, inputs)
     if spec.source == "coco":
         return _load_coco(spec, transform, inputs)
-    return _load_imagefolder(spec, transform)
+    images = _load_imagefolder(spec, transform)
+    return WithoutLabels(images) if spec.ignore_labels else images
 
 
 def _load_digits(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> DigitsDataset:

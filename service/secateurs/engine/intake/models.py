@@ -13,15 +13,16 @@ import importlib
 import os
 import pickle
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from secateurs.engine.spec import InputSpec, ModelSpec, parse_inputs
+from secateurs.engine.spec import DataSpec, InputSpec, ModelSpec, parse_inputs
 from secateurs.engine.intake.zoo import ZOO
-from secateurs.engine.outputs import Detections, Output, is_dense, scored_per, unwrap_single_output
+from secateurs.engine.outputs import Detections, Output, is_dense, unwrap_single_output
 from secateurs.engine.inputs import call, describe, generate
 from secateurs.errors import (InvalidModel, InvalidRequest, PermissionDenied, ResourceExhausted, UnsafeModel,
                               machine_limit)
@@ -339,10 +340,11 @@ def check_runs(model: nn.Module, inputs: Sequence[InputSpec] | Sequence[int]) ->
     return unwrap_single_output(model, out)  # {"out": t} -> t, by a hook on the model
 
 
-def refuse_labels_for_dense(output: Output, *data: Any) -> None:
-    """Labels must fit the output: per-image classes a classifier, per-pixel masks (source "voc") a
-    segmentation network (scored as mIoU), boxes (source "coco") a detector (scored as COCO mAP). A
-    dense output without its labels is scored by fidelity to the original, row by row, on generated inputs."""
+def labels_for_output(output: Output, *data: DataSpec | None) -> tuple[DataSpec | None, ...]:
+    """`data` fitted to the output's labels: per-image classes score a classifier, per-pixel masks
+    (source "voc") a segmentation network (mIoU), boxes (source "coco") a detector (COCO mAP). An image
+    folder given to a dense model is read without its labels (`ignore_labels`): real images, scored by
+    fidelity to the original row by row. Raises InvalidRequest for masks or boxes the output cannot take."""
     given = [d for d in data if d is not None and d.source != "synthetic"]
     detector = isinstance(output, Detections)
     segmentation = is_dense(output) and not detector
@@ -352,10 +354,6 @@ def refuse_labels_for_dense(output: Output, *data: Any) -> None:
                                  ("coco", detector, "boxes (source 'coco') score a detector")):
         if any(d.source == source for d in given) and not fits:
             raise InvalidRequest(f"{scores}; this model's output has scores {what}", field="data.source")
-    fitting = "coco" if detector else "voc"
-    if is_dense(output) and any(d.source != fitting for d in given):
-        raise InvalidRequest(
-            f"the model's output has scores {what}; an image-folder dataset labels whole images, which cannot "
-            f"score it: give no data (generated inputs, scored by per-{scored_per(output)} agreement with the "
-            f"original), or " + ("boxes in COCO layout (source 'coco')" if detector else
-                                 "masks in VOC layout (source 'voc')"), field="data")
+    if not is_dense(output):
+        return data
+    return tuple(replace(d, ignore_labels=True) if d is not None and d.source == "imagefolder" else d for d in data)
