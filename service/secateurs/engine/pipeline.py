@@ -138,7 +138,7 @@ def compress(
         model = load_model(spec.model)
         output = check_runs(model, inputs)
         data, train_data = labels_for_output(output, spec.data, spec.train_data)
-        run.spec = spec = replace(spec, data=data, train_data=train_data)  # an image folder's labels dropped
+        run.spec = spec = replace(spec, data=data, train_data=train_data)  # labels no figure reads dropped
         run.scored = scored_per(output)
         drawn = input_distribution(model)
         example = generate(inputs, generator=torch.Generator().manual_seed(spec.seed), distribution=drawn)
@@ -457,9 +457,7 @@ def _recover(spec: CompressSpec, model: Any, pruned: Any, example: torch.Tensor,
 
     recipe = spec.recovery
     if spec.train_data is not None:
-        train_set = load_dataset(spec.train_data, spec.inputs)
-        if getattr(train_set, "box_labels", False):  # boxes score the evaluation; recovery distils on the images
-            train_set = train_set.without_labels()
+        train_set = load_dataset(spec.train_data, spec.inputs)  # boxes unread (labels_for_output)
     else:  # label-free: distillation alone, on generated inputs
         train_set = generated_dataset(spec.inputs, max(512, recipe.batch_size * 8), spec.seed,
                                       input_distribution(model))

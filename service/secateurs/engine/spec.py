@@ -346,8 +346,9 @@ class DataSpec:
         the others: a split carved in two that never share an image (evaluation and training
         from one train split). None: the whole split.
     holdout_fraction: the part held out (default 0.1).
-    ignore_labels: read the images without their labels (an image folder given to a segmentation
-        network or a detector, whose outputs per-image classes cannot score: real images, fidelity).
+    ignore_labels: read the samples without their labels (an image folder given to a segmentation
+        network or a detector, whose outputs per-image classes cannot score; COCO boxes of a
+        training split, which recovery does not train on): real images, each UNLABELLED.
     """
 
     source: str

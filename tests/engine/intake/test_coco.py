@@ -42,7 +42,7 @@ def test_images_are_resized_to_the_input_and_labelled_by_their_index(coco):
     assert {im["id"] for im in truth["images"]} == set(data.image_ids([0, 2]))
     assert truth["annotations"] and {a["image_id"] for a in truth["annotations"]} <= set(data.image_ids([0, 2]))
     assert [c["id"] for c in truth["categories"]] == [1, 2, 3]
-    unlabelled = data.without_labels()
+    unlabelled = load_dataset(DataSpec(source="coco", path=coco, split="val", ignore_labels=True), INPUTS)
     assert not unlabelled.labelled and unlabelled[2][1] == UNLABELLED and data[2][1] == 2
 
 
@@ -99,7 +99,7 @@ def test_a_resize_is_refused_and_boxes_fit_only_a_detector(coco):
     labels_for_output(detections, boxes, boxes)  # a detector: accepted
     for output in (torch.zeros(1, 10), torch.zeros(1, 4, 8, 8)):
         with pytest.raises(InvalidRequest, match="score a detector"):
-            labels_for_output(output, boxes)
+            labels_for_output(output, boxes, None)
 
 
 def _truth(boxes_by_image: dict[int, list[tuple[int, list[float]]]], size=(100, 100)) -> dict:

@@ -78,11 +78,11 @@ def test_a_missing_layout_and_geometric_transforms_are_refused(tmp_path):
 
 def test_masks_score_only_a_segmentation_output():
     masks = DataSpec(source="voc", path="x")
-    labels_for_output(torch.zeros(1, 4, 8, 8), masks)  # segmentation: accepted
+    labels_for_output(torch.zeros(1, 4, 8, 8), masks, None)  # segmentation: accepted
     with pytest.raises(InvalidRequest, match="score a segmentation model"):
-        labels_for_output(torch.zeros(1, 10), masks)
+        labels_for_output(torch.zeros(1, 10), masks, None)
     with pytest.raises(InvalidRequest, match="score a segmentation model"):
-        labels_for_output(Detections(torch.zeros(1, 5, 3), torch.zeros(1, 5, 4)), masks)
+        labels_for_output(Detections(torch.zeros(1, 5, 3), torch.zeros(1, 5, 4)), masks, None)
 
 
 def test_mean_iou_counts_the_classes_present_and_ignores_unlabelled_pixels():

@@ -31,7 +31,6 @@ from secateurs.errors import InvalidData
 
 _ANNOTATIONS = re.compile(r"^(?P<root>(?:[^/]+/)?)annotations/instances_(?P<split>[a-z]+)(?P<year>\d*)\.json$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a file in the images folder: no folders, no way out
-UNLABELLED = -1
 
 
 class BoxDataset(Dataset):
@@ -50,7 +49,6 @@ class BoxDataset(Dataset):
         kept = {im["id"] for im in images}
         self.annotations = [a for a in annotations if a["image_id"] in kept]
         self.ids = [f"{folder}{im['file_name']}" for im in images]
-        self.with_labels = True
 
     def __len__(self) -> int:
         return len(self.images)
@@ -64,7 +62,7 @@ class BoxDataset(Dataset):
         x = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
         if self.size is not None and tuple(x.shape[1:]) != self.size:
             x = v2.functional.resize(x, list(self.size), antialias=True)
-        return (self.transform(x) if self.transform else x), (index if self.with_labels else UNLABELLED)
+        return (self.transform(x) if self.transform else x), index
 
     def image_ids(self, indices: Sequence[int]) -> list[int]:
         return [int(self.images[i]["id"]) for i in indices]
@@ -79,13 +77,6 @@ class BoxDataset(Dataset):
         return {"images": [im for im in self.images if im["id"] in ids],
                 "annotations": [a for a in self.annotations if a["image_id"] in ids],
                 "categories": self.categories}
-
-    def without_labels(self) -> "BoxDataset":
-        """The same images unlabelled: recovery distils on them (the boxes score the evaluation only)."""
-        copy = BoxDataset.__new__(BoxDataset)
-        copy.__dict__.update(self.__dict__, with_labels=False)
-        copy.labelled = False
-        return copy
 
     def close(self) -> None:
         self.reader.close()

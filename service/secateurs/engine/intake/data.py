@@ -338,6 +338,11 @@ def load_dataset(spec: DataSpec, inputs: Sequence[InputSpec] | None = None) -> D
     raises InvalidRequest(field="data") naming the file when it is read.
     """
     validate_data_spec(spec)
+    dataset = _load(spec, inputs)
+    return WithoutLabels(dataset) if spec.ignore_labels and dataset.labelled else dataset
+
+
+def _load(spec: DataSpec, inputs: Sequence[InputSpec] | None) -> Dataset:
     transform = build_transform(spec.transform)
     if spec.source == "synthetic":
         return SyntheticDataset(spec.shape or (), spec.limit or SYNTHETIC_DEFAULT_SIZE, spec.seed, spec.distribution)
@@ -355,8 +360,7 @@ def load_dataset(spec: DataSpec, inputs: Sequence[InputSpec] | None = None) -> D
         return _load_voc(spec, transform, inputs)
     if spec.source == "coco":
         return _load_coco(spec, transform, inputs)
-    images = _load_imagefolder(spec, transform)
-    return WithoutLabels(images) if spec.ignore_labels else images
+    return _load_imagefolder(spec, transform)
 
 
 def _load_digits(spec: DataSpec, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> DigitsDataset:

@@ -340,12 +340,14 @@ def check_runs(model: nn.Module, inputs: Sequence[InputSpec] | Sequence[int]) ->
     return unwrap_single_output(model, out)  # {"out": t} -> t, by a hook on the model
 
 
-def labels_for_output(output: Output, *data: DataSpec | None) -> tuple[DataSpec | None, ...]:
-    """`data` fitted to the output's labels: per-image classes score a classifier, per-pixel masks
-    (source "voc") a segmentation network (mIoU), boxes (source "coco") a detector (COCO mAP). An image
-    folder given to a dense model is read without its labels (`ignore_labels`): real images, scored by
-    fidelity to the original row by row. Raises InvalidRequest for masks or boxes the output cannot take."""
-    given = [d for d in data if d is not None and d.source != "synthetic"]
+def labels_for_output(output: Output, data: DataSpec | None,
+                      train: DataSpec | None) -> tuple[DataSpec | None, DataSpec | None]:
+    """(data, train) fitted to the output's labels: per-image classes score a classifier, per-pixel masks
+    (source "voc") a segmentation network (mIoU), boxes (source "coco") a detector (COCO mAP). What no
+    figure reads is read without its labels (`ignore_labels`): an image folder given to a dense model
+    (real images, scored by fidelity to the original row by row), and the boxes of the training data
+    (recovery distils on the images). Raises InvalidRequest for masks or boxes the output cannot take."""
+    given = [d for d in (data, train) if d is not None and d.source != "synthetic"]
     detector = isinstance(output, Detections)
     segmentation = is_dense(output) and not detector
     what = "per anchor (a detector)" if detector else f"per position (segmentation, {tuple(output.shape)})" \
@@ -354,6 +356,9 @@ def labels_for_output(output: Output, *data: DataSpec | None) -> tuple[DataSpec 
                                  ("coco", detector, "boxes (source 'coco') score a detector")):
         if any(d.source == source for d in given) and not fits:
             raise InvalidRequest(f"{scores}; this model's output has scores {what}", field="data.source")
-    if not is_dense(output):
-        return data
-    return tuple(replace(d, ignore_labels=True) if d is not None and d.source == "imagefolder" else d for d in data)
+
+    def unread(d: DataSpec | None, trained: bool) -> DataSpec | None:
+        drop = d is not None and ((is_dense(output) and d.source == "imagefolder") or (trained and d.source == "coco"))
+        return replace(d, ignore_labels=True) if drop else d
+
+    return unread(data, False), unread(train, True)
