@@ -131,3 +131,25 @@ def test_a_typed_plan_and_the_solvers_entries_are_one_plan() -> None:
     assert plan.dropped_blocks == ("a", "b")
     assert SearchPlan.from_entries(plan.entries(["a", "b", "c"])) == plan
     assert plan.to_dict() == {"widths": {"stem": 16, "stage1": 64}, "dropped_blocks": ["a", "b"]}
+
+
+def test_an_aim_below_what_any_plan_is_predicted_to_reach_is_infeasible_from_the_first_round() -> None:
+    # A predictor clamped at half the baseline (engine/search/predictor.py clamps at 5%): the entries'
+    # linearised savings add up past the clamp, so the solver alone would call a 2.5x aim feasible and
+    # spend its rounds on plans predicted at the clamp, never at the floor.
+    lowest = 0.5 * BASELINE_MS
+    speedup = 2.5
+    problem = SearchProblem(
+        whole=dict(WHOLE), choices=dict(WIDTHS), entry_loss=_loss,
+        predict=lambda plan: {"latency_ms": max(lowest, _predicted_ms(dict(WHOLE, **plan)))},
+        plan_loss=_plan_loss, ceilings={"latency_ms": BASELINE_MS / speedup},
+        as_ceiling=lambda c, name: BASELINE_MS / c.measured["speedup"], lowest={"latency_ms": lowest})
+    budget = Budget(speedup=speedup)
+    searcher = Searcher(problem, SearchSpec(budget=budget, max_rounds=2))
+    proposal = searcher.propose()
+    assert proposal.stage == "infeasible-check"
+    assert proposal.plan == SearchPlan.from_entries({e: w[-1] for e, w in WIDTHS.items()})
+    searcher.tell(_measure(proposal.plan, proposal.predicted, 0, budget, None, proposal.stage))
+    assert searcher.propose() is None
+    met, reason = searcher.outcome(searcher.choose(searcher.trace))
+    assert not met and "floor" in reason

@@ -48,6 +48,11 @@ class CostPredictor:
             self._memo[key] = self._predict(SearchPlan.from_entries(entries))
         return dict(self._memo[key])
 
+    def lowest(self) -> dict[str, float]:
+        """The least each prediction can read: an aim below it is out of the model's reach, whatever
+        the linearised savings of its entries add up to."""
+        return {"latency_ms": LATENCY_FLOOR * self.baseline.latency_ms} if self.latency_model is not None else {}
+
     def isolated_delta(self, entries: Mapping[str, int]) -> float:
         """The isolated-layer latency change of a plan's channel widths (no scaling, no blocks)."""
         return self.latency_model.delta(self.members.layer_widths(dict(entries)))

@@ -154,7 +154,8 @@ def _search(model: nn.Module, example: torch.Tensor, baseline_onnx: Path, spec: 
         ceilings=ceilings, inside_dropped=predictor.inside_dropped,
         uniform_start=lambda fits: uniform_fitting(a.channel_groups, spec, fits),
         quality_before=quality_before,
-        as_ceiling=lambda c, name: _as_ceiling_quantity(c, name, spec.budget, baseline))
+        as_ceiling=lambda c, name: _as_ceiling_quantity(c, name, spec.budget, baseline),
+        lowest=predictor.lowest())
     searcher = Searcher(problem, spec, trace=calibration, on_event=within(sink, 0.65, 0.95))
     while (proposal := searcher.propose()) is not None:
         candidate = verifier.candidate(proposal.plan, proposal.predicted, parent=proposal.parent,

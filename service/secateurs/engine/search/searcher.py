@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 from secateurs.engine.events import Event, EventSink, ignore_events
 from secateurs.engine.search.refine import refine
-from secateurs.engine.search.solver import Option, solve
+from secateurs.engine.search.solver import Option, most_saving, solve
 from secateurs.engine.search.types import Candidate, Entries, Proposal, SearchPlan, is_block_entry
 from secateurs.engine.spec import SearchSpec
 
@@ -55,6 +55,8 @@ class SearchProblem:
     quality_before: dict[str, Any] = field(default_factory=dict)  # the unpruned model's, for an accuracy limit
     # whether a measured candidate's latency is read by its interleaved ratio (a speedup budget)
     as_ceiling: Callable[[Candidate, str], float] = lambda c, name: c.measured[name]
+    # the least `predict` can read for a quantity (its clamp): an aim below it is infeasible
+    lowest: dict[str, float] = field(default_factory=dict)
 
 
 class Searcher:
@@ -206,9 +208,12 @@ class Searcher:
         whole = self.problem.whole
         plan = dict(whole)
         feasible = True
+        # The linearised savings of many entries can add up past what any plan is predicted to reach
+        # (the prediction is clamped there); such an aim is infeasible, and the answer the most-saving plan.
+        beyond = any(aims[n] < self.problem.lowest.get(n, float("-inf")) for n in aims)
         for _ in range(3):  # re-linearise around the previous answer: widths interact in each layer
             table, required = self._options(plan, aims, entries)
-            solution = solve(table, required)
+            solution = most_saving(table, len(required)) if beyond else solve(table, required)
             new = dict(whole, **{n: o.width for n, o in solution.choice.items()})
             new.update(self.problem.inside_dropped(new))
             feasible = solution.feasible

@@ -102,12 +102,17 @@ def solve(options: Mapping[str, Sequence[Option]], required: Sequence[float], *,
     if choice is not None and dims > 1:
         choice = _fit_multipliers(options, required, bins, choice)
     if choice is None:
-        most = {n: max(opts, key=lambda o: (o.savings[0], -o.loss)) for n, opts in options.items()}
-        return Solution(choice=most, feasible=False, loss=sum(o.loss for o in most.values()),
-                        savings=_totals(most, dims))
+        return most_saving(options, dims)
     totals = _totals(choice, dims)
     feasible = all(t >= r - 1e-9 * max(1.0, abs(r)) for t, r in zip(totals, required))
     return Solution(choice=choice, feasible=feasible, loss=sum(o.loss for o in choice.values()), savings=totals)
+
+
+def most_saving(options: Mapping[str, Sequence[Option]], dims: int) -> Solution:
+    """The choice with the largest savings on the primary axis (least loss among equals): the best
+    reachable point, infeasible."""
+    most = {n: max(opts, key=lambda o: (o.savings[0], -o.loss)) for n, opts in options.items()}
+    return Solution(choice=most, feasible=False, loss=sum(o.loss for o in most.values()), savings=_totals(most, dims))
 
 
 def _fit_multipliers(options: Mapping[str, Sequence[Option]], required: Sequence[float], bins: int,
