@@ -325,10 +325,16 @@ def summary(report: dict) -> str:
         f"   reduction {size['macs_reduction']:.2f}x",
         f"  params      {size['baseline']['params']:,} -> {size['compressed']['params']:,}",
         f"  ONNX bytes  {size['baseline']['onnx_bytes']:,} -> {size['compressed']['onnx_bytes']:,}",
-        f"  parity      max rel. diff {report['parity']['relative_diff']:.1e}, "
-        f"top-1 agreement {report['parity']['top1_agreement']}",
+        f"  parity      max rel. diff {report['parity']['relative_diff']:.1e}"
+        f"{parity_rounding(report['parity'])}, top-1 agreement {report['parity']['top1_agreement']}",
         *lines,
     ])
+
+
+def parity_rounding(parity: dict) -> str:
+    """PyTorch's own float32 rounding beside ONNX Runtime's difference, both from the float64 result."""
+    own = parity.get("pytorch_diff")
+    return f" from float64 (PyTorch float32 {own:.1e})" if own is not None else ""
 
 
 def quality_line(report: dict, indent: str) -> str:

@@ -157,9 +157,12 @@ def _details(r: Mapping[str, Any]) -> str:
         parts.append(_table(("latency statistic", "baseline", "compressed"), stats_rows))
     parity = r.get("parity") or {}
     if parity:
-        parts.append(f"<p>Parity (ONNX Runtime vs PyTorch, mode {_e(parity.get('mode', ''))}): relative max "
-                     f"difference {_fmt(parity.get('relative_diff'))}, top-1 agreement "
-                     f"{_fmt(parity.get('top1_agreement'))}, {'passed' if parity.get('passed') else 'FAILED'}.</p>")
+        own = (f" (PyTorch's own float32: {_fmt(parity['pytorch_diff'])})"
+               if parity.get("pytorch_diff") is not None else "")
+        parts.append(f"<p>Parity (ONNX Runtime vs the model in {_e(parity.get('reference', 'float32'))}, mode "
+                     f"{_e(parity.get('mode', ''))}): relative max difference {_fmt(parity.get('relative_diff'))}"
+                     f"{own}, top-1 agreement {_fmt(parity.get('top1_agreement'))}, "
+                     f"{'passed' if parity.get('passed') else 'FAILED'}.</p>")
     device = r.get("device") or {}
     if device:
         parts.append(_table(("device", ""), [(k, _fmt(v)) for k, v in device.items()]))
