@@ -131,3 +131,22 @@ def test_the_export_cache_keeps_at_most_its_bytes(tmp_path, monkeypatch):
     kept = sorted((cache / "exports").glob("*.onnx"))
     assert len(kept) == 2 and len(list((cache / "exports").glob("*.json"))) == 2
     assert (tmp_path / "3.onnx").read_bytes() in {k.read_bytes() for k in kept}  # the newest stays
+
+
+def test_the_exporters_registry_is_built_once_and_each_export_gets_its_own_copy(tmp_path):
+    from torch.onnx._internal.exporter import _registration
+
+    from secateurs.engine.export import reuse_torchlib_registry
+
+    reuse_torchlib_registry()
+    first, second = _registration.ONNXRegistry.from_torchlib(), _registration.ONNXRegistry.from_torchlib()
+    assert first is not second and first.functions.keys() == second.functions.keys() and first.functions
+    target = next(iter(first.functions))
+    first.functions[target].append("custom")  # what an export given custom functions does to its copy
+    assert "custom" not in second.functions[target] and "custom" not in _registration.ONNXRegistry.from_torchlib().functions[target]
+    # exports through the reused registry leave it as they found it: the same model writes the same file
+    model = _resnet20()
+    export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "a.onnx")
+    export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert check_parity(model, tmp_path / "b.onnx", (1, 3, 32, 32)).passed
