@@ -159,3 +159,24 @@ def test_a_group_norm_keeps_two_channels_a_group_so_a_one_by_one_map_still_norma
     assert groups["conv"].step == 32 and groups["conv"].floor == 64
     result = prune(model, x, PruneSpec(ratio=0.9))
     assert result.model.norm.num_channels == 64 and result.model(x).shape == (1, 4, 1, 1)
+
+
+def test_a_models_groups_are_analysed_once_while_its_structure_stands():
+    from secateurs.engine.prune import apply
+
+    model, x = _model("zoo:resnet20", {}), torch.randn(1, 3, 32, 32)
+    spec = PruneSpec(group_ratios={"conv1": 0.5})
+    first = prune(model, x, spec)
+    kept = apply._ANALYSED[model]
+    second = prune(model, x, spec)
+    assert apply._ANALYSED[model] is kept  # the second prune used the first one's analysis
+    assert first.plan.history == second.plan.history and first.groups == second.groups
+    # another structure is analysed afresh: a smaller classifier, a smaller share of MACs in the last group
+    model.fc = torch.nn.Linear(64, 3)
+    third = prune(model, x, spec)
+    assert apply._ANALYSED[model] is not kept and [g.name for g in third.groups] == [g.name for g in first.groups]
+    assert third.groups != first.groups
+    model.conv1 = torch.nn.Conv2d(3, 24, 3, padding=1, bias=False)
+    model.bn1 = torch.nn.BatchNorm2d(24)
+    with pytest.raises(RuntimeError):
+        prune(model, x, spec)  # 24 channels into layers built for 16: it no longer runs

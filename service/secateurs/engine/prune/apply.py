@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,7 +25,7 @@ from secateurs.engine.prune.groups import GroupInfo, describe_groups, prepare
 from secateurs.engine.prune.importance import accumulate_gradients, head_norm
 from secateurs.engine.latency.devicelock import computing
 from secateurs.engine.spec import PruneSpec
-from secateurs.engine.inputs import Batch, call
+from secateurs.engine.inputs import Batch, call, shapes
 from secateurs.engine.validate import validate_prune_spec
 from secateurs.errors import InvalidRequest, UnsupportedModel, machine_limit
 
@@ -114,10 +115,8 @@ def prune(model: nn.Module, example: torch.Tensor, spec: PruneSpec,
 def _prune(model: nn.Module, example: torch.Tensor, spec: PruneSpec,
            batches: Iterable[torch.Tensor] | None) -> PruneResult:
     validate_prune_spec(spec)
-    analysed = prepare(copy.deepcopy(model), example)
-    groups = describe_groups(analysed, example, min_channels=spec.min_channels)
+    groups = analysed_groups(model, example, spec.min_channels)
     ratios = requested_ratios(spec, groups)
-    del analysed
 
     pruned = copy.deepcopy(model).eval()
     module_ratio: dict[str, float] = {}
@@ -167,6 +166,24 @@ def _prune(model: nn.Module, example: torch.Tensor, spec: PruneSpec,
     history = [(n, bool(o), [int(i) for i in idx]) for n, o, idx in ctx.graph.pruning_history()]
     return PruneResult(model=pruned, plan=Plan(groups=plan_groups, history=history, heads=heads,
                                                dropped=list(spec.drop_blocks)), groups=groups)
+
+
+# The groups of each model as it stands. A search prunes one model for every candidate it measures, and
+# the analysis (a dependency graph traced on a copy) was a second of every prune of a ResNet-50.
+_ANALYSED: "weakref.WeakKeyDictionary[nn.Module, tuple[Any, list[GroupInfo]]]" = weakref.WeakKeyDictionary()
+
+
+def analysed_groups(model: nn.Module, example: Batch, min_channels: int) -> list[GroupInfo]:
+    """describe_groups of `model` (on a copy), kept while the model's structure, the input shapes and
+    the floor stay the same: groups are structure, not weights."""
+    key = (repr(model), tuple((n, tuple(p.shape)) for n, p in model.named_parameters()), tuple(shapes(example)),
+           min_channels)
+    kept = _ANALYSED.get(model)
+    if kept is not None and kept[0] == key:
+        return list(kept[1])
+    groups = describe_groups(prepare(copy.deepcopy(model), example), example, min_channels=min_channels)
+    _ANALYSED[model] = (key, groups)
+    return list(groups)
 
 
 def _check_removable(model: nn.Module, example: torch.Tensor, names: Iterable[str]) -> None:
