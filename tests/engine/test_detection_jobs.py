@@ -41,7 +41,7 @@ def test_a_detection_speedup_job_keeps_its_heads_and_scores_its_boxes(tmp_path):
                         train_data=DataSpec(source="coco", path=coco, split="train"),
                         recovery=RecoverySpec(epochs=1, batch_size=8),
                         cache_dir=tmp_path / "cache", budget=Budget(speedup=1.2, max_accuracy_drop=0.99), depth="off",
-                        round_to=16)
+                        round_to=16, exports=("onnx",))  # torch.export of the detector is seconds more
     result = compress(spec)
     report = result.report
     validate_report(report)

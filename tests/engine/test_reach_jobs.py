@@ -24,7 +24,7 @@ def test_a_timm_speedup_job_prunes_exports_with_parity_and_reports(tmp_path, arc
     pytest.importorskip("timm", reason="timm is the optional 'timm' extra (make test installs it)")
     spec = CompressSpec(model=ModelSpec(arch=arch, arch_kwargs={**kwargs, "num_classes": 10}),
                         input_shape=(1, 3, size, size), out_dir=tmp_path, protocol=QUICK, calibration_samples=32,
-                        cache_dir=tmp_path / "cache", budget=Budget(speedup=1.2))
+                        cache_dir=tmp_path / "cache", budget=Budget(speedup=1.2), exports=("onnx",))
     report = compress(spec).report
     validate_report(report)
     assert report["parity"]["passed"]
@@ -39,7 +39,7 @@ def test_a_swin_speedup_job_prunes_mlp_widths_or_blocks_and_reports(tmp_path):
     pytest.importorskip("timm", reason="timm is the optional 'timm' extra (make test installs it)")
     spec = CompressSpec(model=ModelSpec(arch="timm:swin_tiny_patch4_window7_224", arch_kwargs=SMALL_SWIN),
                         input_shape=(1, 3, 32, 32), out_dir=tmp_path, protocol=QUICK, calibration_samples=32,
-                        cache_dir=tmp_path / "cache", budget=Budget(speedup=1.2))
+                        cache_dir=tmp_path / "cache", budget=Budget(speedup=1.2), exports=("onnx",))
     report = compress(spec).report
     validate_report(report)
     assert report["parity"]["passed"]
