@@ -315,10 +315,7 @@ def _exact_reference(model: nn.Module, samples: Sequence[Batch]) -> list[tuple[t
     """The model's outputs computed in float64 (a copy of it; integer inputs stay as they are), or None
     where the model cannot run so (an operator without a float64 kernel)."""
     try:
-        exact = copy.deepcopy(model).double()
-        with torch.no_grad():
-            return [tuple(t.double() for t in output_tensors(_call(exact, tuple(
-                t.double() if t.is_floating_point() else t for t in tensors(x))))) for x in samples]
+        return _reference(copy.deepcopy(model).double(), samples, torch.float64)
     except (RuntimeError, TypeError, NotImplementedError):
         return None
 
@@ -330,9 +327,13 @@ def _score_rows(parts: Sequence[torch.Tensor]) -> torch.Tensor | None:
     return class_scores(parts[0]) if parts[0].dim() >= 2 and parts[0].shape[1] > 1 else None
 
 
-def _reference(model: nn.Module, samples: Sequence[Batch]) -> list[tuple[torch.Tensor, ...]]:
+def _reference(model: nn.Module, samples: Sequence[Batch],
+               dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, ...]]:
+    """The model's outputs on `samples` in `dtype`; for another dtype than float32, its floating inputs too."""
+    cast = dtype != torch.float32
     with torch.no_grad():
-        return [tuple(t.float() for t in output_tensors(_call(model, x))) for x in samples]
+        return [tuple(t.to(dtype) for t in output_tensors(_call(model, tuple(
+            t.to(dtype) if cast and t.is_floating_point() else t for t in tensors(x))))) for x in samples]
 
 
 def _cpu_session(path: Path):
