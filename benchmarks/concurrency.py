@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -27,13 +28,16 @@ from secateurs_client import TERMINAL, Client, build_request  # noqa: E402
 QUICK_PROTOCOL = dict(warmup_runs=3, warmup_seconds=0.05, window=20, min_samples=40, max_seconds=2.0)
 
 
-def measure_polling(clients: int = 32, max_seconds: float = 120.0) -> dict[str, float]:
+def measure_polling(clients: int = 32, max_seconds: float = 120.0, pause: float = 0.0,
+                    **request: Any) -> dict[str, float]:
+    """`pause`: seconds each client waits between its calls (0: as fast as the server answers);
+    `request`: more fields of the job's request."""
     with tempfile.TemporaryDirectory(prefix="secateurs-bench-") as tmp:
         proc, address = start_server(Path(tmp))
         try:
             with Client(address) as owner:
                 job = owner.create_job(build_request(arch="zoo:resnet20", input_shape=(1, 3, 32, 32), ratio=0.5,
-                                                     protocol=QUICK_PROTOCOL))
+                                                     protocol=QUICK_PROTOCOL, **request))
                 latencies: list[float] = []
                 errors: list[str] = []
                 done = threading.Event()
@@ -55,6 +59,7 @@ def measure_polling(clients: int = 32, max_seconds: float = 120.0) -> dict[str, 
                                     errors.append(f"{err.code().name}: {err.details()}")
                             mine.append(time.perf_counter() - start)
                             n += 1
+                            done.wait(pause)
                     with lock:
                         latencies.extend(mine)
 

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from secateurs_client import Client, build_request, pb
 
@@ -208,19 +208,20 @@ def cache_dir_for_tests() -> Path:
     return root
 
 
-def cached_venv(name: str, *pip_args: str, key_files: tuple[Path, ...] = (), timeout: float = 900) -> Path:
-    """The python of a virtual environment with `pip install *pip_args` done, built once and kept
-    under cache_dir_for_tests() (for tools whose dependencies clash with the server's, e.g. kfp's
-    protobuf pin). Rebuilt when the arguments, the key files (pyproject.toml of what it installs)
-    or the Python version change."""
+def cached_venv(name: str, *packages: Path, timeout: float = 900) -> Path:
+    """The python of a virtual environment with the local `packages` installed (not editable), built
+    once and kept under cache_dir_for_tests() (for tools whose dependencies clash with the server's,
+    e.g. kfp's protobuf pin). Keyed on the Python version and the packages' file contents, not on
+    where the checkout lies, so another clone with the same code reuses it; any edit rebuilds it."""
     import fcntl
     import hashlib
     import shutil
     import venv
 
-    digest = hashlib.sha256(repr((sys.version, pip_args)).encode())
-    for path in key_files:
-        digest.update(path.read_bytes())
+    digest = hashlib.sha256(sys.version.encode())
+    for package in packages:
+        for path in sorted(_package_files(package)):
+            digest.update(f"{package.name}/{path.relative_to(package)}".encode() + b"\0" + path.read_bytes())
     root = cache_dir_for_tests() / "venvs" / f"{name}-{digest.hexdigest()[:12]}"
     python, done = root / "bin" / "python", root / ".complete"
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -229,13 +230,22 @@ def cached_venv(name: str, *pip_args: str, key_files: tuple[Path, ...] = (), tim
         if not done.exists():
             shutil.rmtree(root, ignore_errors=True)
             venv.create(root, with_pip=True)
-            install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                                      *pip_args], capture_output=True, text=True, timeout=timeout)
+            args = ["install", "--quiet", "--disable-pip-version-check", *map(str, packages)]
+            install = subprocess.run([str(python), "-m", "pip", *args], capture_output=True, text=True,
+                                     timeout=timeout)
             if install.returncode != 0:
-                raise AssertionError(f"pip install {' '.join(pip_args)} failed:\n{install.stdout[-3000:]}\n"
+                raise AssertionError(f"pip {' '.join(args)} failed:\n{install.stdout[-3000:]}\n"
                                      f"{install.stderr[-3000:]}")
             done.touch()
     return python
+
+
+def _package_files(package: Path) -> Iterator[Path]:
+    """A local package's own files: what a build leaves behind (bytecode, build/, *.egg-info) skipped."""
+    for path in package.rglob("*"):
+        parts = path.relative_to(package).parts
+        if path.is_file() and not any(p in ("__pycache__", "build", "dist") or p.endswith(".egg-info") for p in parts):
+            yield path
 
 
 def save_zoo_weights(path: Path, name: str = "resnet20", **kwargs: Any) -> Path:

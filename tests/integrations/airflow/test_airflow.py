@@ -62,8 +62,7 @@ if __name__ == "__main__":
 
 @pytest.fixture(scope="module")
 def airflow_python() -> Path:
-    args = [a for p in PACKAGES for a in ("-e", str(p))]
-    return cached_venv("airflow", *args, key_files=tuple(p / "pyproject.toml" for p in PACKAGES))
+    return cached_venv("airflow", *PACKAGES)
 
 
 def test_deferrable_operator_runs_a_job_through_its_trigger(airflow_python: Path, make_server: Callable[..., Server],

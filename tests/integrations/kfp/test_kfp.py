@@ -53,7 +53,7 @@ print("ONNX_MODEL", result.output.path)
 
 @pytest.fixture(scope="module")
 def kfp_python() -> Path:
-    return cached_venv("kfp", "-e", str(KFP_PACKAGE), key_files=(KFP_PACKAGE / "pyproject.toml",))
+    return cached_venv("kfp", KFP_PACKAGE)
 
 
 def test_sample_pipeline_compiles(kfp_python: Path, tmp_path: Path) -> None:
