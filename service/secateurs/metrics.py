@@ -6,7 +6,7 @@ units (seconds, bytes); gRPC metrics follow the `grpc_server_*` convention of
 go-grpc-prometheus. No label holds a job id, a model name or a path: label values
 come from small fixed sets (results, stages, runtimes, status codes, method names).
 
-Jobs run in spawned worker processes that never touch this registry: the server
+Jobs run in worker processes of their own that never touch this registry: the server
 derives stage durations, measurement counts and cache lookups from the events and
 the final report the worker sends through its pipe (`job_event`, `job_finished`).
 This module imports nothing from `api`, `jobs` or `engine`; they call it.

@@ -20,7 +20,7 @@ from service_helpers import QUICK_PROTOCOL, QUICK_PROTOCOL_FLAGS
 
 def _program(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    model = build_architecture("zoo:resnet20").eval()  # as if the server had no code for it
+    model = build_architecture("zoo:resnet20", {"width": 8}).eval()  # as if the server had no code for it
     return save_program(model, torch.randn(1, 3, 32, 32), tmp_path / "resnet20.pt2")
 
 

@@ -22,7 +22,7 @@ def test_worker_killed_fails_its_job_and_server_keeps_serving(server_process) ->
     with Client(proc.address, timeout=30) as client:
         job = client.create_job(resnet20_request())
         pid = wait_for_stage(client, job.id, "profile")
-        assert pid in [c.pid for c in psutil.Process(proc.pid).children()]
+        assert pid in [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]  # under its fork server
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: client.get_job(job.id).state == pb.FAILED, 15, "FAILED")
         failed = client.get_job(job.id)

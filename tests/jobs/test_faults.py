@@ -71,9 +71,10 @@ def test_a_real_export_that_fills_the_disk_fails_disk_full(make_server, small_di
 
 
 def test_a_worker_over_its_memory_limit_fails_out_of_memory(make_server) -> None:
-    server = make_server(runner=FAKE_RUNNER, worker_memory_bytes=1 << 30)
+    # A worker is forked with the engine imported: 3.6 GB of address space mapped before a job runs.
+    server = make_server(runner=FAKE_RUNNER, worker_memory_bytes=8 << 30)
     with Client(server.address, timeout=30) as client:
-        job = client.wait(client.create_job(fake_request("hog", arch_kwargs={"bytes": 4 << 30})).id,
+        job = client.wait(client.create_job(fake_request("hog", arch_kwargs={"bytes": 64 << 30})).id,
                           timeout=60)
         assert job.state == pb.FAILED and job.error.reason == "out_of_memory", job.error.message
         _serving(client)

@@ -1,4 +1,4 @@
-"""Runs queued jobs, each in its own spawned worker process, `workers` at a time.
+"""Runs queued jobs, each in its own worker process, `workers` at a time.
 
 A dispatcher thread claims QUEUED jobs; one supervisor thread per running job
 relays the worker's events into the store and decides the job's end from what
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
 import shutil
 import signal
 import sqlite3
@@ -30,7 +31,12 @@ log = logging.getLogger(__name__)
 # its limit has its worker killed and the job fails `stage_timeout`: a tracer that never returns
 # (it happened) must not hold a worker for ever. Recovery runs as many epochs as a job asks.
 DEFAULT_STAGE_TIMEOUTS: Mapping[str, float] = {"*": 3600.0, "recover": 86400.0}
-_CTX = mp.get_context("spawn")  # fork would copy the server's threads and locks
+# Workers are forked from a fork server: a clean single-threaded process that imported the engine once
+# (fork from the server itself would copy its threads and locks). A spawned worker imported torch, ONNX
+# and the engine anew for every job: 4-5 s here before a job's first stage.
+WORKER_PRELOAD = ("secateurs.jobs.worker", "secateurs.engine.pipeline")
+_CTX = mp.get_context("forkserver")
+_CTX.set_forkserver_preload(list(WORKER_PRELOAD))
 
 
 class Scheduler:
@@ -203,7 +209,7 @@ class _Run:
         self._proc = _CTX.Process(
             target=worker_main, name=f"secateurs-worker-{self.job.id}",
             args=(self._runner, self.job.id, self.job.spec_json, str(self.out_dir), send, self._cancel_event,
-                  self._env, self._memory_bytes),
+                  {**os.environ, **self._env}, self._memory_bytes),
         )
         self._proc.start()
         if self._interrupted:  # shutdown came between creating the process and starting it: interrupt missed it

@@ -41,12 +41,15 @@ def resolve_runner(name: str) -> Callable[..., Any]:
 
 
 def worker_main(runner: str, job_id: str, spec_json: str, out_dir: str, conn: Connection, cancel: Any,
-                env: dict[str, str] | None = None, memory_bytes: int | None = None) -> None:
-    """Entry point of the spawned process. env: variables the job reads (the latency probe's
-    credentials), passed here so they are never stored with the job. memory_bytes: the
+                environ: dict[str, str] | None = None, memory_bytes: int | None = None) -> None:
+    """Entry point of the worker process. environ: the whole environment the job runs in (the
+    server's when the job started, with the latency probe's credentials, passed here so they are
+    never stored with the job), not the fork server's from when it started. memory_bytes: the
     address space the worker may use (RLIMIT_AS); past it allocations fail, and the job
     ends out_of_memory instead of the machine's OOM killer choosing a victim."""
-    os.environ.update(env or {})
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     if memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     # Ctrl-C in a terminal reaches the whole process group; the server decides.
