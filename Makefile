@@ -23,7 +23,7 @@ run: $(STAMP)
 # compute away, not everything a second worker does (tests/conftest.py).
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m "not measures" --durations=30
-	$(BIN)/python -m pytest -m measures
+	$(BIN)/python -m pytest -m measures --durations=5
 
 clean:
 	rm -rf $(VENV) .secateurs .pytest_cache
