@@ -17,7 +17,7 @@ def ready(conn) -> None:  # type: ignore[no-untyped-def]
     """What every worker does before its first stage: the engine's entry point imported."""
     from secateurs.engine.pipeline import compress  # noqa: F401
 
-    conn.send(time.perf_counter())
+    conn.send(True)
     conn.close()
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     jobs = parser.parse_args().jobs
     from secateurs.jobs import scheduler  # sets the fork server's preload, as the server does
 
-    forked_ctx, spawned_ctx = scheduler._CTX, mp.get_context("spawn")
+    forked_ctx, spawned_ctx = scheduler.WORKER_CONTEXT, mp.get_context("spawn")
     first = start_seconds(forked_ctx)  # starts the fork server: it imports the engine once
     spawned, forked = [], []
     for _ in range(jobs):

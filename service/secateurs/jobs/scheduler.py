@@ -35,8 +35,8 @@ DEFAULT_STAGE_TIMEOUTS: Mapping[str, float] = {"*": 3600.0, "recover": 86400.0}
 # (fork from the server itself would copy its threads and locks). A spawned worker imported torch, ONNX
 # and the engine anew for every job: 4-5 s here before a job's first stage.
 WORKER_PRELOAD = ("secateurs.jobs.worker", "secateurs.engine.pipeline")
-_CTX = mp.get_context("forkserver")
-_CTX.set_forkserver_preload(list(WORKER_PRELOAD))
+WORKER_CONTEXT = mp.get_context("forkserver")
+WORKER_CONTEXT.set_forkserver_preload(list(WORKER_PRELOAD))
 
 
 class Scheduler:
@@ -164,7 +164,7 @@ class _Run:
         self._timed_out: tuple[str, float] | None = None  # the stage killed at its limit, and the limit
         self.job = job
         self.out_dir = scheduler._work_dir / job.id
-        self._cancel_event = _CTX.Event()
+        self._cancel_event = WORKER_CONTEXT.Event()
         self._cancel_at: float | None = None
         self._interrupted = False
         self._proc: Any = None
@@ -205,8 +205,8 @@ class _Run:
     def _run(self) -> None:
         store = self._store
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        recv, send = _CTX.Pipe(duplex=False)
-        self._proc = _CTX.Process(
+        recv, send = WORKER_CONTEXT.Pipe(duplex=False)
+        self._proc = WORKER_CONTEXT.Process(
             target=worker_main, name=f"secateurs-worker-{self.job.id}",
             args=(self._runner, self.job.id, self.job.spec_json, str(self.out_dir), send, self._cancel_event,
                   {**os.environ, **self._env}, self._memory_bytes),
