@@ -67,6 +67,9 @@ class GraphContext:
     criterion: str = "l1"
     held: dict[str, str] = field(default_factory=dict)  # group root -> why the pruner must leave it whole
     ties: list[tuple[str, ...]] = field(default_factory=list)  # group roots that take one width together
+    # A root's group over all its channels, built once: Torch-Pruning re-derives every index mapping of
+    # the graph per group it builds (seconds per call on a detector's reshapes), and masks never change it
+    _full_groups: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def head_norm(self) -> int:
@@ -83,6 +86,14 @@ class GraphContext:
 
     def name_of(self, module: nn.Module) -> str:
         return self.graph._module2name[module]
+
+    def full_group(self, root: str, channels: int) -> Any:
+        """The Torch-Pruning group of layer `root` over all `channels` of its output, built once."""
+        if root not in self._full_groups:
+            module = self.model.get_submodule(root)
+            handler = self.graph.get_pruner_of_module(module).prune_out_channels
+            self._full_groups[root] = self.graph.get_pruning_group(module, handler, list(range(channels)))
+        return self._full_groups[root]
 
     def iter_groups(self) -> Iterator[tuple[str, Any]]:
         """(root layer name, Torch-Pruning group) for every group outside the ignored layers."""

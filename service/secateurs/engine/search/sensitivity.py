@@ -177,23 +177,34 @@ def masked(ctx: GraphContext, group_name: str, info: GroupInfo, keep: int) -> It
 
 def _channel_masks(ctx: GraphContext, root: str, info: GroupInfo, keep: int) -> list[Any]:
     """Hooks zeroing the weakest channels of the group rooted at `root`, ranked by the job's criterion."""
-    graph, module = ctx.graph, ctx.model.get_submodule(root)
-    handler = graph.get_pruner_of_module(module).prune_out_channels
-    group = graph.get_pruning_group(module, handler, list(range(info.channels)))
+    group = ctx.full_group(root, info.channels)
     scores = ctx.importance(group)  # the job's criterion: the channels the final pruning removes
     if info.step > 1:  # as the pruner does: the same positions in each of the step groups
         per_group = info.channels // info.step
         weakest = torch.argsort(scores.view(info.step, per_group).mean(0))[: per_group - keep // info.step]
-        drop = sorted(int(p) + g * per_group for g in range(info.step) for p in weakest)
+        drop = {int(p) + g * per_group for g in range(info.step) for p in weakest}
     else:
-        drop = torch.argsort(scores)[: info.channels - keep].tolist()
+        drop = set(torch.argsort(scores)[: info.channels - keep].tolist())
     hooks = []
-    for dep, idxs in graph.get_pruning_group(module, handler, sorted(drop)):
-        target = dep.target.module
-        if not isinstance(target, nn.Module) or not graph.is_out_channel_pruning_fn(dep.handler) or not idxs:
-            continue
-        hooks.append(target.register_forward_hook(_zeroing(sorted(set(int(i) for i in idxs)), _channel_dim(target))))
+    for target, handler, idxs in _dropped_indices(ctx, root, group, drop):
+        if isinstance(target, nn.Module) and ctx.graph.is_out_channel_pruning_fn(handler) and idxs:
+            hooks.append(target.register_forward_hook(_zeroing(idxs, _channel_dim(target))))
     return hooks
+
+
+def _dropped_indices(ctx: GraphContext, root: str, group: Any, drop: set[int]) -> Iterator[tuple[Any, Any, list[int]]]:
+    """(layer, pruning function, its indices) that dropping root channels `drop` removes. Each index of
+    the full group remembers the root channel it follows (Torch-Pruning's root_idxs), so no new group
+    is traced; an expand (grouped-query attention) forgets it, and then the group is traced for `drop`."""
+    if any(r is None for item in group for r in item.root_idxs):
+        module = ctx.model.get_submodule(root)
+        handler = ctx.graph.get_pruner_of_module(module).prune_out_channels
+        for dep, idxs in ctx.graph.get_pruning_group(module, handler, sorted(drop)):
+            yield dep.target.module, dep.handler, sorted({int(i) for i in idxs})
+        return
+    for item in group:
+        yield item.dep.target.module, item.dep.handler, sorted(
+            {int(i) for i, r in zip(item.idxs, item.root_idxs) if r in drop})
 
 
 def _zeroing(channels: list[int], dim: int) -> Callable[..., torch.Tensor]:
