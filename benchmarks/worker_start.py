@@ -36,8 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5)
     jobs = parser.parse_args().jobs
-    from secateurs.jobs import scheduler  # sets the fork server's preload, as the server does
+    from secateurs.jobs import scheduler
 
+    scheduler.use_fork_server_for(scheduler.DEFAULT_RUNNER)  # the fork server a server of real jobs starts
     forked_ctx, spawned_ctx = scheduler.WORKER_CONTEXT, mp.get_context("spawn")
     first = start_seconds(forked_ctx)  # starts the fork server: it imports the engine once
     spawned, forked = [], []

@@ -43,6 +43,16 @@ def one_measurement_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault(LOCK_DIR_ENV, str(shared / "measurement-lock"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fork_server_of_real_jobs() -> None:
+    """A process has one fork server, and the first scheduler to start decides what it imports: here
+    always the engine, or a test's fake-runner server started first would leave every later real
+    job of that process importing the engine itself (secateurs/jobs/scheduler.py, use_fork_server_for)."""
+    from secateurs.jobs.scheduler import DEFAULT_RUNNER, use_fork_server_for
+
+    use_fork_server_for(DEFAULT_RUNNER)
+
+
 @pytest.fixture(autouse=True)
 def measures_alone(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test marked `measures` (its assertions rest on latency measured in its process) holds the

@@ -36,7 +36,23 @@ DEFAULT_STAGE_TIMEOUTS: Mapping[str, float] = {"*": 3600.0, "recover": 86400.0}
 # and the engine anew for every job: 4-5 s here before a job's first stage.
 WORKER_PRELOAD = ("secateurs.jobs.worker", "secateurs.engine.pipeline")
 WORKER_CONTEXT = mp.get_context("forkserver")
-WORKER_CONTEXT.set_forkserver_preload(list(WORKER_PRELOAD))
+_fork_server_runner: str | None = None
+
+
+def preload_for(runner: str) -> tuple[str, ...]:
+    """What the fork server imports for workers of `runner`: the engine for the default runner (its module
+    imports the engine only when a job runs), the runner's own module for one the operator named."""
+    return WORKER_PRELOAD if runner == DEFAULT_RUNNER else ("secateurs.jobs.worker", runner.partition(":")[0])
+
+
+def use_fork_server_for(runner: str) -> None:
+    """Decide what this process's fork server imports, once: a process has one fork server, started with
+    its first worker, so the first scheduler decides. Another runner's workers still run from it; they
+    import what it lacks themselves. An operator's own runner (tests' fakes) skips the engine's 4 s."""
+    global _fork_server_runner
+    if _fork_server_runner is None:
+        _fork_server_runner = runner
+        WORKER_CONTEXT.set_forkserver_preload(list(preload_for(runner)))
 
 
 class Scheduler:
@@ -76,6 +92,7 @@ class Scheduler:
 
     def start(self) -> tuple[list[str], list[str]]:
         """Start dispatching; returns (jobs queued again to resume, jobs failed `interrupted`)."""
+        use_fork_server_for(self._runner)
         requeued, failed = self._store.requeue_running("the server stopped while the job was running",
                                                        max_attempts=self.max_attempts)
         for job_id in failed:
