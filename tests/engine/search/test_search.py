@@ -124,7 +124,10 @@ def test_depth_search_drops_blocks_and_keeps_channels_whole_when_asked(resnet20,
 
 @pytest.mark.measures
 def test_joint_search_weighs_blocks_against_channels(resnet20_batch8, tmp_path):
-    result = _search(resnet20_batch8, Budget(speedup=1.5), tmp_path, protocol=FAST)  # depth "auto" is the default
+    # depth "auto" is the default. Aimed 10% inside: at the default 5% a fresh clone's run on a slow
+    # machine missed 1.5x by 2.6% in all 5 rounds (2026-12-07); what is tested is the joint plan and how
+    # its decisive figures were measured; how close a search lands is benchmarks/search.py's
+    result = _search(resnet20_batch8, Budget(speedup=1.5), tmp_path, protocol=FAST, aim=0.9)
     assert len(result.blocks) == 7 and [c.stage for c in result.trace].count("calibration") == 1 + 2
     assert result.budget_met, result.reason
     # steering figures take one session; a decisive figure near the budget was measured again in fresh
