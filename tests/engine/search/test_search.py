@@ -94,11 +94,12 @@ def test_second_search_reuses_the_cache(resnet20, tmp_path):
 
 
 def test_infeasible_budget_returns_the_best_reachable_point(resnet20, tmp_path):
-    result = _search(resnet20, Budget(speedup=50.0), tmp_path, max_rounds=2, protocol=FAST)  # asserts a speedup
+    # the floor plan runs 1.5x or more at batch 1: the quick protocol resolves "faster than the original"
+    result = _search(resnet20, Budget(speedup=50.0), tmp_path, max_rounds=2)
     assert not result.budget_met
     assert "floor" in result.reason
     assert result.final.speedup > 1.0  # the best it could do, measured
-    assert all(w <= 64 for w in result.widths.values())
+    assert any(w < 64 for w in result.widths.values())  # pruned towards the floor, not the original
 
 
 def test_depth_search_drops_blocks_and_keeps_channels_whole_when_asked(resnet20, tmp_path):
