@@ -320,6 +320,19 @@ def test_a_decisive_figure_that_leaves_the_choice_where_it_stood_ends_the_decisi
     assert first.measured["decisive"] == 1.0 and first.measured["speedup"] == 2.03
 
 
+def test_when_both_decisions_miss_a_plan_with_room_for_the_gap_is_measured_last():
+    # the two nearest plans' decisive figures read 6% and 4.6% under their steering ones; a plan 4.8%
+    # inside cannot absorb that, one 16.7% inside can: it is measured and returned, met
+    verifier = _TableVerifier({2.07: 1.95, 2.06: 1.97, 2.1: 2.02, 2.4: 2.3})
+    first, runner_up = _candidate(0, 2.07, 0.0), _candidate(1, 2.06, 1e-6)
+    close, roomy = _candidate(2, 2.1, 2e-6), _candidate(3, 2.4, 1e-3)
+    best = verifier.decide([first, runner_up, close, roomy], _choose)
+    assert best is roomy and verifier.decisive == [2.07, 2.06, 2.4] and best.shortfall == 0
+    verifier = _TableVerifier({2.07: 1.95, 2.06: 1.97})  # no plan met with room: the smaller miss
+    first, runner_up = _candidate(0, 2.07, 0.0), _candidate(1, 2.06, 1e-6)
+    assert verifier.decide([first, runner_up], _choose) is runner_up and verifier.decisive == [2.07, 2.06]
+
+
 def test_a_decisive_figure_that_misses_the_budget_makes_the_choice_again():
     verifier = _TableVerifier({2.07: 1.90, 2.06: 2.05})
     first, runner_up = _candidate(0, 2.07, 0.0), _candidate(1, 2.06, 1e-6)

@@ -194,15 +194,19 @@ class Verifier:
         """The candidate `choose` prefers, after its figure was measured decisively in this job. When that
         figure puts it on another side of the budget, of the precision band under it, or of the accuracy
         limit (`within_floor`) than its steering figure did, the choice is made again and the new choice
-        measured so too, DECISIONS candidates at most (then the best decisively measured one is returned,
-        whatever it missed by). A choice its own figure leaves where it stood is returned: the others'
-        qualities are masked estimates, the decided one's is the pruned model's, and comparing the two
+        measured so too, DECISIONS candidates at most; should all of them miss the budget, one more with
+        room to spare (`_roomier`), then the best decisively measured one is returned, whatever it missed
+        by. A choice its own figure leaves where it stood is returned: the others' qualities are masked estimates, the decided one's is the pruned model's, and comparing the two
         kinds would re-choose on the difference between them, not on what was measured."""
         decided: list[Candidate] = []
         while True:
             best = choose(trace)
-            if best in decided or len(decided) == DECISIONS:
-                return best if best in decided else choose(decided)
+            if best in decided or len(decided) >= DECISIONS:
+                settled = best if best in decided else choose(decided)
+                roomier = self._roomier(trace, decided) if settled.shortfall > 0 else None
+                if roomier is None or len(decided) > DECISIONS:
+                    return settled
+                best = roomier
             decided.append(best)
             stood = self._standing(best, within_floor)
             pruned = self.models.get(best.id) or self.pruned(best.plan)
@@ -216,6 +220,21 @@ class Verifier:
             best.end += time.time() - start
             if self._standing(best, within_floor) == stood:
                 return best
+
+    @staticmethod
+    def _roomier(trace: list[Candidate], decided: list[Candidate]) -> Candidate | None:
+        """When every plan measured decisively missed the budget: a plan whose steering figure met it with
+        room for twice the largest gap between steering and decisive figures this job has seen (least
+        loss among them; else the one with the most room), measured decisively once more. Near the budget
+        noise decides, and a plan 10% inside must not be given up for two that were 1% inside."""
+        gaps = [abs(c.measured["steering_speedup"] / c.measured["speedup"] - 1) for c in decided
+                if c.measured.get("steering_speedup") and c.measured.get("speedup")]
+        room = 2 * max(gaps, default=0.0)
+        met = [c for c in trace if c.stage == "search" and c not in decided and c.shortfall == 0]
+        roomy = [c for c in met if c.slack >= room]
+        if roomy:
+            return min(roomy, key=lambda c: c.quality["loss"])
+        return max(met, key=lambda c: c.slack, default=None)
 
     def _standing(self, c: Candidate, within_floor: Callable[[Candidate], bool]) -> tuple[bool, bool, bool]:
         """Which sides a candidate is on: of the budget, of the precision band under it, of the accuracy limit."""
