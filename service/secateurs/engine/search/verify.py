@@ -196,8 +196,9 @@ class Verifier:
         limit (`within_floor`) than its steering figure did, the choice is made again and the new choice
         measured so too, DECISIONS candidates at most; should all of them miss the budget, one more with
         room to spare (`_roomier`), then the best decisively measured one is returned, whatever it missed
-        by. A choice its own figure leaves where it stood is returned: the others' qualities are masked estimates, the decided one's is the pruned model's, and comparing the two
-        kinds would re-choose on the difference between them, not on what was measured."""
+        by. A choice its own figure leaves where it stood is returned: the others' qualities are masked
+        estimates, the decided one's is the pruned model's, and comparing the two kinds would re-choose
+        on the difference between them, not on what was measured."""
         decided: list[Candidate] = []
         while True:
             best = choose(trace)
