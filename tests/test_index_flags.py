@@ -22,6 +22,7 @@ def test_pip_settings_become_uv_flags_in_pips_order():
         "global.find-links='/opt/wheels'",  # the same directory twice is passed once
         "global.extra-index-url='file:///opt/pypi/simple file:///opt/pypi-more/simple'",
         "global.index-url='https://mirror.example/simple'",
+        "global.index-url='https://other.example/simple'",  # one index-url only: the first listed
     ])
     assert _module().pip_settings(listing) == {
         "find-links": ["/opt/wheels"],

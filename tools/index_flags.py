@@ -23,18 +23,18 @@ def pip_settings(listing: str) -> dict[str, list[str]]:
         key, sep, value = line.partition("=")
         name = key.rsplit(".", 1)[-1]
         if sep and name in FLAGS:
-            for item in shlex.split(value)[0].split() if value.strip() else []:
+            for item in " ".join(shlex.split(value)).split():  # the quoted value may hold several
                 if item not in found.setdefault(name, []):
                     found[name].append(item)
+    if "index-url" in found:
+        found["index-url"] = found["index-url"][:1]  # one only: the environment's, listed first, wins
     return found
 
 
 def main() -> None:
     listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
                              check=True).stdout
-    settings = pip_settings(listing)
-    settings["index-url"] = settings.get("index-url", [])[:1]  # one only: the environment's, listed first, wins
-    flags = [arg for name, values in settings.items() for value in values for arg in (FLAGS[name], value)]
+    flags = [arg for name, values in pip_settings(listing).items() for value in values for arg in (FLAGS[name], value)]
     print(shlex.join(flags))
 
 

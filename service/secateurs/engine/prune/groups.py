@@ -87,12 +87,16 @@ class GraphContext:
     def name_of(self, module: nn.Module) -> str:
         return self.graph._module2name[module]
 
+    def traced_group(self, root: str, channels: list[int]) -> Any:
+        """The Torch-Pruning group that removing output `channels` of layer `root` takes with it."""
+        module = self.model.get_submodule(root)
+        handler = self.graph.get_pruner_of_module(module).prune_out_channels
+        return self.graph.get_pruning_group(module, handler, channels)
+
     def full_group(self, root: str, channels: int) -> Any:
-        """The Torch-Pruning group of layer `root` over all `channels` of its output, built once."""
+        """The group of layer `root` over all `channels` of its output, traced once."""
         if root not in self._full_groups:
-            module = self.model.get_submodule(root)
-            handler = self.graph.get_pruner_of_module(module).prune_out_channels
-            self._full_groups[root] = self.graph.get_pruning_group(module, handler, list(range(channels)))
+            self._full_groups[root] = self.traced_group(root, list(range(channels)))
         return self._full_groups[root]
 
     def iter_groups(self) -> Iterator[tuple[str, Any]]:

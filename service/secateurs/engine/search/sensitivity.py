@@ -197,9 +197,7 @@ def _dropped_indices(ctx: GraphContext, root: str, group: Any, drop: set[int]) -
     the full group remembers the root channel it follows (Torch-Pruning's root_idxs), so no new group
     is traced; an expand (grouped-query attention) forgets it, and then the group is traced for `drop`."""
     if any(r is None for item in group for r in item.root_idxs):
-        module = ctx.model.get_submodule(root)
-        handler = ctx.graph.get_pruner_of_module(module).prune_out_channels
-        for dep, idxs in ctx.graph.get_pruning_group(module, handler, sorted(drop)):
+        for dep, idxs in ctx.traced_group(root, sorted(drop)):
             yield dep.target.module, dep.handler, sorted({int(i) for i in idxs})
         return
     for item in group:
